@@ -1,0 +1,56 @@
+"""cnnlens: one API over pytorch-grad-cam, Captum and FlashTorch, and a benchmark that compares them.
+
+``import cnnlens`` imports neither torch's toolkits nor matplotlib: every public name is resolved
+lazily on first access (a test in a subprocess enforces it).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> "module:attribute"
+_LAZY: dict[str, str] = {
+    "Explainer": "cnnlens.explainer:Explainer",
+    "explain": "cnnlens.explainer:explain",
+    "CnnlensWarning": "cnnlens.explainer:CnnlensWarning",
+    "Explanation": "cnnlens.explanation:Explanation",
+    "methods": "cnnlens.registry:methods",
+    "list_methods": "cnnlens.registry:list_methods",
+    "is_method": "cnnlens.registry:is_method",
+    "load_model": "cnnlens.models:load_model",
+    "load_images": "cnnlens.images:load_images",
+    "demo_images": "cnnlens.images:demo_images",
+    "kernels": "cnnlens.kernels:kernels",
+    "capture": "cnnlens.capture:capture",
+    "filters": "cnnlens.filters:filters",
+    "errors": "cnnlens.errors",
+    "CnnlensError": "cnnlens.errors:CnnlensError",
+}
+
+__all__ = sorted(_LAZY)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cnnlens.errors import CnnlensError
+    from cnnlens.explainer import CnnlensWarning, Explainer, explain
+    from cnnlens.explanation import Explanation
+    from cnnlens.images import demo_images, load_images
+    from cnnlens.models import load_model
+    from cnnlens.registry import is_method, list_methods, methods
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'cnnlens' has no attribute '{name}'")
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    value = getattr(module, attr) if attr else module
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,266 @@
+"""Resolution shared by every backend: inputs, layers, targets and the model's output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cnnlens.errors import InputError, LayerError, ModelError, TargetError, close_matches
+
+#: Images larger than this many pixels (per channel) are refused: beyond it a single backward pass
+#: of a typical CNN needs tens of GB. Resize first (cnnlens.load_images does).
+MAX_PIXELS = 4096 * 4096
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    for t in model.parameters():
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d | None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    return None
+
+
+def check_input(x: Any, model: nn.Module) -> Tensor:
+    """Validate an image batch and return a detached copy on the model's device and dtype."""
+    if not isinstance(x, Tensor):
+        raise InputError(
+            f"inputs must be a torch.Tensor of shape (N, 3, H, W), got {type(x).__name__}; "
+            "use cnnlens.load_images(paths, model) to load image files"
+        )
+    if x.dim() == 3:
+        raise InputError(
+            f"inputs must be a batch of shape (N, C, H, W), got a single image {tuple(x.shape)}; "
+            "add the batch dimension with x.unsqueeze(0)"
+        )
+    if x.dim() != 4:
+        raise InputError(f"inputs must have 4 dimensions (N, C, H, W), got {x.dim()}: {tuple(x.shape)}")
+    n, c, h, w = x.shape
+    if n == 0:
+        raise InputError("inputs are an empty batch (N=0); pass at least one image")
+    if h == 0 or w == 0:
+        raise InputError(f"inputs have a zero-size image ({h}x{w}); images need H, W >= 1")
+    if h * w > MAX_PIXELS:
+        raise InputError(
+            f"image of {h}x{w} pixels exceeds the limit of {MAX_PIXELS} pixels (4096x4096); resize it first, "
+            "e.g. with cnnlens.load_images(..., size=224)"
+        )
+    conv = first_conv(model)
+    if conv is not None and conv.in_channels != c and conv.groups == 1:
+        raise InputError(
+            f"inputs have {c} channels but the model's first convolution expects {conv.in_channels}; "
+            "pass (N, 3, H, W) RGB images"
+        )
+    if not x.is_floating_point():
+        raise InputError(
+            f"inputs have integer dtype {x.dtype}; expected a float tensor, normalised as the model "
+            "expects (e.g. x.float() / 255, then the model's mean/std)"
+        )
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("inputs contain NaN or Inf values; every pixel must be finite")
+    target_dtype = model_dtype(model)
+    return x.detach().to(device=model_device(model), dtype=target_dtype).clone()
+
+
+# ------------------------------------------------------------------------------------------------
+# Model output
+# ------------------------------------------------------------------------------------------------
+
+
+class OutputSelector(nn.Module):
+    """Wraps a model whose forward returns a tuple or dict and exposes one tensor of logits."""
+
+    def __init__(self, model: nn.Module, key: int | str) -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        return out[self.key]  # type: ignore[index,no-any-return]
+
+
+def describe_output(out: Any) -> str:
+    if isinstance(out, dict):
+        return "dict with keys " + ", ".join(repr(k) for k in out)
+    if isinstance(out, (tuple, list)):
+        return f"{type(out).__name__} of {len(out)} items"
+    return type(out).__name__
+
+
+def check_logits(out: Any, n: int, output: int | str | None) -> None:
+    if isinstance(out, Tensor) and out.dim() == 2 and out.shape[0] == n:
+        return
+    if isinstance(out, (dict, tuple, list)) and output is None:
+        raise ModelError(
+            f"the model returns a {describe_output(out)}, not a (N, classes) tensor of scores; "
+            "choose the scores with output=<key or index>, e.g. Explainer(model, ..., output='logits')"
+        )
+    shape = tuple(out.shape) if isinstance(out, Tensor) else describe_output(out)
+    raise ModelError(f"the model must return class scores of shape (N={n}, classes), got {shape}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Layers
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProbeResult:
+    """What one dry forward pass tells: output shapes per module, in execution order, and classes."""
+
+    order: list[tuple[str, tuple[int, ...] | None]]
+    num_classes: int
+
+
+def probe(model: nn.Module, x: Tensor) -> ProbeResult:
+    """Run one no-grad forward on ``x`` recording each module's output shape in execution order."""
+    names = {m: n for n, m in model.named_modules() if n}
+    order: list[tuple[str, tuple[int, ...] | None]] = []
+    handles = []
+
+    def hook(mod: nn.Module, _inp: Any, out: Any) -> None:
+        order.append((names[mod], tuple(out.shape) if isinstance(out, Tensor) else None))
+
+    try:
+        for m in names:
+            handles.append(m.register_forward_hook(hook))
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    check_logits(out, x.shape[0], None)
+    return ProbeResult(order, int(out.shape[1]))
+
+
+def resolve_layer(model: nn.Module, layer: nn.Module | str | None, probe_result: ProbeResult | None) -> tuple[nn.Module, str]:
+    """Turn a module, a dotted name or ``None`` into ``(module, name)``.
+
+    ``None`` picks the last module, in execution order, whose output is 4-D with a spatial extent
+    larger than 1x1: the last feature map before the classifier.
+    """
+    named = dict(model.named_modules())
+    if isinstance(layer, nn.Module):
+        for n, m in named.items():
+            if m is layer:
+                return m, n or "<model>"
+        raise LayerError("the given layer module is not part of the model; pass one of model's submodules or its name")
+    if isinstance(layer, str):
+        if layer in named and layer:
+            return named[layer], layer
+        hint = close_matches(layer, [n for n in named if n])
+        extra = f"; close matches: {hint}" if hint else ""
+        raise LayerError(f"layer '{layer}' not found{extra} (`cnnlens layers --model ...` lists them)")
+    if layer is not None:
+        raise LayerError(f"layer must be a module, a dotted name or None, got {type(layer).__name__}")
+    if probe_result is None:
+        raise LayerError("no layer given and none could be inferred")
+    spatial = [n for n, s in probe_result.order if s is not None and len(s) == 4 and (s[2] > 1 or s[3] > 1)]
+    if not spatial:
+        raise LayerError(
+            "no layer with a spatial (N, C, H, W) output was found; CAM methods need a convolutional "
+            "layer: pass layer=... or pick a gradient method such as 'saliency'"
+        )
+    name = spatial[-1]
+    return named[name], name
+
+
+def check_spatial_layer(name: str, probe_result: ProbeResult | None) -> None:
+    """A CAM needs a feature map: refuse layers whose output is not (N, C, H, W)."""
+    if probe_result is None:
+        return
+    shapes = [s for n, s in probe_result.order if n == name]
+    if shapes and (shapes[-1] is None or len(shapes[-1]) != 4):
+        spatial = [n for n, s in probe_result.order if s is not None and len(s) == 4 and (s[2] > 1 or s[3] > 1)]
+        hint = f"; spatial layers include {', '.join(spatial[-3:])}" if spatial else ""
+        raise LayerError(
+            f"layer '{name}' outputs shape {shapes[-1]}, not a (N, C, H, W) feature map, so a CAM cannot "
+            f"be computed from it{hint}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Targets
+# ------------------------------------------------------------------------------------------------
+
+
+def _class_index(name: str, categories: Sequence[str] | None) -> int:
+    if not categories:
+        raise TargetError(
+            f"target '{name}' is a class name, but the model has no category names; pass an integer "
+            "class index, or categories=[...] to the Explainer"
+        )
+    lowered = [c.lower() for c in categories]
+    if name.lower() in lowered:
+        return lowered.index(name.lower())
+    hint = close_matches(name, categories)
+    extra = f"; close matches: {hint}" if hint else ""
+    raise TargetError(f"unknown class name '{name}'{extra}")
+
+
+def resolve_targets(
+    target: Any,
+    n: int,
+    num_classes: int,
+    categories: Sequence[str] | None,
+    predicted: Tensor | None,
+) -> Tensor:
+    """Turn the ``target=`` argument into a (N,) long tensor of class indices (CPU)."""
+    if target is None:
+        if predicted is None:
+            raise TargetError("target=None needs the predicted classes")
+        return predicted.detach().to("cpu", torch.long)
+    items: list[Any]
+    if isinstance(target, (int, str)) and not isinstance(target, bool):
+        items = [target] * n
+    elif isinstance(target, Tensor):
+        if target.dim() == 0:
+            items = [int(target)] * n
+        elif target.dim() == 1:
+            items = [int(t) for t in target.tolist()]
+        else:
+            raise TargetError(f"target tensor must be 0-D or 1-D of length N={n}, got shape {tuple(target.shape)}")
+    elif isinstance(target, Sequence):
+        items = list(target)
+    else:
+        raise TargetError(
+            f"target must be None, an int, a class name, or a list/tensor of length N={n}; got {type(target).__name__}"
+        )
+    if len(items) != n:
+        raise TargetError(
+            f"got {len(items)} targets for {n} images; give one target per image, or a single int/name for all "
+            "(pytorch-grad-cam would silently truncate)"
+        )
+    out = []
+    for t in items:
+        if isinstance(t, str):
+            idx = _class_index(t, categories)
+        elif isinstance(t, bool) or not isinstance(t, int):
+            try:
+                idx = int(t)
+            except (TypeError, ValueError):
+                raise TargetError(f"target {t!r} is neither a class index nor a class name") from None
+        else:
+            idx = t
+        if not 0 <= idx < num_classes:
+            raise TargetError(f"target {idx} is out of range: the model has {num_classes} classes (0..{num_classes - 1})")
+        out.append(idx)
+    return torch.tensor(out, dtype=torch.long)

@@ -1,0 +1,173 @@
+"""Adapter for pytorch-grad-cam (PyPI ``grad-cam``).
+
+Every CAM runs through the toolkit's own class and ``__call__``. The adapter only:
+
+* passes targets as ``ClassifierOutputTarget`` objects, one per image (never truncated);
+* records the CAM *before* pytorch-grad-cam's ReLU, min-max scaling and OpenCV resize, by wrapping
+  ``get_cam_image`` on the instance it created, so that the shared output contract is applied to the
+  same thing for every backend (``raw``);
+* avoids work the method never reads: parameters are frozen by the model guard, and for gradient CAMs
+  the target layer's output becomes the leaf of the backward graph, so ``.backward()`` stops at the
+  layer instead of running through the whole network (pytorch-grad-cam's output is unchanged);
+* runs ScoreCAM and AblationCAM one image at a time with a bounded internal batch, because
+  pytorch-grad-cam materialises every masked input of the whole batch at once;
+* batches guided backprop, which pytorch-grad-cam's ``GuidedBackpropReLUModel`` limits to image 0,
+  using the toolkit's own ``GuidedBackpropReLUasModule``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytorch_grad_cam as pgc
+import torch
+from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUasModule
+from pytorch_grad_cam.utils.find_layers import replace_all_layer_type_recursive
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import Tensor, nn
+
+from cnnlens.adapters.base import Adapter
+from cnnlens.errors import CnnlensError, LayerError
+
+CLASSES: dict[str, str] = {
+    "gradcam": "GradCAM",
+    "gradcam_plusplus": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+    "gradcam_elementwise": "GradCAMElementWise",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+    "fullgrad": "FullGrad",
+    "kpca_cam": "KPCA_CAM",
+    "shapleycam": "ShapleyCAM",
+    "fem": "FEM",
+}
+PER_IMAGE = {"scorecam", "ablationcam"}
+
+
+def default_batch(x: Tensor) -> int:
+    """Masked inputs per forward: 64 at 224x224, scaled with the pixel count."""
+    return max(1, int(64 * 224 * 224 / (x.shape[2] * x.shape[3])))
+
+
+@contextlib.contextmanager
+def _quiet_progress(enabled: bool) -> Iterator[None]:
+    # ScoreCAM and AblationCAM draw a tqdm bar per image on stderr; cnnlens draws its own.
+    if not enabled:
+        yield
+        return
+    with contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _leaf_at(layer: nn.Module) -> Callable[[nn.Module, Any, Any], Any]:
+    """Forward hook making the layer output the start of the backward graph.
+
+    The clone keeps later in-place ops (e.g. ``ReLU(inplace=True)``) legal on a leaf.
+    """
+
+    def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
+        if isinstance(out, Tensor) and not out.requires_grad and out.is_floating_point():
+            return out.detach().requires_grad_(True).clone()
+        return out
+
+    return hook
+
+
+class PytorchGradCamAdapter(Adapter):
+    backend = "pytorch-grad-cam"
+
+    def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        if self.method == "guided_backprop":
+            return self._guided_backprop(x, targets)
+        if self.method == "guided_gradcam":
+            gb = self._guided_backprop(x, targets)
+            cam = self._cam("gradcam", x, targets, final=True)
+            return gb * cam[:, None]
+        return self._cam(self.method, x, targets)
+
+    # -- CAMs -----------------------------------------------------------------------------------
+
+    def _make(self, method: str) -> Any:
+        cls = getattr(pgc, CLASSES[method])
+        if method == "fullgrad":
+            return cls(self.model, target_layers=[])
+        if method == "fem":
+            return cls(self.model, target_layers=[self.layer], k=self.options.get("k", 2))
+        return cls(self.model, target_layers=[self.layer])
+
+    def _cam(self, method: str, x: Tensor, targets: Tensor, final: bool = False) -> Tensor:
+        """Run one pytorch-grad-cam class; return the pre-ReLU CAM, or its final output if ``final``."""
+        chunks = [slice(i, i + 1) for i in range(x.shape[0])] if method in PER_IMAGE else [slice(0, x.shape[0])]
+        outs = [self._cam_chunk(method, x[s], targets[s], final) for s in chunks]
+        return torch.cat(outs, dim=0)
+
+    def _cam_chunk(self, method: str, x: Tensor, targets: Tensor, final: bool) -> Tensor:
+        cam = self._make(method)
+        captured: list[np.ndarray] = []
+        aug = bool(self.options.get("aug_smooth", False))
+        eigen = bool(self.options.get("eigen_smooth", False))
+        if method in PER_IMAGE:
+            cam.batch_size = self.options.get("batch_size") or default_batch(x)
+        if not aug and not final:
+            name = "compute_cam_per_layer" if method == "fullgrad" else "get_cam_image"
+            inner = getattr(cam, name)
+
+            def spy(*args: Any, **kwargs: Any) -> Any:
+                out = inner(*args, **kwargs)
+                captured.append(out)
+                return out
+
+            setattr(cam, name, spy)
+        handle = None
+        if cam.uses_gradients and not cam.compute_input_gradient and cam.detach and self.layer is not None:
+            handle = self.layer.register_forward_hook(_leaf_at(self.layer), prepend=True)
+        try:
+            with _quiet_progress(method in PER_IMAGE):
+                result = cam(
+                    input_tensor=x,
+                    targets=[ClassifierOutputTarget(int(t)) for t in targets],
+                    aug_smooth=aug,
+                    **({} if method == "fullgrad" and not eigen else {"eigen_smooth": eigen}),
+                )
+        finally:
+            if handle is not None:
+                handle.remove()
+            cam.activations_and_grads.release()
+        if captured:
+            raw = captured[-1]
+            if method == "fullgrad":
+                raw = raw[:, 0]
+            return torch.as_tensor(np.asarray(raw, dtype=np.float32)).to(x.device)
+        return torch.as_tensor(np.asarray(result, dtype=np.float32)).to(x.device)
+
+    # -- guided backprop ------------------------------------------------------------------------
+
+    def _guided_backprop(self, x: Tensor, targets: Tensor) -> Tensor:
+        originals = [(parent, name, child) for parent in self.model.modules()
+                     for name, child in parent._modules.items() if isinstance(child, nn.ReLU)]
+        replace_all_layer_type_recursive(self.model, nn.ReLU, GuidedBackpropReLUasModule())
+        try:
+            inp = x.detach().requires_grad_(True)
+            out = self.model(inp)
+            score = out.gather(1, targets[:, None]).sum()
+            (grad,) = torch.autograd.grad(score, inp)
+        finally:
+            # Put the very same ReLU objects back (pytorch-grad-cam would insert fresh ones); the
+            # model guard would also do it, but guided_gradcam runs a CAM pass in between.
+            for parent, name, child in originals:
+                parent._modules[name] = child
+        return grad
+
+    def translate(self, exc: Exception) -> CnnlensError | None:
+        msg = str(exc)
+        if "Invalid activation shape" in msg or "Invalid grads shape" in msg:
+            return LayerError(f"pytorch-grad-cam {self.impl.toolkit_name}: the layer output is not a (N, C, H, W) map ({msg})")
+        return None

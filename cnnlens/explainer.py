@@ -1,0 +1,253 @@
+"""One verb over every toolkit: ``Explainer(model, method, backend=...).explain(inputs, target=...)``."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cnnlens import _post, _resolve, registry
+from cnnlens._guard import ModelGuard
+from cnnlens.errors import CnnlensError, LayerError, ModelError
+from cnnlens.explanation import Explanation
+
+
+class CnnlensWarning(UserWarning):
+    """A result is valid but has a caveat the user should know about."""
+
+
+# Methods whose backward rule only changes nn.ReLU modules in every wrapped toolkit.
+RELU_GUIDED = {"guided_backprop", "guided_gradcam", "deconvolution"}
+RELU_FAMILY = (nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.PReLU, nn.SELU, nn.CELU)
+
+
+@lru_cache(maxsize=None)
+def _dist_version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def versions(backend: str) -> dict[str, str]:
+    return {
+        "cnnlens": _dist_version("cnnlens"),
+        "torch": torch.__version__,
+        backend: _dist_version(registry.BACKENDS[backend].pip),
+    }
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed torch and NumPy for the block and give the caller's RNG state back afterwards."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    np_state = np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Explainer:
+    """Explain a classifier's predictions with one method from one backend.
+
+    Args:
+        model: A classifier returning (N, classes) scores. It is never modified: hooks, flags,
+            ``requires_grad``, ``.grad``, buffers and submodules are restored after every call. Calls
+            run in eval mode.
+        method: Canonical method name, e.g. ``"gradcam"`` (see :func:`cnnlens.methods`).
+        backend: ``"pytorch-grad-cam"``, ``"captum"``, ``"flashtorch"`` or ``"auto"``.
+        layer: Module, dotted name or None (the last spatial feature map) for methods that need one.
+        reduce: Channel reduction for pixel methods (default ``"abs_max"``).
+        categories: Class names; defaults to the ones :func:`cnnlens.load_model` attached.
+        output: Key or index selecting the scores when the model returns a tuple or dict.
+        **options: Method options; unknown names raise :class:`~cnnlens.errors.OptionError`.
+
+    Example:
+        >>> with Explainer(model, "gradcam", backend="captum") as ex:  # doctest: +SKIP
+        ...     e = ex.explain(x, target="tabby")
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: str,
+        backend: str | None = "auto",
+        layer: nn.Module | str | None = None,
+        *,
+        reduce: str = _post.DEFAULT_REDUCE,
+        categories: Sequence[str] | None = None,
+        output: int | str | None = None,
+        **options: Any,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.impl = registry.resolve(method, backend)
+        self.method = self.impl.method
+        self.backend = self.impl.backend
+        self.spec = self.impl.spec
+        self.options = self.impl.validate_options(options)
+        self.reduce = _post.check_reduce(reduce)
+        self.model = model
+        self.net: nn.Module = model if output is None else _resolve.OutputSelector(model, output)
+        self.output = output
+        cats = categories if categories is not None else getattr(model, "cnnlens_categories", None)
+        self.categories = list(cats) if cats is not None else None
+        if self.spec.needs_layer or layer is not None:
+            if layer is not None and self.method != "fullgrad":
+                _resolve.resolve_layer(model, layer, None)  # fail early on a bad name
+        self._layer_arg = layer
+        self._adapter_cls = self.impl.load()
+        self._probe_cache: dict[tuple[int, ...], _resolve.ProbeResult] = {}
+
+    # A context manager for symmetry with the toolkits; every call already cleans up after itself.
+    def __enter__(self) -> Explainer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._probe_cache.clear()
+
+    def __repr__(self) -> str:
+        return f"Explainer(method={self.method!r}, backend={self.backend!r}, layer={self._layer_arg!r})"
+
+    def _probe(self, x: Tensor) -> _resolve.ProbeResult:
+        key = tuple(x.shape[1:])
+        if key not in self._probe_cache:
+            try:
+                self._probe_cache[key] = _resolve.probe(self.net, x[:1])
+            except CnnlensError:
+                raise
+            except Exception as exc:
+                raise ModelError(f"the model's forward pass failed: {type(exc).__name__}: {exc}") from exc
+        return self._probe_cache[key]
+
+    def _layer(self, probe: _resolve.ProbeResult) -> tuple[nn.Module | None, str | None]:
+        if self.method == "fullgrad" or (not self.spec.needs_layer and self._layer_arg is None):
+            return None, None
+        module, name = _resolve.resolve_layer(self.model, self._layer_arg, probe if self.output is None else None)
+        if self.output is not None and self._layer_arg is None:
+            raise LayerError("with output=..., pass layer= explicitly")
+        _resolve.check_spatial_layer(name, probe if self.output is None else None)
+        return module, name
+
+    def _guided_warning(self) -> str | None:
+        if self.method not in RELU_GUIDED:
+            return None
+        modules = list(self.model.modules())
+        if any(type(m) is nn.ReLU for m in modules):
+            return None
+        others = sorted({type(m).__name__ for m in modules if isinstance(m, RELU_FAMILY)})
+        what = ", ".join(others) if others else "functional activations"
+        return (
+            f"{self.method} ({self.backend}): the model has no nn.ReLU module ({what} instead); every "
+            "toolkit guides nn.ReLU only, so this result equals the plain gradient rule for those activations"
+        )
+
+    def explain(self, inputs: Tensor, target: Any = None) -> Explanation:
+        """Explain ``inputs`` for ``target``.
+
+        Args:
+            inputs: (N, C, H, W) float tensor, preprocessed for the model. It is not modified.
+            target: None (predicted class), an int or class name for every image, or a list/tensor
+                of N ints or names.
+
+        Returns:
+            An :class:`~cnnlens.Explanation` whose ``maps`` follow the output contract.
+        """
+        x = _resolve.check_input(inputs, self.model)
+        out_device = inputs.device
+        device = x.device
+        warn_msgs: list[str] = []
+        guided = self._guided_warning()
+        if guided:
+            warnings.warn(guided, CnnlensWarning, stacklevel=2)
+            warn_msgs.append(guided)
+        with ModelGuard(self.model, freeze_params=self.impl.freeze_params,
+                        copy_params=self.impl.mutates_params) as guard:
+            probe = self._probe(x) if self.output is None else None
+            if probe is None:
+                with torch.no_grad():
+                    out = self.net(x[:1])
+                _resolve.check_logits(out, 1, self.output)
+                probe = _resolve.ProbeResult([], int(out.shape[1]))
+            layer, layer_name = self._layer(probe)
+            predicted = scores = None
+            if target is None:
+                with torch.no_grad():
+                    try:
+                        logits = self.net(x)
+                    except Exception as exc:
+                        raise ModelError(f"the model's forward pass failed: {type(exc).__name__}: {exc}") from exc
+                predicted = logits.argmax(dim=1)
+                scores = logits.float().softmax(dim=1).gather(1, predicted[:, None])[:, 0]
+            targets = _resolve.resolve_targets(target, x.shape[0], probe.num_classes, self.categories, predicted)
+            adapter = self._adapter_cls(self.net, self.impl, layer, self.options)
+            adapter.check_input(x)
+            seed = self.options.get("seed") if self.spec.stochastic else None
+            with seeded(seed, device), torch.enable_grad():
+                _sync(device)
+                t0 = time.perf_counter()
+                raw = adapter.run(x, targets.to(device))
+                _sync(device)
+                seconds = time.perf_counter() - t0
+            warn_msgs.extend(adapter.warnings)
+            changed = guard.params_modified()
+        if changed:
+            raise CnnlensError(
+                f"backend {self.backend} modified model parameters in place ({', '.join(changed[:3])}); "
+                "please report this"
+            )
+        raw = raw.detach().to(out_device)
+        maps = _post.to_maps(raw, self.spec.kind, (x.shape[2], x.shape[3]), self.reduce)
+        labels = tuple(self.categories[int(t)] for t in targets) if self.categories else None
+        return Explanation(
+            maps=maps,
+            raw=raw,
+            targets=targets.to(out_device),
+            method=self.method,
+            backend=self.backend,
+            toolkit_name=self.impl.toolkit_name,
+            layer=layer_name,
+            seconds=seconds,
+            versions=versions(self.backend),
+            options=dict(self.options),
+            kind=self.spec.kind,
+            reduce=self.reduce,
+            scores=scores.detach().to(out_device) if scores is not None else None,
+            labels=labels,
+            warnings=tuple(warn_msgs),
+            images=getattr(inputs, "images", None),
+        )
+
+
+def explain(
+    model: nn.Module,
+    inputs: Tensor,
+    method: str = "gradcam",
+    backend: str | None = "auto",
+    layer: nn.Module | str | None = None,
+    target: Any = None,
+    **options: Any,
+) -> Explanation:
+    """One-shot form of ``Explainer(model, method, backend, layer, **options).explain(inputs, target)``."""
+    with Explainer(model, method, backend=backend, layer=layer, **options) as ex:
+        return ex.explain(inputs, target=target)

@@ -1,0 +1,173 @@
+"""Image loading: files, folders and globs, preprocessed for a model, with display copies kept.
+
+The returned batch is an ordinary tensor with two extra attributes: ``images`` (N, H, W, 3) uint8
+after resize and crop, for plotting, and ``names`` (file stems).
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cnnlens.errors import ImageLoadError
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+DATA = Path(__file__).with_name("data")
+DEMO = ("chelsea", "coffee", "rocket", "astronaut")
+#: Files above this many pixels are refused before decoding (decompression-bomb guard).
+MAX_FILE_PIXELS = 8192 * 8192
+
+
+def demo_paths(names: Sequence[str] = DEMO) -> list[Path]:
+    """Paths of the bundled demo photos (scikit-image samples, CC0 / public domain, see data/LICENSE.md)."""
+    return [DATA / f"{n}.jpg" for n in names]
+
+
+def expand(sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Expand files, folders (non-recursive) and glob patterns to a sorted list of image files."""
+    items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
+    if not items:
+        raise ImageLoadError("no images given; pass files, a folder, or a glob such as 'photos/*.jpg'")
+    out: list[Path] = []
+    for item in items:
+        s = str(item)
+        p = Path(s)
+        if any(ch in s for ch in "*?["):
+            hits = sorted(Path(h) for h in _glob.glob(s) if Path(h).suffix.lower() in EXTENSIONS)
+            if not hits:
+                raise ImageLoadError(f"the pattern '{s}' matches no image files ({', '.join(EXTENSIONS)})")
+            out.extend(hits)
+        elif p.is_dir():
+            hits = sorted(c for c in p.iterdir() if c.suffix.lower() in EXTENSIONS and c.is_file())
+            if not hits:
+                raise ImageLoadError(f"the folder '{p}' contains no images with extensions {', '.join(EXTENSIONS)}")
+            out.extend(hits)
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise ImageLoadError(f"image file '{p}' does not exist")
+    return out
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """Decode one image to (H, W, 3) uint8 RGB, honouring EXIF orientation.
+
+    Grayscale, palette, CMYK and 16-bit images are converted; alpha is composited on white.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_FILE_PIXELS:
+                raise ImageLoadError(
+                    f"'{path}' is {im.width}x{im.height} pixels, above the limit of {MAX_FILE_PIXELS}; downscale it first"
+                )
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im, dtype=np.float64)
+                top = 65535.0 if arr.max() > 255 else 255.0
+                gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
+            if im.mode == "F":
+                arr = np.asarray(im, dtype=np.float64)
+                span = float(arr.max() - arr.min()) or 1.0
+                gray = ((arr - arr.min()) / span * 255).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
+            if im.mode == "P":
+                im = im.convert("RGBA")
+            if im.mode in ("RGBA", "LA", "PA"):
+                rgba = im.convert("RGBA")
+                bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(bg, rgba)
+            rgb = im.convert("RGB")
+            if rgb.getbands() != ("R", "G", "B"):
+                raise ImageLoadError(f"'{path}' could not be converted to RGB (mode {im.mode})")
+            arr = np.asarray(rgb)
+            if arr.dtype != np.uint8:
+                arr = arr.astype(np.uint8)
+            return arr.copy()
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(
+            f"'{path}' is not a readable image (supported: JPEG, PNG, BMP, WebP, TIFF)"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"'{path}' could not be decoded ({exc}); the file may be truncated or corrupt") from None
+
+
+def preprocess(arrays: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float], resize: int, crop: int) -> tuple[Tensor, Tensor]:
+    """Resize the shorter side to ``resize``, centre-crop ``crop``, normalise; keep uint8 copies."""
+    import torchvision.transforms.v2.functional as TF
+
+    xs, shows = [], []
+    for arr in arrays:
+        t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        t = TF.resize(t, [resize], antialias=True)
+        t = TF.center_crop(t, [crop, crop])
+        shows.append(t.permute(1, 2, 0).contiguous())
+        xs.append(TF.normalize(t.float() / 255.0, list(mean), list(std)))
+    return torch.stack(xs), torch.stack(shows)
+
+
+def load_images(
+    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    model: nn.Module | None = None,
+    size: int | None = None,
+    device: str | torch.device | None = None,
+) -> Tensor:
+    """Load images as a preprocessed (N, 3, H, W) batch for ``model``.
+
+    Args:
+        sources: Files, folders or glob patterns (JPEG, PNG, BMP, WebP, TIFF).
+        model: Uses the model's own weight transforms when cnnlens knows them, ImageNet's otherwise.
+        size: Override the crop size (the resize keeps the model's resize/crop ratio).
+        device: Defaults to the model's device.
+
+    Returns:
+        A tensor with attributes ``images`` (N, H, W, 3 uint8 display copies) and ``names``.
+    """
+    from cnnlens.models import meta_of
+
+    paths = expand(sources)
+    meta = meta_of(model) if model is not None else None
+    mean = meta.mean if meta else (0.485, 0.456, 0.406)
+    std = meta.std if meta else (0.229, 0.224, 0.225)
+    resize, crop = (meta.resize, meta.crop) if meta else (256, 224)
+    if size is not None:
+        resize, crop = round(size * resize / crop), size
+    x, shows = preprocess([read_rgb(p) for p in paths], mean, std, resize, crop)
+    if device is None and model is not None:
+        for p in model.parameters():
+            device = p.device
+            break
+    if device is not None:
+        x = x.to(device)
+    x.images = shows  # type: ignore[attr-defined]
+    x.names = [p.stem for p in paths]  # type: ignore[attr-defined]
+    return x
+
+
+def demo_images(model: nn.Module | None = None, names: Sequence[str] = DEMO, size: int | None = None) -> Tensor:
+    """The bundled demo photos (cat, coffee, rocket, astronaut) preprocessed for ``model``."""
+    unknown = [n for n in names if n not in DEMO]
+    if unknown:
+        raise ImageLoadError(f"unknown demo image(s) {', '.join(unknown)}; available: {', '.join(DEMO)}")
+    return load_images(demo_paths(names), model, size=size)
+
+
+def denormalize(x: Tensor, model: nn.Module | None = None) -> Tensor:
+    """Undo the model's normalisation: (N, 3, H, W) in [0, 1], detached (works on grad tensors)."""
+    from cnnlens.models import meta_of
+
+    meta = meta_of(model) if model is not None else None
+    mean = torch.tensor(meta.mean if meta else (0.485, 0.456, 0.406), device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(meta.std if meta else (0.229, 0.224, 0.225), device=x.device).view(1, -1, 1, 1)
+    return (x.detach() * std + mean).clamp(0, 1)

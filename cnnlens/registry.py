@@ -1,0 +1,420 @@
+"""The lazy registry: which methods exist, which backend implements each, and what they accept.
+
+Nothing here imports a backend. An implementation is addressed as ``"module:Class"`` and imported
+only when an :class:`~cnnlens.Explainer` asks for it, so ``import cnnlens`` stays light and a missing
+toolkit only matters for the methods that need it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import importlib.util
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cnnlens.errors import (
+    BackendUnavailableError,
+    OptionError,
+    UnknownMethodError,
+    UnsupportedMethodError,
+    close_matches,
+)
+
+Kind = Literal["cam", "pixel"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A wrapped toolkit: its id, the module that proves it is installed, and its pip name."""
+
+    id: str
+    module: str
+    pip: str
+    homepage: str
+
+    @property
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+    def require(self) -> None:
+        if not self.installed:
+            raise BackendUnavailableError(
+                f"backend '{self.id}' needs the package '{self.pip}', which is not installed; "
+                f"install it with: pip install '{self.pip}'"
+            )
+
+
+BACKENDS: dict[str, Backend] = {
+    b.id: b
+    for b in (
+        Backend("pytorch-grad-cam", "pytorch_grad_cam", "grad-cam", "https://github.com/jacobgil/pytorch-grad-cam"),
+        Backend("captum", "captum", "captum", "https://captum.ai"),
+        Backend("flashtorch", "flashtorch", "flashtorch", "https://github.com/MisaOgura/flashtorch"),
+    )
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a (method, backend): its default, a validity check and what it does."""
+
+    default: Any
+    doc: str
+    check: Callable[[Any], bool] | None = None
+    expect: str = ""
+
+    def validate(self, name: str, value: Any) -> Any:
+        if self.check is not None and value is not None:
+            ok = False
+            try:
+                ok = bool(self.check(value))
+            except Exception:  # a check that cannot even evaluate the value means "invalid"
+                ok = False
+            if not ok:
+                raise OptionError(f"invalid value for option '{name}': {value!r}; expected {self.expect}")
+        return value
+
+
+def _pos_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _nonneg_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+
+
+def _bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _window(v: Any) -> bool:
+    if isinstance(v, int):
+        return v >= 1
+    return isinstance(v, (tuple, list)) and len(v) in (2, 3) and all(isinstance(i, int) and i >= 1 for i in v)
+
+
+POS_INT = "a positive integer"
+NONNEG = "a number >= 0"
+BOOL = "True or False"
+
+SEED = Option(0, "random seed; the global RNG state is left untouched (None draws a fresh seed)",
+              lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer or None")
+N_STEPS = Option(50, "integration steps", _pos_int, POS_INT)
+INTERNAL_BS = Option(None, "batch size of the internal forward passes (None: cnnlens picks one within memory)",
+                     _pos_int, POS_INT + " or None")
+NT_SAMPLES = Option(10, "noisy samples per image", _pos_int, POS_INT)
+STDEVS = Option(0.15, "noise standard deviation, as a fraction of each image's value range", _nonneg_num, NONNEG)
+BASELINES = Option(0.0, "reference input: a number or a tensor broadcastable to the input",
+                   lambda v: isinstance(v, (int, float)) or hasattr(v, "shape"), "a number or a tensor")
+WINDOW = Option(16, "occlusion window in pixels: an int or (h, w)", _window, "an int >= 1 or an (h, w) pair")
+STRIDE = Option(8, "occlusion stride in pixels", _window, "an int >= 1 or an (h, w) pair")
+N_SAMPLES = Option(200, "perturbed samples per image", _pos_int, POS_INT)
+FEATURE_GRID = Option(16, "side in pixels of the square superpixels the image is split into", _pos_int, POS_INT)
+PER_EVAL = Option(None, "perturbations evaluated per forward pass (None: cnnlens picks within memory)",
+                  _pos_int, POS_INT + " or None")
+AUG_SMOOTH = Option(False, "test-time augmentation smoothing (pytorch-grad-cam)", _bool, BOOL)
+EIGEN_SMOOTH = Option(False, "first principal component of the weighted activations (pytorch-grad-cam)", _bool, BOOL)
+CAM_BATCH = Option(None, "masked or ablated inputs per forward (None: cnnlens picks within memory)",
+                   _pos_int, POS_INT + " or None")
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method is, whatever the backend."""
+
+    name: str
+    kind: Kind
+    needs_layer: bool
+    signed: bool
+    stochastic: bool
+    summary: str
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """One (method, backend) pair: where the adapter lives and what it accepts."""
+
+    method: str
+    backend: str
+    adapter: str
+    toolkit_name: str
+    options: Mapping[str, Option] = field(default_factory=dict)
+    notes: str = ""
+    #: Freeze parameters during the call (no method reads weight gradients). ShapleyCAM needs the
+    #: graph through the weights for its Hessian-vector product, so it opts out.
+    freeze_params: bool = True
+    #: The toolkit rewrites weights during the call and restores them itself (Captum's LRP); the
+    #: guard then keeps a copy and verifies values instead of version counters.
+    mutates_params: bool = False
+
+    @property
+    def spec(self) -> MethodSpec:
+        return METHODS[self.method]
+
+    def load(self) -> type:
+        """Import the adapter class (and with it the backend)."""
+        BACKENDS[self.backend].require()
+        module_name, _, cls_name = self.adapter.partition(":")
+        module = importlib.import_module(module_name)
+        return getattr(module, cls_name)  # type: ignore[no-any-return]
+
+    def all_options(self) -> dict[str, Option]:
+        """The options this pair accepts, including the ones cnnlens adds to every method."""
+        opts = dict(self.options)
+        if self.spec.stochastic:
+            opts.setdefault("seed", SEED)
+        return opts
+
+    def validate_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """Fill defaults and check names and values; unknown names list the valid ones."""
+        valid = self.all_options()
+        out: dict[str, Any] = {}
+        for key, value in given.items():
+            if key not in valid:
+                names = ", ".join(sorted(valid)) or "none"
+                hint = close_matches(key, valid)
+                extra = f" (did you mean {hint}?)" if hint else ""
+                raise OptionError(
+                    f"unknown option '{key}' for {self.method} on backend '{self.backend}'{extra}; "
+                    f"valid options: {names}"
+                )
+            out[key] = valid[key].validate(key, value)
+        for key, opt in valid.items():
+            out.setdefault(key, opt.default)
+        return out
+
+
+def _m(name: str, kind: Kind, layer: bool, signed: bool, stochastic: bool, summary: str) -> MethodSpec:
+    return MethodSpec(name, kind, layer, signed, stochastic, summary)
+
+
+METHODS: dict[str, MethodSpec] = {
+    m.name: m
+    for m in (
+        _m("gradcam", "cam", True, True, False, "Grad-CAM: activations weighted by spatially averaged gradients"),
+        _m("gradcam_plusplus", "cam", True, True, False, "Grad-CAM++: second-order weighting of positive gradients"),
+        _m("hirescam", "cam", True, True, False, "HiResCAM: element-wise gradient x activation, summed over channels"),
+        _m("xgradcam", "cam", True, True, False, "XGrad-CAM: axiom-derived normalised gradient weights"),
+        _m("layercam", "cam", True, False, False, "LayerCAM: positive gradients x activations, per location"),
+        _m("eigencam", "cam", True, True, False, "Eigen-CAM: first principal component of the activations (no target)"),
+        _m("eigengradcam", "cam", True, True, False, "Eigen-Grad-CAM: first principal component of grad x activation"),
+        _m("gradcam_elementwise", "cam", True, False, False, "Grad-CAM element-wise: ReLU(grad x activation) summed"),
+        _m("scorecam", "cam", True, True, False, "Score-CAM: activation maps weighted by the score of the masked input"),
+        _m("ablationcam", "cam", True, True, False, "Ablation-CAM: score drop when each channel is zeroed"),
+        _m("fullgrad", "cam", False, False, False, "FullGrad: input-gradient plus bias-gradients of every layer"),
+        _m("kpca_cam", "cam", True, True, False, "KPCA-CAM: kernel PCA of the activations"),
+        _m("shapleycam", "cam", True, True, False, "ShapleyCAM: gradient and Hessian-vector product weights"),
+        _m("fem", "cam", True, False, False, "FEM: k-sigma feature explanation (no target)"),
+        _m("guided_backprop", "pixel", False, True, False, "Guided backpropagation (Springenberg 2015)"),
+        _m("guided_gradcam", "pixel", True, True, False, "Guided Grad-CAM: guided backprop x Grad-CAM"),
+        _m("saliency", "pixel", False, True, False, "Vanilla gradient of the target score (Simonyan 2014)"),
+        _m("deconvolution", "pixel", False, True, False, "Deconvnet backward rule (Zeiler & Fergus 2014)"),
+        _m("input_x_gradient", "pixel", False, True, False, "Input x gradient"),
+        _m("integrated_gradients", "pixel", False, True, False, "Integrated Gradients (Sundararajan 2017)"),
+        _m("smoothgrad", "pixel", False, True, True, "SmoothGrad: mean gradient over noisy copies"),
+        _m("smoothgrad_sq", "pixel", False, False, True, "SmoothGrad-Squared: mean squared gradient over noisy copies"),
+        _m("vargrad", "pixel", False, False, True, "VarGrad: variance of gradients over noisy copies"),
+        _m("gradient_shap", "pixel", False, True, True, "GradientSHAP: expected gradients from noisy baselines"),
+        _m("deeplift", "pixel", False, True, False, "DeepLIFT rescale rule"),
+        _m("deeplift_shap", "pixel", False, True, False, "DeepLIFT-SHAP over a baseline distribution"),
+        _m("lrp", "pixel", False, True, False, "Layer-wise relevance propagation (epsilon rule)"),
+        _m("occlusion", "pixel", False, True, False, "Occlusion: score change under a sliding patch"),
+        _m("feature_ablation", "pixel", False, True, False, "Feature ablation over a superpixel grid"),
+        _m("lime", "pixel", False, True, True, "LIME with a superpixel grid"),
+        _m("kernel_shap", "pixel", False, True, True, "Kernel SHAP with a superpixel grid"),
+    )
+}
+
+_PGC = "cnnlens.adapters.pytorch_grad_cam:PytorchGradCamAdapter"
+_CAPTUM = "cnnlens.adapters.captum:CaptumAdapter"
+_FLASH = "cnnlens.adapters.flashtorch:FlashTorchAdapter"
+
+_CAM_OPTS = {"aug_smooth": AUG_SMOOTH, "eigen_smooth": EIGEN_SMOOTH}
+_PGC_CAMS = {
+    "gradcam": "GradCAM",
+    "gradcam_plusplus": "GradCAMPlusPlus",
+    "hirescam": "HiResCAM",
+    "xgradcam": "XGradCAM",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+    "gradcam_elementwise": "GradCAMElementWise",
+    "scorecam": "ScoreCAM",
+    "ablationcam": "AblationCAM",
+    "fullgrad": "FullGrad",
+    "kpca_cam": "KPCA_CAM",
+    "shapleycam": "ShapleyCAM",
+    "fem": "FEM",
+}
+
+
+def _pgc_options(method: str) -> dict[str, Option]:
+    opts: dict[str, Option] = dict(_CAM_OPTS)
+    if method in ("scorecam", "ablationcam"):
+        opts["batch_size"] = CAM_BATCH
+    if method == "fem":
+        opts = {"k": Option(2, "k in the k-sigma rule", _nonneg_num, NONNEG)}
+    if method == "fullgrad":
+        opts.pop("eigen_smooth")
+    return opts
+
+
+_IMPLS: list[Implementation] = [
+    *(Implementation(m, "pytorch-grad-cam", _PGC, cls, _pgc_options(m), freeze_params=m != "shapleycam")
+      for m, cls in _PGC_CAMS.items()),
+    Implementation("guided_backprop", "pytorch-grad-cam", _PGC, "GuidedBackpropReLUModel",
+                   notes="guides nn.ReLU modules only; batched by cnnlens with pytorch-grad-cam's own "
+                         "GuidedBackpropReLU function"),
+    Implementation("guided_gradcam", "pytorch-grad-cam", _PGC, "GuidedBackpropReLUModel x GradCAM",
+                   notes="pytorch-grad-cam's recipe: guided backprop times the upsampled Grad-CAM"),
+    Implementation("gradcam", "captum", _CAPTUM, "LayerGradCam"),
+    Implementation("guided_backprop", "captum", _CAPTUM, "GuidedBackprop", notes="overrides nn.ReLU modules only"),
+    Implementation("guided_gradcam", "captum", _CAPTUM, "GuidedGradCam"),
+    Implementation("saliency", "captum", _CAPTUM, "Saliency", notes="called with abs=False; cnnlens reduces"),
+    Implementation("deconvolution", "captum", _CAPTUM, "Deconvolution"),
+    Implementation("input_x_gradient", "captum", _CAPTUM, "InputXGradient"),
+    Implementation("integrated_gradients", "captum", _CAPTUM, "IntegratedGradients",
+                   {"n_steps": N_STEPS, "internal_batch_size": INTERNAL_BS, "baselines": BASELINES}),
+    *(
+        Implementation(m, "captum", _CAPTUM, f"NoiseTunnel(Saliency, {m})",
+                       {"nt_samples": NT_SAMPLES, "stdevs": STDEVS, "nt_samples_batch_size": INTERNAL_BS})
+        for m in ("smoothgrad", "smoothgrad_sq", "vargrad")
+    ),
+    Implementation("gradient_shap", "captum", _CAPTUM, "GradientShap",
+                   {"n_samples": Option(20, "samples per image", _pos_int, POS_INT), "stdevs": STDEVS,
+                    "baselines": BASELINES}),
+    Implementation("deeplift", "captum", _CAPTUM, "DeepLift", {"baselines": BASELINES},
+                   notes="refuses models that reuse an activation module"),
+    Implementation("deeplift_shap", "captum", _CAPTUM, "DeepLiftShap",
+                   {"n_baselines": Option(4, "baselines drawn around `baselines`", _pos_int, POS_INT),
+                    "baselines": BASELINES},
+                   notes="baselines are `baselines` plus n_baselines-1 fixed-seed noisy copies"),
+    Implementation("lrp", "captum", _CAPTUM, "LRP", notes="supports Conv2d, Linear, ReLU, pooling, BatchNorm only",
+                   mutates_params=True),
+    Implementation("occlusion", "captum", _CAPTUM, "Occlusion",
+                   {"sliding_window": WINDOW, "strides": STRIDE, "baselines": BASELINES,
+                    "perturbations_per_eval": PER_EVAL}),
+    Implementation("feature_ablation", "captum", _CAPTUM, "FeatureAblation",
+                   {"feature_grid": FEATURE_GRID, "baselines": BASELINES, "perturbations_per_eval": PER_EVAL}),
+    Implementation("lime", "captum", _CAPTUM, "Lime",
+                   {"n_samples": N_SAMPLES, "feature_grid": FEATURE_GRID, "perturbations_per_eval": PER_EVAL}),
+    Implementation("kernel_shap", "captum", _CAPTUM, "KernelShap",
+                   {"n_samples": N_SAMPLES, "feature_grid": FEATURE_GRID, "perturbations_per_eval": PER_EVAL}),
+    Implementation("saliency", "flashtorch", _FLASH, "Backprop.calculate_gradients(guided=False)",
+                   notes="fixed by cnnlens: honours target, batches, removes its hooks, finds the input layer"),
+    Implementation("guided_backprop", "flashtorch", _FLASH, "Backprop.calculate_gradients(guided=True)",
+                   notes="FlashTorch's own variant: clamp(grad_out, 0) * relu_output instead of "
+                         "clamp(grad_out, 0) * (input > 0); nn.ReLU modules only"),
+]
+
+REGISTRY: dict[tuple[str, str], Implementation] = {(i.method, i.backend): i for i in _IMPLS}
+
+# When backend="auto" and no measured table says otherwise: the toolkit that defines the method
+# most canonically comes first.
+PREFERENCE: tuple[str, ...] = ("pytorch-grad-cam", "captum", "flashtorch")
+
+
+# --------------------------------------------------------------------------------------------
+# Queries
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """One row of :func:`methods`: a (method, backend) pair and what it can do."""
+
+    method: str
+    backend: str
+    toolkit_name: str
+    installed: bool
+    kind: Kind
+    needs_layer: bool
+    signed: bool
+    stochastic: bool
+    options: dict[str, Any]
+    notes: str
+
+
+def methods(pattern: str = "*", backend: str | None = None, installed_only: bool = False) -> list[MethodInfo]:
+    """List every (method, backend) pair, optionally filtered by a wildcard and a backend.
+
+    Args:
+        pattern: ``fnmatch`` pattern on the method name, e.g. ``"*cam*"``.
+        backend: Keep only this backend id.
+        installed_only: Keep only pairs whose toolkit is importable.
+    """
+    rows = []
+    for (m, b), impl in REGISTRY.items():
+        if not fnmatch.fnmatch(m, pattern) or (backend is not None and b != backend):
+            continue
+        ok = BACKENDS[b].installed
+        if installed_only and not ok:
+            continue
+        spec = impl.spec
+        rows.append(MethodInfo(m, b, impl.toolkit_name, ok, spec.kind, spec.needs_layer, spec.signed,
+                               spec.stochastic, {k: o.default for k, o in impl.all_options().items()},
+                               impl.notes))
+    return rows
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    """Method names matching a wildcard pattern, in registry order."""
+    return [m for m in METHODS if fnmatch.fnmatch(m, pattern)]
+
+
+def is_method(name: str) -> bool:
+    return name in METHODS
+
+
+def backends_for(method: str) -> list[str]:
+    """Backends that implement ``method``, in preference order."""
+    have = [b for (m, b) in REGISTRY if m == method]
+    return sorted(have, key=lambda b: PREFERENCE.index(b) if b in PREFERENCE else len(PREFERENCE))
+
+
+def resolve(method: str, backend: str | None = "auto") -> Implementation:
+    """Find the implementation of ``method`` on ``backend``, with helpful errors.
+
+    ``backend=None`` or ``"auto"`` picks the first installed backend from the shipped auto table
+    (see :mod:`cnnlens.auto`), falling back to :data:`PREFERENCE`.
+    """
+    if not isinstance(method, str) or method not in METHODS:
+        hint = close_matches(str(method), METHODS)
+        extra = f"; did you mean {hint}?" if hint else ""
+        raise UnknownMethodError(
+            f"unknown method '{method}'{extra} (cnnlens.methods() or `cnnlens methods` lists all)"
+        )
+    have = backends_for(method)
+    if backend is None or backend == "auto":
+        from cnnlens import auto  # local: reads a small JSON only when asked
+
+        order = auto.preferred_backends(method, have)
+        for b in order:
+            if BACKENDS[b].installed:
+                return REGISTRY[(method, b)]
+        BACKENDS[order[0]].require()
+    if backend not in BACKENDS:
+        hint = close_matches(str(backend), BACKENDS)
+        extra = f"; did you mean {hint}?" if hint else ""
+        raise BackendUnavailableError(
+            f"unknown backend '{backend}'{extra}; backends: {', '.join(BACKENDS)}, or 'auto'"
+        )
+    impl = REGISTRY.get((method, backend))
+    if impl is None:
+        raise UnsupportedMethodError(
+            f"backend '{backend}' has no method '{method}'; backends that have it: {', '.join(have)}"
+        )
+    BACKENDS[backend].require()
+    return impl

@@ -1,0 +1,82 @@
+"""Helpers for testing code that uses cnnlens (and for cnnlens's own tests): tiny models and
+model-state snapshots. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cnnlens._guard import hook_count
+
+__all__ = ["TinyCNN", "tiny_cnn", "snapshot", "assert_same_state", "hook_count", "tiny_input"]
+
+
+class TinyCNN(nn.Module):
+    """conv-bn-relu x2, pool, linear: every layer type each toolkit supports, each module used once."""
+
+    def __init__(self, num_classes: int = 5, width: int = 8) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, width, 3, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width * 2, 3, padding=1, stride=2),
+            nn.BatchNorm2d(width * 2),
+            nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width * 2, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def tiny_cnn(num_classes: int = 5, seed: int = 0) -> TinyCNN:
+    """A seeded TinyCNN with non-trivial BatchNorm statistics, in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    model = TinyCNN(num_classes)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+    model.cnnlens_categories = [f"class{i}" for i in range(num_classes)]
+    return model.eval()
+
+
+def tiny_input(n: int = 2, size: int = 32, seed: int = 0) -> Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything a well-behaved adapter must leave untouched."""
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "training": [(n, m.training) for n, m in model.named_modules()],
+        "requires_grad": [(n, p.requires_grad) for n, p in model.named_parameters()],
+        "grad": [(n, None if p.grad is None else p.grad.detach().clone()) for n, p in model.named_parameters()],
+        "grad_ids": [(n, id(p.grad)) for n, p in model.named_parameters()],
+        "modules": [(n, id(m), type(m)) for n, m in model.named_modules()],
+        "inplace": [(n, getattr(m, "inplace", None)) for n, m in model.named_modules()],
+        "hooks": hook_count(model),
+    }
+
+
+def assert_same_state(before: dict[str, Any], model: nn.Module) -> None:
+    """Raise AssertionError naming the first difference from ``before``."""
+    after = snapshot(model)
+    assert after["hooks"] == before["hooks"], f"hooks left behind: {before['hooks']} -> {after['hooks']}"
+    assert after["modules"] == before["modules"], "module tree changed"
+    assert after["inplace"] == before["inplace"], "in-place flags changed"
+    assert after["training"] == before["training"], "train/eval flags changed"
+    assert after["requires_grad"] == before["requires_grad"], "requires_grad changed"
+    assert after["grad_ids"] == before["grad_ids"], ".grad objects replaced"
+    for (n, g0), (_, g1) in zip(before["grad"], after["grad"]):
+        assert (g0 is None) == (g1 is None) and (g0 is None or torch.equal(g0, g1)), f".grad of {n} changed"
+    assert before["state"].keys() == after["state"].keys(), "state_dict keys changed"
+    for k, v in before["state"].items():
+        assert torch.equal(v, after["state"][k]), f"{k} changed"
