@@ -69,9 +69,17 @@ def check_input(x: Any, model: nn.Module) -> Tensor:
             "pass (N, 3, H, W) RGB images"
         )
     if not x.is_floating_point():
+        kind = "complex" if x.is_complex() else "boolean" if x.dtype == torch.bool else "integer"
         raise InputError(
-            f"inputs have integer dtype {x.dtype}; expected a float tensor, normalised as the model "
+            f"inputs have {kind} dtype {x.dtype}; expected a float tensor, normalised as the model "
             "expects (e.g. x.float() / 255, then the model's mean/std)"
+        )
+    if x.device.type == "meta":
+        raise InputError("inputs are on the 'meta' device and hold no values; pass a tensor on 'cpu' or 'cuda'")
+    if model_device(model).type == "meta":
+        raise ModelError(
+            "the model's parameters are on the 'meta' device and hold no values; load its weights first "
+            "(model.to_empty(device='cpu') then load_state_dict, or cnnlens.load_model)"
         )
     if not bool(torch.isfinite(x).all()):
         raise InputError("inputs contain NaN or Inf values; every pixel must be finite")
@@ -94,7 +102,13 @@ class OutputSelector(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x)
-        return out[self.key]  # type: ignore[index,no-any-return]
+        try:
+            return out[self.key]  # type: ignore[index,no-any-return]
+        except (KeyError, IndexError, TypeError):
+            raise ModelError(
+                f"output={self.key!r} does not select anything from the model's output ({describe_output(out)}); "
+                "pass one of its keys or indices"
+            ) from None
 
 
 def describe_output(out: Any) -> str:
@@ -129,10 +143,23 @@ class ProbeResult:
     order: list[tuple[str, tuple[int, ...] | None]]
     num_classes: int
 
+    def calls(self, name: str) -> int:
+        """How many times the module ``name`` ran in one forward pass."""
+        return sum(1 for n, _s in self.order if n == name)
+
+    def reused(self) -> list[str]:
+        """Modules called more than once per forward (e.g. one activation object shared by blocks)."""
+        seen: dict[str, int] = {}
+        for n, _s in self.order:
+            seen[n] = seen.get(n, 0) + 1
+        return [n for n, c in seen.items() if c > 1]
+
 
 def probe(model: nn.Module, x: Tensor) -> ProbeResult:
     """Run one no-grad forward on ``x`` recording each module's output shape in execution order."""
-    names = {m: n for n, m in model.named_modules() if n}
+    # With output=..., ``model`` is an OutputSelector: report names relative to the user's model.
+    base = model.model if isinstance(model, OutputSelector) else model
+    names = {m: n for n, m in base.named_modules() if n}
     order: list[tuple[str, tuple[int, ...] | None]] = []
     handles = []
 
@@ -173,7 +200,9 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None, probe_result:
         raise LayerError(f"layer must be a module, a dotted name or None, got {type(layer).__name__}")
     if probe_result is None:
         raise LayerError("no layer given and none could be inferred")
-    spatial = [n for n, s in probe_result.order if s is not None and len(s) == 4 and (s[2] > 1 or s[3] > 1)]
+    reused = set(probe_result.reused())
+    spatial = [n for n, s in probe_result.order
+               if s is not None and len(s) == 4 and (s[2] > 1 or s[3] > 1) and n not in reused]
     if not spatial:
         raise LayerError(
             "no layer with a spatial (N, C, H, W) output was found; CAM methods need a convolutional "
@@ -188,6 +217,12 @@ def check_spatial_layer(name: str, probe_result: ProbeResult | None) -> None:
     if probe_result is None:
         return
     shapes = [s for n, s in probe_result.order if n == name]
+    if len(shapes) > 1:
+        raise LayerError(
+            f"layer '{name}' runs {len(shapes)} times per forward pass (outputs {', '.join(str(s) for s in shapes[:3])}); "
+            "toolkits disagree on which call a CAM uses, so pick a module that runs once (e.g. the block or "
+            "BatchNorm before it)"
+        )
     if shapes and (shapes[-1] is None or len(shapes[-1]) != 4):
         spatial = [n for n, s in probe_result.order if s is not None and len(s) == 4 and (s[2] > 1 or s[3] > 1)]
         hint = f"; spatial layers include {', '.join(spatial[-3:])}" if spatial else ""
@@ -232,6 +267,8 @@ def resolve_targets(
     if isinstance(target, (int, str)) and not isinstance(target, bool):
         items = [target] * n
     elif isinstance(target, Tensor):
+        if target.is_floating_point() or target.is_complex():
+            raise TargetError(f"target tensor must hold integer class indices, got dtype {target.dtype}")
         if target.dim() == 0:
             items = [int(target)] * n
         elif target.dim() == 1:
@@ -256,8 +293,11 @@ def resolve_targets(
         elif isinstance(t, bool) or not isinstance(t, int):
             try:
                 idx = int(t)
-            except (TypeError, ValueError):
-                raise TargetError(f"target {t!r} is neither a class index nor a class name") from None
+                integral = not isinstance(t, bool) and bool(idx == t)
+            except (TypeError, ValueError, RuntimeError):
+                integral = False
+            if not integral:  # 1.5 or True would silently become class 1
+                raise TargetError(f"target {t!r} is neither an integer class index nor a class name") from None
         else:
             idx = t
         if not 0 <= idx < num_classes:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from cnnlens import _post, _resolve, registry
 from cnnlens._guard import ModelGuard
-from cnnlens.errors import CnnlensError, LayerError, ModelError
+from cnnlens.errors import CnnlensError, ModelError
 from cnnlens.explanation import Explanation
 
 
@@ -143,10 +143,8 @@ class Explainer:
     def _layer(self, probe: _resolve.ProbeResult) -> tuple[nn.Module | None, str | None]:
         if self.method == "fullgrad" or (not self.spec.needs_layer and self._layer_arg is None):
             return None, None
-        module, name = _resolve.resolve_layer(self.model, self._layer_arg, probe if self.output is None else None)
-        if self.output is not None and self._layer_arg is None:
-            raise LayerError("with output=..., pass layer= explicitly")
-        _resolve.check_spatial_layer(name, probe if self.output is None else None)
+        module, name = _resolve.resolve_layer(self.model, self._layer_arg, probe)
+        _resolve.check_spatial_layer(name, probe)
         return module, name
 
     def _guided_warning(self) -> str | None:
@@ -183,12 +181,7 @@ class Explainer:
             warn_msgs.append(guided)
         with ModelGuard(self.model, freeze_params=self.impl.freeze_params,
                         copy_params=self.impl.mutates_params) as guard:
-            probe = self._probe(x) if self.output is None else None
-            if probe is None:
-                with torch.no_grad():
-                    out = self.net(x[:1])
-                _resolve.check_logits(out, 1, self.output)
-                probe = _resolve.ProbeResult([], int(out.shape[1]))
+            probe = self._probe(x)
             layer, layer_name = self._layer(probe)
             predicted = scores = None
             if target is None:
@@ -200,6 +193,15 @@ class Explainer:
                 predicted = logits.argmax(dim=1)
                 scores = logits.float().softmax(dim=1).gather(1, predicted[:, None])[:, 0]
             targets = _resolve.resolve_targets(target, x.shape[0], probe.num_classes, self.categories, predicted)
+            if self.impl.refuses_reuse:
+                reused = [n for n in probe.reused() if n]
+                if reused:
+                    raise ModelError(
+                        f"{self.backend} {self.impl.toolkit_name} cannot explain this model: module(s) "
+                        f"{', '.join(reused[:3])} run more than once per forward pass (EfficientNet-Lite reuses one "
+                        f"activation module), and {self.impl.toolkit_name} keeps one input/output per module, so its "
+                        "result would be silently wrong; use integrated_gradients or input_x_gradient instead"
+                    )
             adapter = self._adapter_cls(self.net, self.impl, layer, self.options)
             adapter.check_input(x)
             seed = self.options.get("seed") if self.spec.stochastic else None

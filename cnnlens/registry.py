@@ -158,6 +158,9 @@ class Implementation:
     #: The toolkit rewrites weights during the call and restores them itself (Captum's LRP); the
     #: guard then keeps a copy and verifies values instead of version counters.
     mutates_params: bool = False
+    #: The toolkit stores one input/output per module, so a module called twice per forward gives
+    #: silently wrong results (Captum's DeepLift family and LRP); refuse such models up front.
+    refuses_reuse: bool = False
 
     @property
     def spec(self) -> MethodSpec:
@@ -296,13 +299,13 @@ _IMPLS: list[Implementation] = [
                    {"n_samples": Option(20, "samples per image", _pos_int, POS_INT), "stdevs": STDEVS,
                     "baselines": BASELINES}),
     Implementation("deeplift", "captum", _CAPTUM, "DeepLift", {"baselines": BASELINES},
-                   notes="refuses models that reuse an activation module"),
+                   notes="refuses models that reuse a module within one forward", refuses_reuse=True),
     Implementation("deeplift_shap", "captum", _CAPTUM, "DeepLiftShap",
                    {"n_baselines": Option(4, "baselines drawn around `baselines`", _pos_int, POS_INT),
                     "baselines": BASELINES},
-                   notes="baselines are `baselines` plus n_baselines-1 fixed-seed noisy copies"),
+                   notes="baselines are `baselines` plus n_baselines-1 fixed-seed noisy copies", refuses_reuse=True),
     Implementation("lrp", "captum", _CAPTUM, "LRP", notes="supports Conv2d, Linear, ReLU, pooling, BatchNorm only",
-                   mutates_params=True),
+                   mutates_params=True, refuses_reuse=True),
     Implementation("occlusion", "captum", _CAPTUM, "Occlusion",
                    {"sliding_window": WINDOW, "strides": STRIDE, "baselines": BASELINES,
                     "perturbations_per_eval": PER_EVAL}),

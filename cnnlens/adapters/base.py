@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import warnings
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -50,7 +51,12 @@ class Adapter(abc.ABC):
     def run(self, x: Tensor, targets: Tensor) -> Tensor:
         """Call :meth:`attribute`, translating every backend exception at this boundary."""
         try:
-            return self.attribute(x, targets)
+            with warnings.catch_warnings():
+                # Toolkit chatter ("Input Tensor 0 did not already require gradients", "Setting backward
+                # hooks on ReLU activations", deprecated-hook FutureWarnings) is about the adapter's own
+                # calls, not the user's code; cnnlens reports real caveats in Explanation.warnings.
+                warnings.filterwarnings("ignore", module=r"(captum|pytorch_grad_cam|flashtorch|torch)(\.|$)")
+                return self.attribute(x, targets)
         except CnnlensError:
             raise
         except Exception as exc:  # the boundary: nothing from inside a toolkit escapes untranslated
