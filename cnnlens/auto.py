@@ -1,7 +1,7 @@
 """``backend="auto"``: pick, per method, the fastest backend whose output agrees with the reference.
 
 The choice comes from a table shipped in ``cnnlens/data/auto_backend.json``, written by
-``benchmarks/perf.py --write-auto``. Users can refresh it for their own machine with
+``python -m cnnlens.auto --ship``. Users can refresh it for their own machine with
 ``cnnlens.auto.refresh()`` (it writes ``~/.cache/cnnlens/auto_backend.json``, which wins over the
 shipped one). Without a table entry the static :data:`cnnlens.registry.PREFERENCE` order applies.
 """
@@ -46,7 +46,7 @@ def table() -> dict[str, Any]:
 
 
 def write_table(data: dict[str, Any], path: Path | None = None) -> Path:
-    """Write an auto table (used by ``benchmarks/perf.py --write-auto`` and :func:`refresh`)."""
+    """Write an auto table (used by ``python -m cnnlens.auto --ship`` and :func:`refresh`)."""
     target = path or user_table_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".tmp")
@@ -54,3 +54,83 @@ def write_table(data: dict[str, Any], path: Path | None = None) -> Path:
     tmp.replace(target)
     _table.cache_clear()
     return target
+
+
+def refresh(
+    model: Any = None,
+    inputs: Any = None,
+    repeats: int = 3,
+    min_pearson: float = 0.95,
+    path: Path | None = None,
+) -> dict[str, Any]:
+    """Measure every method that two or more installed backends provide, and write the auto table.
+
+    For each method the reference is the first backend of :data:`cnnlens.registry.PREFERENCE` that
+    has it. A backend qualifies when its maps agree with the reference's (Pearson >= ``min_pearson``
+    on every image); qualifying backends are ordered by median wall time, the others follow.
+
+    Args:
+        model: Defaults to the embedded model.
+        inputs: Defaults to two demo images preprocessed for ``model``.
+        repeats: Timed calls per backend (after one warm-up).
+        min_pearson: Agreement threshold.
+        path: Where to write; defaults to the user cache (``~/.cache/cnnlens/auto_backend.json``).
+    """
+    import statistics
+    import time
+    import warnings
+
+    import numpy as np
+
+    import cnnlens
+    from cnnlens import registry
+
+    if model is None:
+        model = cnnlens.load_model()
+    if inputs is None:
+        inputs = cnnlens.demo_images(model, names=["chelsea", "coffee"])
+    methods: dict[str, Any] = {}
+    for method in registry.METHODS:
+        have = [b for b in registry.backends_for(method) if registry.BACKENDS[b].installed]
+        if len(have) < 2:
+            continue
+        ref_maps = None
+        stats: dict[str, dict[str, Any]] = {}
+        for backend in have:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ex = cnnlens.Explainer(model, method, backend)
+                first = ex.explain(inputs)
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    ex.explain(inputs, target=first.targets)
+                    times.append(time.perf_counter() - t0)
+            maps = first.maps.flatten(1).double().cpu().numpy()
+            if ref_maps is None:
+                ref_maps, r = maps, 1.0
+            else:
+                rs = [np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else 0.0 for a, b in zip(ref_maps, maps)]
+                r = float(min(rs))
+            stats[backend] = {"seconds": statistics.median(times), "pearson_to_reference": r}
+        agree = sorted((b for b in have if stats[b]["pearson_to_reference"] >= min_pearson), key=lambda b: stats[b]["seconds"])
+        rest = [b for b in have if b not in agree]
+        methods[method] = {"order": agree + rest, "reference": have[0], "backends": stats}
+    data = {
+        "source": "cnnlens.auto.refresh",
+        "model": getattr(getattr(model, "cnnlens_meta", None), "name", type(model).__name__),
+        "input_shape": list(inputs.shape),
+        "min_pearson": min_pearson,
+        "methods": methods,
+    }
+    write_table(data, path)
+    return data
+
+
+if __name__ == "__main__":  # python -m cnnlens.auto [--ship]
+    import sys
+
+    target = SHIPPED if "--ship" in sys.argv else None
+    result = refresh(path=target)
+    for name, row in result["methods"].items():
+        print(name, "->", row["order"], {b: round(s["seconds"], 4) for b, s in row["backends"].items()})

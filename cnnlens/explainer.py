@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cnnlens import _post, _resolve, registry
+from cnnlens import _config, _post, _resolve, registry
 from cnnlens._guard import ModelGuard
 from cnnlens.errors import CnnlensError, ModelError
 from cnnlens.explanation import Explanation
@@ -179,7 +179,7 @@ class Explainer:
         if guided:
             warnings.warn(guided, CnnlensWarning, stacklevel=2)
             warn_msgs.append(guided)
-        with ModelGuard(self.model, freeze_params=self.impl.freeze_params,
+        with ModelGuard(self.model, freeze_params=self.impl.freeze_params and _config.OPTIMIZE,
                         copy_params=self.impl.mutates_params) as guard:
             probe = self._probe(x)
             layer, layer_name = self._layer(probe)

@@ -30,6 +30,7 @@ from pytorch_grad_cam.utils.find_layers import replace_all_layer_type_recursive
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
+from cnnlens import _config
 from cnnlens.adapters.base import Adapter
 from cnnlens.errors import CnnlensError, LayerError
 
@@ -127,7 +128,8 @@ class PytorchGradCamAdapter(Adapter):
 
             setattr(cam, name, spy)
         handle = None
-        if cam.uses_gradients and not cam.compute_input_gradient and cam.detach and self.layer is not None:
+        if (_config.OPTIMIZE and cam.uses_gradients and not cam.compute_input_gradient and cam.detach
+                and self.layer is not None):
             handle = self.layer.register_forward_hook(_leaf_at(self.layer), prepend=True)
         try:
             with _quiet_progress(method in PER_IMAGE):

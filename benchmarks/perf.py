@@ -1,0 +1,387 @@
+"""Speed of every method against its compute limit and against the toolkit called directly.
+
+For each (model, method, backend) it times, interleaved in one process on one machine:
+
+* ``cnnlens``: ``Explainer(...).explain(x, target=t)`` (explicit targets, so no extra forward);
+* ``direct``: the toolkit called the way its documentation shows, with the same settings;
+* ``limit``: the method's compute limit -- one forward plus ``torch.autograd.grad`` of the target
+  score w.r.t. the CAM layer (gradient CAMs), or w.r.t. the input (gradient methods); for
+  many-forward methods, the number of image-forwards times the per-image cost of one batched
+  forward (forward+input-gradient for IG and the SmoothGrad family, no-grad forward otherwise).
+
+It prints medians and the ratios cnnlens/limit, direct/limit and cnnlens/direct, plus the peak
+memory of each cnnlens call (RSS high-water above the idle process on CPU, max_memory_allocated on
+CUDA) and throughput. Timing claims come from this script, never from unit tests.
+
+Usage:
+    python benchmarks/perf.py --models efficientnet_lite0,resnet50,vgg11 --batch 8 --size 224 \\
+        --device cpu --threads 2 --reps 5 --out benchmarks/results/perf-cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import torch
+from torch import Tensor, nn
+
+import cnnlens
+from cnnlens import _resolve
+from cnnlens.registry import REGISTRY
+
+GRAD_CAMS = ["gradcam", "gradcam_plusplus", "xgradcam", "hirescam", "layercam", "eigengradcam", "gradcam_elementwise"]
+GRADIENTS = ["saliency", "guided_backprop", "input_x_gradient", "deconvolution"]
+MANY = ["scorecam", "ablationcam", "integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad", "occlusion",
+        "lime", "kernel_shap"]
+# Options for many-forward methods, kept small enough for a CPU run; the forward count follows them.
+MANY_OPTS: dict[str, dict] = {
+    "integrated_gradients": {"n_steps": 16},
+    "smoothgrad": {"nt_samples": 8},
+    "smoothgrad_sq": {"nt_samples": 8},
+    "vargrad": {"nt_samples": 8},
+    "occlusion": {"sliding_window": 56, "strides": 56},
+    "lime": {"n_samples": 32, "feature_grid": 32},
+    "kernel_shap": {"n_samples": 32, "feature_grid": 32},
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PeakRSS:
+    """Sample the process RSS every 2 ms in a thread; report the high-water mark above the start."""
+
+    def __enter__(self) -> PeakRSS:
+        self.proc = psutil.Process()
+        self.base = self.proc.memory_info().rss
+        self.peak = self.base
+        self._stop = False
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop:
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self._t.join()
+
+    @property
+    def mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+@dataclass
+class Case:
+    model: str
+    method: str
+    backend: str
+    fns: dict[str, Callable[[], object]]
+    forwards: int | None = None
+    #: the limit is ``scale`` times the timed ``limit`` function (one batched unit of a many-forward method)
+    limit_scale: float = 1.0
+    times: dict[str, list[float]] = field(default_factory=dict)
+    peak_mb: float = float("nan")
+
+
+def build_model(name: str, device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "efficientnet_lite0":
+        return cnnlens.load_model(device=device)
+    return cnnlens.load_model(name, weights=None, device=device)
+
+
+def target_layer(model: nn.Module, x: Tensor) -> tuple[nn.Module, str]:
+    probe = _resolve.probe(model, x[:1])
+    return _resolve.resolve_layer(model, None, probe)
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits
+# ---------------------------------------------------------------------------------------------
+
+
+def limit_layer(model: nn.Module, layer: nn.Module, x: Tensor, t: Tensor) -> Callable[[], object]:
+    def run() -> object:
+        store: list[Tensor] = []
+        h = layer.register_forward_hook(lambda _m, _i, o: store.append(o))
+        try:
+            out = model(x)
+        finally:
+            h.remove()
+        return torch.autograd.grad(out.gather(1, t[:, None]).sum(), store[-1])
+
+    return run
+
+
+def limit_input(model: nn.Module, x: Tensor, t: Tensor) -> Callable[[], object]:
+    def run() -> object:
+        xi = x.detach().requires_grad_(True)
+        out = model(xi)
+        return torch.autograd.grad(out.gather(1, t[:, None]).sum(), xi)
+
+    return run
+
+
+def limit_forward(model: nn.Module, x: Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.no_grad():
+            return model(x)
+
+    return run
+
+
+def many_forward_count(method: str, model: nn.Module, layer_channels: int, n: int, size: int) -> int:
+    o = MANY_OPTS.get(method, {})
+    if method in ("scorecam", "ablationcam"):
+        return n * (layer_channels + 1)
+    if method == "integrated_gradients":
+        return n * o["n_steps"]
+    if method in ("smoothgrad", "smoothgrad_sq", "vargrad"):
+        return n * o["nt_samples"]
+    if method == "occlusion":
+        w, s = o["sliding_window"], o["strides"]
+        per_axis = (size - w) // s + 1
+        return n * (per_axis * per_axis + 1)
+    if method in ("lime", "kernel_shap"):
+        return n * (o["n_samples"] + 1)
+    raise KeyError(method)
+
+
+# ---------------------------------------------------------------------------------------------
+# Direct toolkit calls (no cnnlens in the loop)
+# ---------------------------------------------------------------------------------------------
+
+
+def direct_call(method: str, backend: str, model: nn.Module, layer: nn.Module, x: Tensor, t: Tensor) -> Callable[[], object] | None:
+    if backend == "pytorch-grad-cam":
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        from cnnlens.adapters.pytorch_grad_cam import CLASSES
+
+        if method == "guided_backprop":
+            from pytorch_grad_cam import GuidedBackpropReLUModel
+
+            def gb() -> object:
+                m = copy.deepcopy(model)  # pytorch-grad-cam swaps the ReLUs and puts fresh ones back
+                g = GuidedBackpropReLUModel(m)
+                return [g(x[i : i + 1].clone(), target_category=int(t[i])) for i in range(x.shape[0])]
+
+            return gb
+        if method not in CLASSES:
+            return None
+        cls = getattr(pgc, CLASSES[method])
+
+        def cam() -> object:
+            with cls(model, target_layers=[layer]) as c:
+                return c(input_tensor=x, targets=[ClassifierOutputTarget(int(i)) for i in t])
+
+        return cam
+    if backend == "captum":
+        from captum import attr as ca
+
+        simple = {"saliency": ca.Saliency, "guided_backprop": ca.GuidedBackprop, "input_x_gradient": ca.InputXGradient,
+                  "deconvolution": ca.Deconvolution}
+        if method == "gradcam":
+            return lambda: ca.LayerGradCam(model, layer).attribute(x, target=t)
+        if method in simple:
+            kw = {"abs": False} if method == "saliency" else {}
+            return lambda: simple[method](model).attribute(x, target=t, **kw)
+        return None
+    if backend == "flashtorch":
+        from flashtorch.saliency import Backprop
+
+        def ft() -> object:
+            m = copy.deepcopy(model)  # FlashTorch leaves its hooks behind
+            bp = Backprop(m)
+            out = []
+            for i in range(x.shape[0]):
+                xi = x[i : i + 1].clone().requires_grad_(True)
+                out.append(bp.calculate_gradients(xi, int(t[i]), guided=method == "guided_backprop"))
+            return out
+
+        return ft
+    return None
+
+
+def time_case(case: Case, reps: int, device: torch.device) -> None:
+    names = list(case.fns)
+    case.times = {n: [] for n in names}
+    for n in names:  # warm-up, also for lazy imports
+        case.fns[n]()
+    for _ in range(reps):
+        for n in names:  # interleaved, so drifts hit every variant alike
+            sync(device)
+            t0 = time.perf_counter()
+            case.fns[n]()
+            sync(device)
+            case.times[n].append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        case.fns["cnnlens"]()
+        sync(device)
+        case.peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    else:
+        with PeakRSS() as p:
+            case.fns["cnnlens"]()
+        case.peak_mb = p.mb
+
+
+def med(v: list[float]) -> float:
+    return statistics.median(v) if v else float("nan")
+
+
+def bench_model(mname: str, args: argparse.Namespace, device: torch.device, groups: set[str]) -> list[dict]:
+    """Time every selected (method, backend) on one model; return one row per case."""
+    rows: list[dict] = []
+    model = build_model(mname, device)
+    for p in model.parameters():  # as users hold models: trainable parameters
+        p.requires_grad_(True)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(device)
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    layer, lname = target_layer(model, x)
+    with torch.no_grad():
+        store: list[Tensor] = []
+        h = layer.register_forward_hook(lambda _m, _i, o: store.append(o))
+        model(x[:1])
+        h.remove()
+        channels = int(store[-1].shape[1])
+    cases: list[Case] = []
+
+    def add(method: str, backend: str, limit: Callable[[], object], forwards: int | None = None,
+            scale: float = 1.0, **opts: object) -> None:
+        if (method, backend) not in REGISTRY or not REGISTRY[(method, backend)] or not cnnlens.methods(method, backend):
+            return
+        ex = cnnlens.Explainer(model, method, backend, layer=lname if REGISTRY[(method, backend)].spec.needs_layer else None, **opts)
+        fns: dict[str, Callable[[], object]] = {"limit": limit, "cnnlens": lambda ex=ex: ex.explain(x, target=t)}
+        d = direct_call(method, backend, model, layer, x, t) if forwards is None else None
+        if d is not None:
+            fns["direct"] = d
+        cases.append(Case(mname, method, backend, fns, forwards, scale))
+
+    if "cams" in groups:
+        for m in GRAD_CAMS:
+            add(m, "pytorch-grad-cam", limit_layer(model, layer, x, t))
+        add("gradcam", "captum", limit_layer(model, layer, x, t))
+    if "gradients" in groups:
+        for m in GRADIENTS:
+            for b in ("pytorch-grad-cam", "captum", "flashtorch"):
+                add(m, b, limit_input(model, x, t))
+    if "many" in groups and mname in args.many_models.split(","):
+        ib = 64 if args.size <= 224 else 16
+        xb = torch.randn(ib, 3, args.size, args.size, generator=gen).to(device)
+        tb = torch.zeros(ib, dtype=torch.long, device=device)
+        fwd_unit, grad_unit = limit_forward(model, xb), limit_input(model, xb, tb)
+        for m in MANY:
+            n_fw = many_forward_count(m, model, channels, args.batch, args.size)
+            unit = grad_unit if m in ("integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad") else fwd_unit
+            reps_needed = n_fw / ib
+
+            for b in ("pytorch-grad-cam", "captum"):
+                add(m, b, unit, forwards=n_fw, scale=reps_needed, **MANY_OPTS.get(m, {}))
+    for c in cases:
+        reps = args.many_reps if c.forwards else args.reps
+        print(f"[{mname}] {c.method} / {c.backend} ...", file=sys.stderr, flush=True)
+        time_case(c, reps, device)
+        r = {
+            "model": c.model, "method": c.method, "backend": c.backend, "layer": lname,
+            "cnnlens_s": med(c.times["cnnlens"]), "limit_s": med(c.times["limit"]) * c.limit_scale,
+            "direct_s": med(c.times.get("direct", [])), "forwards": c.forwards, "peak_mb": c.peak_mb,
+        }
+        r["cnnlens_over_limit"] = r["cnnlens_s"] / r["limit_s"]
+        r["direct_over_limit"] = r["direct_s"] / r["limit_s"]
+        r["cnnlens_over_direct"] = r["cnnlens_s"] / r["direct_s"]
+        r["images_per_s"] = args.batch / r["cnnlens_s"]
+        rows.append(r)
+        print(f"  cnnlens {r['cnnlens_s']:.3f}s  direct {r['direct_s']:.3f}s  limit {r['limit_s']:.3f}s  "
+              f"c/limit {r['cnnlens_over_limit']:.2f}  d/limit {r['direct_over_limit']:.2f}  "
+              f"c/direct {r['cnnlens_over_direct']:.2f}  peak {r['peak_mb']:.0f} MB", flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="efficientnet_lite0,resnet50,vgg11")
+    ap.add_argument("--groups", default="cams,gradients,many")
+    ap.add_argument("--many-models", default="efficientnet_lite0", help="models for the many-forward group")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--many-reps", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="write a Markdown table here")
+    ap.add_argument("--json", type=Path, default=None, help="write raw rows as JSON here")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("--device cuda asked for, but CUDA is not available", file=sys.stderr)
+        return 2
+    warnings.filterwarnings("ignore")
+    groups = set(args.groups.split(","))
+    rows = []
+    for mname in args.models.split(","):
+        rows.extend(bench_model(mname, args, device, groups))
+    header = describe(device, args)
+    table = to_markdown(rows)
+    print(header + "\n" + table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(header + "\n" + table + "\n")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": header, "rows": rows}, indent=1))
+    return 0
+
+
+def describe(device: torch.device, args: argparse.Namespace) -> str:
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    return (
+        f"Machine: {card}; {psutil.cpu_count()} CPUs visible, torch threads {args.threads}; "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM; torch {torch.__version__}; "
+        f"batch {args.batch}, {args.size} px, random inputs; median of {args.reps} interleaved runs "
+        f"({args.many_reps} for many-forward methods) after one warm-up.\n"
+    )
+
+
+def to_markdown(rows: list[dict]) -> str:
+    lines = [
+        "| model | method | backend | cnnlens s | direct s | limit s | cnnlens/limit | direct/limit | cnnlens/direct | img/s | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        def f(v: float, d: int = 3) -> str:
+            return "–" if v != v else f"{v:.{d}f}"
+
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['backend']} | {f(r['cnnlens_s'])} | {f(r['direct_s'])} | "
+            f"{f(r['limit_s'])} | {f(r['cnnlens_over_limit'], 2)} | {f(r['direct_over_limit'], 2)} | "
+            f"{f(r['cnnlens_over_direct'], 2)} | {f(r['images_per_s'], 1)} | {f(r['peak_mb'], 0)} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Every speed-up leaves outputs equal to the unoptimised path, and restores what it touches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cnnlens
+from cnnlens import _config
+from cnnlens.errors import BackendError
+from cnnlens.testing import assert_same_state, snapshot, tiny_cnn, tiny_input
+
+GRAD_CAMS = ["gradcam", "gradcam_plusplus", "xgradcam", "hirescam", "layercam", "eigengradcam", "gradcam_elementwise"]
+
+
+@pytest.fixture()
+def unoptimised(monkeypatch):
+    monkeypatch.setattr(_config, "OPTIMIZE", False)
+
+
+@pytest.mark.parametrize("method", [*GRAD_CAMS, "scorecam", "fullgrad", "guided_backprop", "guided_gradcam"])
+def test_optimised_equals_unoptimised(method, monkeypatch):
+    model, x = tiny_cnn(), tiny_input(n=3)
+    fast = cnnlens.explain(model, x, method, "pytorch-grad-cam", target=[0, 2, 4])
+    monkeypatch.setattr(_config, "OPTIMIZE", False)
+    slow = cnnlens.explain(model, x, method, "pytorch-grad-cam", target=[0, 2, 4])
+    assert (fast.maps - slow.maps).abs().max() <= 1e-5
+    torch.testing.assert_close(fast.raw, slow.raw, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", GRAD_CAMS)
+def test_equal_to_direct_pytorch_grad_cam(method):
+    """pytorch-grad-cam's own post-processing of our raw CAM equals a direct, documented call."""
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.image import scale_cam_image
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from cnnlens.adapters.pytorch_grad_cam import CLASSES
+
+    model, x = tiny_cnn(), tiny_input(n=3)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    e = cnnlens.explain(model, x, method, "pytorch-grad-cam", target=[1, 2, 3])
+    with getattr(pgc, CLASSES[method])(model, target_layers=[model.features]) as cam:
+        direct = cam(input_tensor=x, targets=[ClassifierOutputTarget(i) for i in (1, 2, 3)])
+    # pytorch-grad-cam's own post-processing: ReLU, scale+resize per layer, then aggregate_multi_layers
+    per_layer = scale_cam_image(np.maximum(e.raw.numpy(), 0), (x.shape[3], x.shape[2]))
+    ours = scale_cam_image(np.maximum(per_layer, 0))
+    assert np.abs(ours - direct).max() <= 1e-5
+
+
+def test_flags_restored_after_exception_in_optimised_path(monkeypatch):
+    import pytorch_grad_cam as pgc
+
+    model, x = tiny_cnn(), tiny_input()
+    model.features[3].weight.requires_grad_(False)
+    before = snapshot(model)
+
+    def boom(*a, **k):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(pgc.GradCAM, "get_cam_weights", boom)
+    with pytest.raises(BackendError, match="injected"):
+        cnnlens.explain(model, x, "gradcam", "pytorch-grad-cam", target=0)
+    assert_same_state(before, model)
+    assert [p.requires_grad for p in model.parameters()] == [n != "features.3.weight" for n, _ in model.named_parameters()]
+    monkeypatch.undo()
+    cnnlens.explain(model, x, "gradcam", "pytorch-grad-cam", target=0)
+
+
+def test_scorecam_runs_per_image_with_bounded_batch():
+    """ScoreCAM's masked inputs are built per image (pytorch-grad-cam builds N*C of them at once)."""
+    model, x = tiny_cnn(), tiny_input(n=3)
+    a = cnnlens.explain(model, x, "scorecam", "pytorch-grad-cam", target=1, batch_size=4)
+    b = cnnlens.explain(model, x, "scorecam", "pytorch-grad-cam", target=1)
+    torch.testing.assert_close(a.maps, b.maps, atol=1e-5, rtol=1e-5)
