@@ -1,0 +1,237 @@
+"""Filter visualization: the image each convolution filter responds to most (activation maximization).
+
+(The module is named after FlashTorch's ``flashtorch.activmax``; it is not ``cnnlens/filters.py``
+because importing a submodule called ``filters`` would shadow the lazy ``cnnlens.filters`` function.)
+
+This is not a heatmap over an input, so it has its own entry point rather than an
+:class:`~cnnlens.Explainer` method::
+
+    imgs = cnnlens.filters(model, layer="features.3", filters=[0, 5, 9], steps=30)
+    cnnlens.plot_filters(imgs, "filters.png")
+
+The only toolkit of the three that does this is FlashTorch (``GradientAscent``); cnnlens runs it
+through :class:`cnnlens.adapters.flashtorch.CnnlensGradientAscent`, which fixes its index check,
+accepts any layer by name, never moves the model, and is seeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from cnnlens import _resolve, registry
+from cnnlens._guard import ModelGuard
+from cnnlens.errors import CnnlensError, LayerError, ModelError, OptionError, UnsupportedMethodError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
+
+#: FlashTorch picks this many random filters when none are named.
+DEFAULT_COUNT = 4
+#: FlashTorch's display recipe for optimised images (``GradientAscent._visualize_filters``).
+DISPLAY = {"saturation": 0.15, "brightness": 0.7}
+
+
+def start_image(seed: int, filter_idx: int, size: int, mean: Sequence[float], std: Sequence[float],
+                device: torch.device, dtype: torch.dtype) -> Tensor:
+    """FlashTorch's random start, reproducibly: uniform grey noise in [150, 180], normalised.
+
+    FlashTorch draws ``np.uint8(np.random.uniform(150, 180, (size, size, 3)))`` from the global
+    NumPy state and normalises it with ImageNet statistics (``apply_transforms``). Here the noise
+    comes from a generator seeded with ``(seed, filter_idx)``, so each filter's image depends on the
+    seed and the filter only, and it is normalised with the model's own mean and std.
+
+    Returns:
+        (1, 3, size, size) on ``device`` in ``dtype``.
+    """
+    rng = np.random.default_rng([seed, filter_idx])
+    noise = np.uint8(rng.uniform(150, 180, (size, size, 3)))
+    x = torch.from_numpy(noise).permute(2, 0, 1).to(torch.float64) / 255.0
+    m = torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64).view(-1, 1, 1)
+    return ((x - m) / s)[None].to(device=device, dtype=dtype)
+
+
+def _filter_mean(net: nn.Module, x: Tensor, filters: Sequence[int]) -> Tensor:
+    """Mean activation of ``filters[i]`` on ``x[i]`` (FlashTorch's objective), one value per image."""
+    with torch.no_grad():
+        out = net(x)
+    idx = torch.as_tensor(list(filters), device=out.device)
+    return out[torch.arange(len(filters), device=out.device), idx].mean(dim=(1, 2)).float().cpu()
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise OptionError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def filters(
+    model: nn.Module,
+    layer: nn.Module | str | None = None,
+    filters: int | Sequence[int] | None = None,
+    steps: int = 30,
+    *,
+    lr: float = 1.0,
+    size: int | None = None,
+    seed: int = 0,
+    backend: str = "flashtorch",
+) -> Tensor:
+    """Visualise what filters of a layer respond to, by gradient ascent on the input (FlashTorch).
+
+    Each filter's image starts from seeded grey noise and takes ``steps`` steps of FlashTorch's
+    ascent on the mean of that filter's feature map. The model is left exactly as it was (device,
+    hooks, modes, parameters), and the same arguments give the same images.
+
+    Args:
+        model: Any network; the forward pass stops after ``layer``.
+        layer: Module or dotted name of a layer with an (N, C, H, W) output, e.g. ``"features.3"``;
+            None picks the last such layer (as for CAMs).
+        filters: Filter (output channel) indices; an int for one; None picks 4 at random (seeded).
+        steps: Ascent steps per filter (FlashTorch's ``num_iter``).
+        lr: Step size; FlashTorch normalises each gradient by its RMS, so this is in input units.
+        size: Image side in pixels; defaults to the model's crop size (224 for ImageNet models).
+        seed: Seed of the starting noise (and of the filter choice when ``filters`` is None).
+        backend: Only ``"flashtorch"`` implements filter visualization.
+
+    Returns:
+        (F, 3, size, size) tensor of the optimised inputs, in the model's input space, on the model's
+        device. It also carries ``images`` (F, size, size, 3 uint8, FlashTorch's display recipe),
+        ``start`` (the F starting images), ``filters``, ``layer`` (its name), ``activation`` and
+        ``start_activation`` ((F,) mean activation of each filter on its image and on its start).
+        :func:`plot_filters` draws them as a grid.
+
+    Raises:
+        LayerError: The layer is unknown or has no (N, C, H, W) output.
+        OptionError: A filter index is outside ``0..C-1``, or steps/size/lr are invalid.
+    """
+    if backend not in ("flashtorch", "auto", None):
+        raise UnsupportedMethodError(
+            f"backend '{backend}' has no filter visualization; backends that have it: flashtorch"
+        )
+    registry.BACKENDS["flashtorch"].require()
+    from cnnlens.adapters.flashtorch import CnnlensGradientAscent  # imports FlashTorch only now
+    from cnnlens.models import meta_of
+
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    steps = _check_int("steps", steps, 1)
+    seed = _check_int("seed", seed, 0)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0 or not np.isfinite(lr):
+        raise OptionError(f"lr must be a positive number, got {lr!r}")
+    meta = meta_of(model)
+    size = _check_int("size", size if size is not None else meta.crop, 8)
+    device, dtype = _resolve.model_device(model), _resolve.model_dtype(model)
+
+    with ModelGuard(model):
+        probe_x = start_image(seed, 0, size, meta.mean, meta.std, device, dtype)
+        try:
+            probe = _resolve.probe(model, probe_x)
+        except CnnlensError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"the model's forward pass failed at {size}x{size}: {type(exc).__name__}: {exc}") from exc
+        module, name = _resolve.resolve_layer(model, layer, probe)
+        shapes = [s for n, s in probe.order if n == name]
+        if not shapes or shapes[0] is None or len(shapes[0]) != 4:
+            got = f"outputs shape {shapes[0]}" if shapes else "is never called by forward"
+            raise LayerError(f"layer '{name}' {got}; filter visualization needs a layer with an (N, C, H, W) output")
+        channels = int(shapes[0][1])
+        chosen = _choose(filters, channels, seed)  # every index is checked before any work is done
+        ascent = CnnlensGradientAscent(model, module, channels, lr=float(lr))
+        starts, finals = [], []
+        for f in chosen:
+            start = start_image(seed, f, size, meta.mean, meta.std, device, dtype)
+            try:
+                out = ascent.optimize(module, f, start, num_iter=steps)
+            except CnnlensError:
+                raise
+            except Exception as exc:
+                raise ModelError(f"flashtorch GradientAscent failed on layer '{name}': {type(exc).__name__}: {exc}") from exc
+            starts.append(start[0])
+            finals.append(out[-1][0])
+        result = torch.stack(finals).detach()
+        start_t = torch.stack(starts)
+        act = _filter_mean(ascent._net, result, chosen)
+        act0 = _filter_mean(ascent._net, start_t, chosen)
+    result.images = display_images(result)  # type: ignore[attr-defined]
+    result.start = start_t  # type: ignore[attr-defined]
+    result.filters = list(chosen)  # type: ignore[attr-defined]
+    result.layer = name  # type: ignore[attr-defined]
+    result.activation = act  # type: ignore[attr-defined]
+    result.start_activation = act0  # type: ignore[attr-defined]
+    return result
+
+
+def _choose(filters: int | Sequence[int] | None, channels: int, seed: int) -> list[int]:
+    if filters is None:
+        # FlashTorch draws with replacement (np.random.choice default), so it can repeat a filter.
+        rng = np.random.default_rng(seed)
+        return sorted(int(i) for i in rng.choice(channels, size=min(DEFAULT_COUNT, channels), replace=False))
+    items = [filters] if isinstance(filters, (int, np.integer)) and not isinstance(filters, bool) else filters
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise OptionError(f"filters must be an int, a list of ints or None, got {type(filters).__name__}")
+    out = []
+    for f in items:
+        if isinstance(f, bool) or not isinstance(f, (int, np.integer)):
+            raise OptionError(f"filter indices must be integers, got {f!r}")
+        if not 0 <= int(f) < channels:
+            raise OptionError(f"filter {int(f)} is out of range: the layer has {channels} filters (0..{channels - 1})")
+        out.append(int(f))
+    if not out:
+        raise OptionError("filters is empty; name at least one filter index, or None for 4 random ones")
+    return out
+
+
+def display_images(x: Tensor) -> Tensor:
+    """(F, 3, H, W) optimised inputs -> (F, H, W, 3) uint8, with FlashTorch's ``standardize_and_clip``."""
+    from flashtorch.utils import standardize_and_clip
+
+    shown = [standardize_and_clip(img, **DISPLAY) for img in x.detach().float().cpu()]
+    return (torch.stack(shown).permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+
+
+def plot_filters(imgs: Tensor, path: str | Path | None = None, ncols: int = 4, title: str | None = None) -> Figure:
+    """Draw filter images as a grid titled by filter index, as FlashTorch does; optionally save it.
+
+    Args:
+        imgs: What :func:`filters` returned (its ``images`` are used when present), or any
+            (F, 3, H, W) tensor, which is shown with FlashTorch's display recipe.
+        path: Write the figure there (PNG, PDF, SVG, by suffix).
+        ncols: Images per row.
+        title: Figure title; defaults to the layer name.
+
+    Returns:
+        The matplotlib ``Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    if not isinstance(imgs, Tensor) or imgs.dim() != 4 or imgs.shape[1] != 3:
+        shape = tuple(imgs.shape) if isinstance(imgs, Tensor) else type(imgs).__name__
+        raise OptionError(f"plot_filters needs an (F, 3, H, W) tensor such as cnnlens.filters(...) returns, got {shape}")
+    ncols = _check_int("ncols", ncols, 1)
+    shown = getattr(imgs, "images", None)
+    if shown is None:
+        shown = display_images(imgs)
+    idx = getattr(imgs, "filters", None) or list(range(imgs.shape[0]))
+    n = imgs.shape[0]
+    cols = min(ncols, n)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(2.5 * cols, 2.5 * rows + 0.4), layout="constrained")
+    for i in range(rows * cols):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_axis_off()
+        if i < n:
+            ax.imshow(shown[i].numpy())
+            ax.set_title(f"filter {idx[i]}", fontsize=9)
+    label = title if title is not None else getattr(imgs, "layer", None)
+    if label:
+        fig.suptitle(str(label))
+    if path is not None:
+        fig.savefig(str(path), dpi=100)
+    return fig
