@@ -23,9 +23,15 @@ _LAZY: dict[str, str] = {
     "load_model": "cnnlens.models:load_model",
     "load_images": "cnnlens.images:load_images",
     "demo_images": "cnnlens.images:demo_images",
-    "kernels": "cnnlens.kernels:kernels",
-    "capture": "cnnlens.capture:capture",
-    "filters": "cnnlens.filters:filters",
+    # Modules not named like the functions, so importing them cannot shadow the lazy names.
+    "kernels": "cnnlens.conv_kernels:kernels",
+    "Kernels": "cnnlens.conv_kernels:Kernels",
+    "capture": "cnnlens.featuremaps:capture",
+    "FeatureMaps": "cnnlens.featuremaps:FeatureMaps",
+    "plot": "cnnlens.plot",
+    # Not "cnnlens.filters": importing a submodule named like a lazy function would shadow it.
+    "filters": "cnnlens.activmax:filters",
+    "plot_filters": "cnnlens.activmax:plot_filters",
     "errors": "cnnlens.errors",
     "CnnlensError": "cnnlens.errors:CnnlensError",
 }
@@ -36,6 +42,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from cnnlens.errors import CnnlensError
     from cnnlens.explainer import CnnlensWarning, Explainer, explain
     from cnnlens.explanation import Explanation
+    from cnnlens.conv_kernels import Kernels, kernels
+    from cnnlens.featuremaps import FeatureMaps, capture
     from cnnlens.images import demo_images, load_images
     from cnnlens.models import load_model
     from cnnlens.registry import is_method, list_methods, methods

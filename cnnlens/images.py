@@ -22,6 +22,8 @@ DATA = Path(__file__).with_name("data")
 DEMO = ("chelsea", "coffee", "rocket", "astronaut")
 #: Files above this many pixels are refused before decoding (decompression-bomb guard).
 MAX_FILE_PIXELS = 8192 * 8192
+#: Images more elongated than this are refused: the centre crop would keep a sliver of them.
+MAX_ASPECT = 20
 
 
 def demo_paths(names: Sequence[str] = DEMO) -> list[Path]:
@@ -31,15 +33,22 @@ def demo_paths(names: Sequence[str] = DEMO) -> list[Path]:
 
 def expand(sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
     """Expand files, folders (non-recursive) and glob patterns to a sorted list of image files."""
+    if isinstance(sources, (bytes, bytearray)) or not isinstance(sources, (str, os.PathLike, Iterable)):
+        raise ImageLoadError(
+            f"images must be given as paths, a folder or a glob pattern, got {type(sources).__name__}"
+        )
     items = [sources] if isinstance(sources, (str, os.PathLike)) else list(sources)
     if not items:
         raise ImageLoadError("no images given; pass files, a folder, or a glob such as 'photos/*.jpg'")
     out: list[Path] = []
     for item in items:
-        s = str(item)
+        if not isinstance(item, (str, os.PathLike)):
+            raise ImageLoadError(f"image paths must be strings or paths, got {type(item).__name__}: {item!r}")
+        s = os.path.expanduser(str(item))
         p = Path(s)
-        if any(ch in s for ch in "*?["):
-            hits = sorted(Path(h) for h in _glob.glob(s) if Path(h).suffix.lower() in EXTENSIONS)
+        if any(ch in s for ch in "*?[") and not p.exists():
+            hits = sorted(Path(h) for h in _glob.glob(s, recursive=True)
+                          if Path(h).suffix.lower() in EXTENSIONS and Path(h).is_file())
             if not hits:
                 raise ImageLoadError(f"the pattern '{s}' matches no image files ({', '.join(EXTENSIONS)})")
             out.extend(hits)
@@ -70,9 +79,11 @@ def read_rgb(path: Path) -> np.ndarray:
                 )
             im.load()
             im = ImageOps.exif_transpose(im)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
                 arr = np.asarray(im, dtype=np.float64)
-                top = 65535.0 if arr.max() > 255 else 255.0
+                # A 16-bit file spans 0..65535 whatever its values; a 32-bit "I" image has no declared
+                # range, so values above 255 are read as 16-bit.
+                top = 65535.0 if im.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
                 gray = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
                 return np.repeat(gray[..., None], 3, axis=2)
             if im.mode == "F":
@@ -95,6 +106,13 @@ def read_rgb(path: Path) -> np.ndarray:
             return arr.copy()
     except ImageLoadError:
         raise
+    except Image.DecompressionBombError:
+        raise ImageLoadError(
+            f"'{path}' declares more pixels than Pillow allows ({Image.MAX_IMAGE_PIXELS} x 2), a decompression-bomb "
+            f"guard; cnnlens reads images up to {MAX_FILE_PIXELS} pixels: downscale it first"
+        ) from None
+    except IsADirectoryError:
+        raise ImageLoadError(f"'{path}' is a folder, not an image file; pass the folder to load_images instead") from None
     except UnidentifiedImageError:
         raise ImageLoadError(
             f"'{path}' is not a readable image (supported: JPEG, PNG, BMP, WebP, TIFF)"
@@ -136,6 +154,8 @@ def load_images(
     """
     from cnnlens.models import meta_of
 
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
+        raise ImageLoadError(f"size must be an integer >= 8 (the crop side in pixels), got {size!r}")
     paths = expand(sources)
     meta = meta_of(model) if model is not None else None
     mean = meta.mean if meta else (0.485, 0.456, 0.406)
@@ -143,7 +163,15 @@ def load_images(
     resize, crop = (meta.resize, meta.crop) if meta else (256, 224)
     if size is not None:
         resize, crop = round(size * resize / crop), size
-    x, shows = preprocess([read_rgb(p) for p in paths], mean, std, resize, crop)
+    arrays = [read_rgb(p) for p in paths]
+    for p, a in zip(paths, arrays, strict=True):
+        h, w = a.shape[:2]
+        if max(h, w) > MAX_ASPECT * min(h, w):
+            # Resizing the short side to `resize` would blow the long side up (1 x 10000 -> 256 x 2.5M).
+            raise ImageLoadError(
+                f"'{p}' is {w}x{h} pixels, an aspect ratio above {MAX_ASPECT}:1; crop it to the region of interest first"
+            )
+    x, shows = preprocess(arrays, mean, std, resize, crop)
     if device is None and model is not None:
         for p in model.parameters():
             device = p.device

