@@ -190,8 +190,10 @@ def _stderr() -> Console:
 def _progress() -> Progress:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    console = _stderr()
+    # Off when stderr is not a terminal: rich's transient bar then leaves a blank line in logs and pipes.
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=_stderr(), transient=True)
+                    TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal)
 
 
 def _escape(text: str) -> str:

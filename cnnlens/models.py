@@ -142,7 +142,7 @@ def _load_torchvision(name: str, weights: str | None, num_classes: int | None = 
     if not cached.exists() and os.environ.get("CNNLENS_OFFLINE"):
         raise WeightsUnavailableError(
             f"weights {enum.__name__}.{w.name} are not in the torch hub cache ({cached.parent}) and "
-            f"CNNLENS_OFFLINE is set; copy {filename} there, or use weights=None for random weights"
+            f"CNNLENS_OFFLINE is set; copy {filename} there, or use weights=None (CLI: --weights none) for random weights"
         )
     try:
         model = builder(weights=w)
@@ -150,7 +150,7 @@ def _load_torchvision(name: str, weights: str | None, num_classes: int | None = 
         raise WeightsUnavailableError(
             f"could not get weights {enum.__name__}.{w.name}: they are not in the torch hub cache "
             f"({cached.parent}) and downloading failed ({type(exc).__name__}); copy {filename} there, or use "
-            "weights=None for random weights"
+            "weights=None (CLI: --weights none) for random weights"
         ) from exc
     t = w.transforms()
     meta = ModelMeta(name, f"{enum.__name__}.{w.name}", tuple(t.mean), tuple(t.std), int(t.resize_size[0]),

@@ -19,7 +19,7 @@ def unoptimised(monkeypatch):
     monkeypatch.setattr(_config, "OPTIMIZE", False)
 
 
-@pytest.mark.parametrize("method", [*GRAD_CAMS, "scorecam", "fullgrad", "guided_backprop", "guided_gradcam"])
+@pytest.mark.parametrize("method", [*GRAD_CAMS, "eigencam", "scorecam", "fullgrad", "guided_backprop", "guided_gradcam"])
 def test_optimised_equals_unoptimised(method, monkeypatch):
     model, x = tiny_cnn(), tiny_input(n=3)
     fast = cnnlens.explain(model, x, method, "pytorch-grad-cam", target=[0, 2, 4])
@@ -75,3 +75,11 @@ def test_scorecam_runs_per_image_with_bounded_batch():
     a = cnnlens.explain(model, x, "scorecam", "pytorch-grad-cam", target=1, batch_size=4)
     b = cnnlens.explain(model, x, "scorecam", "pytorch-grad-cam", target=1)
     torch.testing.assert_close(a.maps, b.maps, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["eigencam", "eigengradcam"])
+def test_economy_svd_equals_pytorch_grad_cam_on_embedded(method, embedded, demo, monkeypatch):
+    fast = cnnlens.explain(embedded, demo, method, "pytorch-grad-cam")
+    monkeypatch.setattr(_config, "OPTIMIZE", False)
+    slow = cnnlens.explain(embedded, demo, method, "pytorch-grad-cam")
+    assert (fast.maps - slow.maps).abs().max() <= 1e-5

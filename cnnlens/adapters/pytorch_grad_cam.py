@@ -9,6 +9,9 @@ Every CAM runs through the toolkit's own class and ``__call__``. The adapter onl
 * avoids work the method never reads: parameters are frozen by the model guard, and for gradient CAMs
   the target layer's output becomes the leaf of the backward graph, so ``.backward()`` stops at the
   layer instead of running through the whole network (pytorch-grad-cam's output is unchanged);
+* computes Eigen-CAM's and Eigen-Grad-CAM's projection with an economy SVD: pytorch-grad-cam asks
+  NumPy for the full (C x C) right singular matrix and reads only its first row, which the economy
+  SVD returns identically (25x faster on EfficientNet-Lite0's 1280 channels; equality is tested);
 * runs ScoreCAM and AblationCAM one image at a time with a bounded internal batch, because
   pytorch-grad-cam materialises every masked input of the whole batch at once;
 * batches guided backprop, which pytorch-grad-cam's ``GuidedBackpropReLUModel`` limits to image 0,
@@ -68,6 +71,28 @@ def _quiet_progress(enabled: bool) -> Iterator[None]:
         yield
 
 
+def economy_projection(activation_batch: np.ndarray) -> np.ndarray:
+    """pytorch-grad-cam's ``get_2d_projection`` with ``full_matrices=False``; same first singular vector."""
+    activation_batch = activation_batch.copy()
+    activation_batch[np.isnan(activation_batch)] = 0
+    projections = []
+    for activations in activation_batch:
+        reshaped = activations.reshape(activations.shape[0], -1).transpose()
+        reshaped = reshaped - reshaped.mean(axis=0)
+        _u, _s, vt = np.linalg.svd(reshaped, full_matrices=False)
+        projections.append((reshaped @ vt[0, :]).reshape(activations.shape[1:]))
+    return np.float32(projections)
+
+
+def _eigen_cam_image(method: str) -> Callable[..., np.ndarray]:
+    # The bodies of EigenCAM.get_cam_image and EigenGradCAM.get_cam_image, with the economy SVD.
+    def get_cam_image(_input: Any, _layer: Any, _targets: Any, activations: np.ndarray, grads: np.ndarray,
+                      _eigen_smooth: bool = False) -> np.ndarray:
+        return economy_projection(activations if method == "eigencam" else grads * activations)
+
+    return get_cam_image
+
+
 def _leaf_at(layer: nn.Module) -> Callable[[nn.Module, Any, Any], Any]:
     """Forward hook making the layer output the start of the backward graph.
 
@@ -117,6 +142,8 @@ class PytorchGradCamAdapter(Adapter):
         eigen = bool(self.options.get("eigen_smooth", False))
         if method in PER_IMAGE:
             cam.batch_size = self.options.get("batch_size") or default_batch(x)
+        if _config.OPTIMIZE and method in ("eigencam", "eigengradcam"):
+            cam.get_cam_image = _eigen_cam_image(method)
         if not aug and not final:
             name = "compute_cam_per_layer" if method == "fullgrad" else "get_cam_image"
             inner = getattr(cam, name)
