@@ -65,6 +65,15 @@ def _filter_mean(net: nn.Module, x: Tensor, filters: Sequence[int]) -> Tensor:
     return out[torch.arange(len(filters), device=out.device), idx].mean(dim=(1, 2)).float().cpu()
 
 
+def _middle_conv(model: nn.Module, probe: _resolve.ProbeResult) -> str | None:
+    """The middle Conv2d (in execution order) among those that run once and output (N, C, H, W)."""
+    modules = dict(model.named_modules())
+    reused = set(probe.reused())
+    convs = [n for n, s in probe.order
+             if isinstance(modules.get(n), nn.Conv2d) and n not in reused and s is not None and len(s) == 4]
+    return convs[len(convs) // 2] if convs else None
+
+
 def _check_int(name: str, value: Any, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
         raise OptionError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -91,7 +100,8 @@ def filters(
     Args:
         model: Any network; the forward pass stops after ``layer``.
         layer: Module or dotted name of a layer with an (N, C, H, W) output, e.g. ``"features.3"``;
-            None picks the last such layer (as for CAMs).
+            None picks the middle convolution in execution order: the last feature map, the CAM
+            default, is too abstract for 30 ascent steps to show a pattern.
         filters: Filter (output channel) indices; an int for one; None picks 4 at random (seeded).
         steps: Ascent steps per filter (FlashTorch's ``num_iter``).
         lr: Step size; FlashTorch normalises each gradient by its RMS, so this is in input units.
@@ -136,6 +146,8 @@ def filters(
             raise
         except Exception as exc:
             raise ModelError(f"the model's forward pass failed at {size}x{size}: {type(exc).__name__}: {exc}") from exc
+        if layer is None:
+            layer = _middle_conv(model, probe)
         module, name = _resolve.resolve_layer(model, layer, probe)
         shapes = [s for n, s in probe.order if n == name]
         if not shapes or shapes[0] is None or len(shapes[0]) != 4:

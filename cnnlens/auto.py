@@ -70,7 +70,9 @@ def refresh(
     on every image); qualifying backends are ordered by median wall time, the others follow.
 
     Args:
-        model: Defaults to the embedded model.
+        model: Defaults to torchvision's resnet18 with seeded random weights (offline). It has
+            ``nn.ReLU`` modules, so guided variants that differ (FlashTorch's) are told apart; on the
+            embedded ReLU6 model every guided backprop equals the plain gradient and would "agree".
         inputs: Defaults to two demo images preprocessed for ``model``.
         repeats: Timed calls per backend (after one warm-up).
         min_pearson: Agreement threshold.
@@ -86,7 +88,10 @@ def refresh(
     from cnnlens import registry
 
     if model is None:
-        model = cnnlens.load_model()
+        import torch
+
+        torch.manual_seed(0)
+        model = cnnlens.load_model("resnet18", weights=None)
     if inputs is None:
         inputs = cnnlens.demo_images(model, names=["chelsea", "coffee"])
     methods: dict[str, Any] = {}

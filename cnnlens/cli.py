@@ -560,8 +560,7 @@ def demo(
 ) -> None:
     """The README's main job: explain the bundled photos with the embedded model on every toolkit, as one grid.
 
-    Grad-CAM on pytorch-grad-cam and Captum, saliency on Captum and FlashTorch, and Integrated
-    Gradients on Captum, on EfficientNet-Lite0 with ImageNet weights (offline).
+    Grad-CAM on pytorch-grad-cam and Captum, saliency on Captum and FlashTorch, and Integrated Gradients on Captum, on EfficientNet-Lite0 with ImageNet weights (offline).
     """
     from cnnlens import registry
 
@@ -674,7 +673,7 @@ def filters(
     model: ModelOpt = None,
     weights: WeightsOpt = "DEFAULT",
     arch: ArchOpt = None,
-    layer: Annotated[str | None, typer.Option("--layer", help="Layer with an (N, C, H, W) output (default: the last feature map).")] = None,
+    layer: Annotated[str | None, typer.Option("--layer", help="Layer with an (N, C, H, W) output (default: the middle convolution).")] = None,
     filter_ids: Annotated[str | None, typer.Option("--filters", help="Comma-separated filter indices (default: 4 chosen with --seed).")] = None,
     steps: Annotated[int, typer.Option("--steps", min=1, help="Gradient-ascent steps per filter.")] = 30,
     lr: Annotated[float, typer.Option("--lr", help="Step size.")] = 1.0,
@@ -701,10 +700,14 @@ def filters(
     net = _load_model(model, weights, arch, device)
     chosen: Any = _ints(filter_ids, "--filters")
     kw = {"layer": layer, "steps": steps, "lr": lr, "seed": seed, "size": size}
+    channels = _check_filter_ids(net, layer, chosen or [], size)  # one dry forward: refuse a bad index before any work
+    if chosen is None and channels is not None:
+        from cnnlens.activmax import _choose
+
+        chosen = _choose(None, channels, seed)  # the seeded choice filters() makes, so that the bar can show it
     if chosen is None:
         result = run_filters(net, filters=None, **kw)  # the seeded choice is made inside
     else:
-        _check_filter_ids(net, layer, chosen, size)  # one dry forward: refuse a bad index before any work
         parts = []
         with _progress() as bar:
             task = bar.add_task("filters", total=len(chosen))
@@ -721,7 +724,8 @@ def filters(
     _wrote(out, f"{result.shape[0]} filter image(s) of {getattr(result, 'layer', layer)}")
 
 
-def _check_filter_ids(net: nn.Module, layer: str | None, chosen: Sequence[int], size: int | None) -> None:
+def _check_filter_ids(net: nn.Module, layer: str | None, chosen: Sequence[int], size: int | None) -> int | None:
+    """Refuse an out-of-range filter index; return the layer's channel count (None: filters() will explain)."""
     import torch
 
     from cnnlens import _resolve
@@ -738,11 +742,12 @@ def _check_filter_ids(net: nn.Module, layer: str | None, chosen: Sequence[int], 
     _module, name = _resolve.resolve_layer(net, layer, probe)
     shapes = [s for n, s in probe.order if n == name]
     if not shapes or shapes[0] is None or len(shapes[0]) != 4:
-        return  # filters() explains what is wrong with the layer
+        return None  # filters() explains what is wrong with the layer
     channels = int(shapes[0][1])
     for f in chosen:
         if not 0 <= f < channels:
             raise OptionError(f"filter {f} is out of range: layer '{name}' has {channels} filters (0..{channels - 1})")
+    return channels
 
 
 # ------------------------------------------------------------------------------------------------

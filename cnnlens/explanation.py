@@ -82,6 +82,7 @@ class Explanation:
         from cnnlens import plot  # matplotlib only when saving
 
         out = plot.prepare_out_dir(Path(directory), overwrite=overwrite)
+        _remove_previous_save(out)
         files = []
         for i in range(len(self)):
             path = out / f"{i:03d}_{self.method}_{self.backend}.png"
@@ -99,6 +100,23 @@ class Explanation:
         from cnnlens import plot
 
         return plot.explanation_png(self)
+
+
+def _remove_previous_save(out: Path) -> None:
+    """Delete what an earlier ``save()`` wrote here (listed in its manifest), and nothing else.
+
+    Without this, overwriting a 3-image save with a 1-image one would leave two stale overlays that
+    the new manifest does not mention. Only names the manifest lists, inside ``out``, are removed.
+    """
+    manifest = out / "manifest.json"
+    try:
+        previous = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return
+    names = previous.get("files", []) if isinstance(previous, dict) else []
+    for name in [*names, "maps.pt"]:
+        if isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", ".."):
+            (out / name).unlink(missing_ok=True)
 
 
 def _jsonable(v: Any) -> Any:

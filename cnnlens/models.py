@@ -145,7 +145,7 @@ def _load_torchvision(name: str, weights: str | None, num_classes: int | None = 
             f"CNNLENS_OFFLINE is set; copy {filename} there, or use weights=None (CLI: --weights none) for random weights"
         )
     try:
-        model = builder(weights=w)
+        model = builder(weights=w, progress=False)
     except Exception as exc:  # network errors come in many types (URLError, OSError, HTTPError)
         raise WeightsUnavailableError(
             f"could not get weights {enum.__name__}.{w.name}: they are not in the torch hub cache "
@@ -287,7 +287,7 @@ def load_model(
     except (RuntimeError, TypeError) as exc:
         raise ModelError(f"invalid device '{device}': use 'cpu', 'cuda' or 'cuda:N'") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("device 'cuda' was asked for but no CUDA GPU is available; use device='cpu'")
+        raise ModelError("device 'cuda' was asked for but no CUDA GPU is available; use device='cpu' (CLI: --device cpu)")
     if spec is None or str(spec) in (EMBEDDED, "embedded", "default"):
         model = load_embedded(pretrained=weights is not None and str(weights).lower() != "none")
     else:

@@ -509,7 +509,7 @@ def kernel_grid(kernels: Kernels, out: str | Path | None = None, ncols: int | No
     kh, kw = tiles.shape[1:3]
     what = {"rgb": "RGB", "mean": "mean over input channels", "channel": f"input channel {kernels.channel}"}[kernels.mode]
     fig.suptitle(f"{kernels.layer}: {n} filters {kh}x{kw}, {what}, normalized per {kernels.normalize} "
-                 f"({rows}x{cols})", fontsize=10)
+                 f"({rows} rows of {cols})", fontsize=10)
     if out is not None:
         save_figure(fig, out, dpi)
     return fig

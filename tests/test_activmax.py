@@ -69,7 +69,7 @@ def test_activation_rises_and_contract() -> None:
 
 def test_default_layer_and_filters() -> None:
     imgs = cnnlens.filters(tiny_cnn(), steps=2, size=16)
-    assert imgs.layer == "features"  # the last module with a spatial output, as for CAMs
+    assert imgs.layer == "features.3"  # the middle of the two convolutions (index 2 // 2)
     assert len(set(imgs.filters)) == 4 and all(0 <= f < 16 for f in imgs.filters)
 
 

@@ -178,3 +178,16 @@ def test_plotting_never_imports_pyplot():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True"]
+
+
+def test_save_overwrite_removes_only_its_own_stale_files(tmp_path):
+    import cnnlens
+    from cnnlens.testing import tiny_cnn, tiny_input
+
+    m = tiny_cnn()
+    cnnlens.explain(m, tiny_input(n=3), "saliency", "captum").save(tmp_path)
+    (tmp_path / "mine.txt").write_text("user file")
+    cnnlens.explain(m, tiny_input(n=1), "saliency", "captum").save(tmp_path, overwrite=True)
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["000_saliency_captum.png"]
+    assert (tmp_path / "mine.txt").read_text() == "user file"
