@@ -97,6 +97,7 @@ class Case:
     forwards: int | None = None
     #: the limit is ``scale`` times the timed ``limit`` function (one batched unit of a many-forward method)
     limit_scale: float = 1.0
+    images: int = 8
     times: dict[str, list[float]] = field(default_factory=dict)
     peak_mb: float = float("nan")
 
@@ -270,11 +271,14 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
     cases: list[Case] = []
 
     def add(method: str, backend: str, limit: Callable[[], object], forwards: int | None = None,
-            scale: float = 1.0, **opts: object) -> None:
-        if (method, backend) not in REGISTRY or not REGISTRY[(method, backend)] or not cnnlens.methods(method, backend):
+            scale: float = 1.0, n_img: int | None = None, **opts: object) -> None:
+        if (method, backend) not in REGISTRY or not cnnlens.methods(method, backend, installed_only=True):
+            return
+        if args.methods and method not in args.methods.split(","):
             return
         ex = cnnlens.Explainer(model, method, backend, layer=lname if REGISTRY[(method, backend)].spec.needs_layer else None, **opts)
-        fns: dict[str, Callable[[], object]] = {"limit": limit, "cnnlens": lambda ex=ex: ex.explain(x, target=t)}
+        xs, ts = (x[:n_img], t[:n_img]) if n_img else (x, t)
+        fns: dict[str, Callable[[], object]] = {"limit": limit, "cnnlens": lambda ex=ex: ex.explain(xs, target=ts)}
         d = direct_call(method, backend, model, layer, x, t) if forwards is None else None
         if d is not None:
             fns["direct"] = d
@@ -312,7 +316,8 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
         r["cnnlens_over_limit"] = r["cnnlens_s"] / r["limit_s"]
         r["direct_over_limit"] = r["direct_s"] / r["limit_s"]
         r["cnnlens_over_direct"] = r["cnnlens_s"] / r["direct_s"]
-        r["images_per_s"] = args.batch / r["cnnlens_s"]
+        r["images_per_s"] = c.images / r["cnnlens_s"]
+        r["batch"] = c.images
         rows.append(r)
         print(f"  cnnlens {r['cnnlens_s']:.3f}s  direct {r['direct_s']:.3f}s  limit {r['limit_s']:.3f}s  "
               f"c/limit {r['cnnlens_over_limit']:.2f}  d/limit {r['direct_over_limit']:.2f}  "
@@ -324,11 +329,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="efficientnet_lite0,resnet50,vgg11")
     ap.add_argument("--groups", default="cams,gradients,many")
+    ap.add_argument("--methods", default=None, help="comma-separated subset of methods (default: every one in the groups)")
     ap.add_argument("--many-models", default="efficientnet_lite0", help="models for the many-forward group")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--many-reps", type=int, default=2)
+    ap.add_argument("--many-batch", type=int, default=None,
+                    help="batch for ScoreCAM/AblationCAM (default: --batch); each image costs C+1 forwards")
+    ap.add_argument("--many-methods", default=",".join(MANY), help="comma-separated many-forward methods")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="write a Markdown table here")
@@ -368,15 +377,15 @@ def describe(device: torch.device, args: argparse.Namespace) -> str:
 
 def to_markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | method | backend | cnnlens s | direct s | limit s | cnnlens/limit | direct/limit | cnnlens/direct | img/s | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | method | backend | batch | cnnlens s | direct s | limit s | cnnlens/limit | direct/limit | cnnlens/direct | img/s | peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         def f(v: float, d: int = 3) -> str:
             return "–" if v != v else f"{v:.{d}f}"
 
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['backend']} | {f(r['cnnlens_s'])} | {f(r['direct_s'])} | "
+            f"| {r['model']} | {r['method']} | {r['backend']} | {r['batch']} | {f(r['cnnlens_s'])} | {f(r['direct_s'])} | "
             f"{f(r['limit_s'])} | {f(r['cnnlens_over_limit'], 2)} | {f(r['direct_over_limit'], 2)} | "
             f"{f(r['cnnlens_over_direct'], 2)} | {f(r['images_per_s'], 1)} | {f(r['peak_mb'], 0)} |"
         )

@@ -1,0 +1,74 @@
+"""The benchmark: compare backends' outputs, faithfulness, sanity, localization and speed.
+
+``import cnnlens.bench`` stays light: the engine, metrics and report import torch, SciPy,
+scikit-image, pandas and matplotlib only when called.
+
+Example:
+    >>> import cnnlens.bench as bench  # doctest: +SKIP
+    >>> db = bench.run("smoke", out="bench-out")
+    >>> md, html = bench.report(db)
+    >>> df = bench.read_results(db)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["export_csv", "load_suite", "read_results", "read_table", "report", "run", "summary"]
+
+
+def run(
+    suite: str | Path,
+    device: str = "cpu",
+    out: Path | str = "bench-out",
+    overwrite: bool = False,
+    progress: bool = True,
+    max_cells: int | None = None,
+) -> Path:
+    """Run or resume a study; see :func:`cnnlens.bench.engine.run`. Returns the SQLite file."""
+    from cnnlens.bench.engine import run as _run
+
+    return _run(suite, device=device, out=out, overwrite=overwrite, progress=progress, max_cells=max_cells)
+
+
+def report(db: Path | str, out_dir: Path | str | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and a self-contained ``report.html``; see :func:`cnnlens.bench.reporting.write_report`."""
+    from cnnlens.bench.reporting import write_report
+
+    return write_report(db, out_dir)
+
+
+def load_suite(suite: str | Path) -> Any:
+    """Parse and validate a suite (name or TOML path); raises SuiteError."""
+    from cnnlens.bench.suite import load_suite as _load
+
+    return _load(suite)
+
+
+def read_results(db: Path | str, study: str | None = None, deterministic_only: bool = False) -> Any:
+    """The results table as a pandas DataFrame."""
+    from cnnlens.bench.store import read_results as _read
+
+    return _read(db, study, deterministic_only)
+
+
+def read_table(db: Path | str, table: str) -> Any:
+    """Another table of the study file (cells, meta, images) as a DataFrame."""
+    from cnnlens.bench.store import read_table as _read
+
+    return _read(db, table)
+
+
+def export_csv(db: Path | str, path: Path | str | None = None) -> Path:
+    """Write the results table to CSV."""
+    from cnnlens.bench.store import export_csv as _export
+
+    return _export(db, path)
+
+
+def summary(db: Path | str) -> Any:
+    """Per (model, method, backend, metric) mean, std and count over images, as a DataFrame."""
+    from cnnlens.bench.store import summary as _summary
+
+    return _summary(db)

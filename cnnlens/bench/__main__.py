@@ -1,0 +1,48 @@
+"""``python -m cnnlens.bench``: run a study, or write a report, without the main CLI.
+
+    python -m cnnlens.bench --suite smoke --out bench-out [--device cpu] [--overwrite] [--no-progress]
+    python -m cnnlens.bench --report bench-out/smoke.sqlite [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cnnlens.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--suite", help="smoke, standard, gpu, or a suite TOML file")
+    p.add_argument("--report", metavar="DB", help="write report.md and report.html for a study file")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="output folder (default bench-out; for --report, next to DB)")
+    p.add_argument("--overwrite", action="store_true", help="start the study fresh instead of resuming")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--max-cells", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = p.parse_args(argv)
+    from cnnlens.errors import CnnlensError
+
+    try:
+        if args.report:
+            md, html = __import__("cnnlens.bench", fromlist=["report"]).report(args.report, args.out)
+            print(md)
+            print(html)
+            return 0
+        if not args.suite:
+            p.error("give --suite or --report")
+        import cnnlens.bench as bench
+
+        db = bench.run(args.suite, device=args.device, out=args.out or "bench-out", overwrite=args.overwrite,
+                       progress=not args.no_progress, max_cells=args.max_cells)
+        print(db)
+        return 0
+    except CnnlensError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""The study's images: demo photos, flips, local scikit-image samples, user files and pasted-object
+canvases whose ground-truth box is known by construction (for the localization measures).
+
+Everything is local: scikit-image samples are read from the files shipped inside the
+``skimage.data`` package, never through its downloader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from cnnlens.bench.suite import ImagesSpec
+
+#: Pasteable objects: the demo photo, the object's box in it (relative x0, y0, x1, y1), and the
+#: ImageNet classes that count as "recognised" for it.
+OBJECTS: dict[str, tuple[str, tuple[float, float, float, float], tuple[str, ...]]] = {
+    "cat": ("chelsea", (0.03, 0.03, 0.85, 1.0), ("tabby", "tiger cat", "Egyptian cat", "lynx", "Persian cat")),
+    "espresso": ("coffee", (0.12, 0.02, 0.82, 0.95), ("espresso", "cup", "coffee mug", "eggnog")),
+    "rocket": ("rocket", (0.40, 0.25, 0.60, 0.97), ("missile", "projectile", "space shuttle")),
+    "shuttle": ("astronaut", (0.76, 0.0, 0.98, 0.56), ("space shuttle", "missile", "projectile")),
+}
+
+
+@dataclass
+class BenchImage:
+    """One image of the study, at the model's input resolution."""
+
+    id: str
+    source: str
+    display: np.ndarray  # (H, W, 3) uint8, what the model sees before normalisation
+    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in pixels (exclusive ends)
+    expected: tuple[str, ...] = ()  # classes that count as correct (pasted objects only)
+
+
+def _skimage_dir() -> Path:
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent
+
+
+def skimage_names() -> list[str]:
+    """Local scikit-image sample images usable as photos (file stems in ``skimage/data``)."""
+    d = _skimage_dir()
+    return sorted(p.stem for p in d.iterdir() if p.suffix.lower() in (".png", ".jpg") and p.is_file())
+
+
+def _skimage_rgb(name: str) -> np.ndarray:
+    from cnnlens.images import read_rgb
+
+    d = _skimage_dir()
+    for ext in (".png", ".jpg"):
+        p = d / f"{name}{ext}"
+        if p.is_file():
+            return read_rgb(p)
+    raise FileNotFoundError(name)
+
+
+def _fit(arr: np.ndarray, resize: int, crop: int) -> np.ndarray:
+    """The same resize + centre crop as :func:`cnnlens.images.preprocess`, as uint8 (H, W, 3)."""
+    import torch
+    import torchvision.transforms.v2.functional as TF
+
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    t = TF.resize(t, [resize], antialias=True)
+    t = TF.center_crop(t, [crop, crop])
+    return t.permute(1, 2, 0).contiguous().numpy()
+
+
+def _resize_to(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    import torch
+    import torchvision.transforms.v2.functional as TF
+
+    t = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    return TF.resize(t, [h, w], antialias=True).permute(1, 2, 0).contiguous().numpy()
+
+
+def background(kind: str, size: int) -> np.ndarray:
+    """A neutral (``gray``) or textured (scikit-image ``grass``/``gravel``/``brick``) canvas."""
+    if kind == "gray":
+        return np.full((size, size, 3), 124, np.uint8)
+    tex = _skimage_rgb(kind)
+    return _fit(tex, size, size)
+
+
+def paste(obj: str, scale: float, pos: tuple[float, float], bg: str, size: int) -> BenchImage:
+    """Paste a demo photo's object onto a canvas; the box is where it landed."""
+    from cnnlens.images import demo_paths, read_rgb
+
+    photo, (x0, y0, x1, y1), classes = OBJECTS[obj]
+    arr = read_rgb(demo_paths([photo])[0])
+    h, w = arr.shape[:2]
+    crop = arr[int(y0 * h):int(y1 * h), int(x0 * w):int(x1 * w)]
+    ch, cw = crop.shape[:2]
+    f = scale * size / max(ch, cw)
+    nh, nw = max(1, round(ch * f)), max(1, round(cw * f))
+    piece = _resize_to(crop, nh, nw)
+    canvas = background(bg, size).copy()
+    cx, cy = pos[0] * size, pos[1] * size
+    left = int(np.clip(round(cx - nw / 2), 0, size - nw))
+    top = int(np.clip(round(cy - nh / 2), 0, size - nh))
+    canvas[top:top + nh, left:left + nw] = piece
+    ident = f"paste-{obj}-s{scale:g}-x{pos[0]:g}y{pos[1]:g}-{bg}"
+    return BenchImage(ident, f"paste:{obj}", canvas, (left, top, left + nw, top + nh), classes)
+
+
+def normalize(displays: list[np.ndarray], model: nn.Module) -> Tensor:
+    import torch
+
+    from cnnlens.models import meta_of
+
+    meta = meta_of(model)
+    x = torch.from_numpy(np.stack(displays)).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(meta.mean).view(1, -1, 1, 1)
+    std = torch.tensor(meta.std).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def build_images(spec: ImagesSpec, model: nn.Module, size: int | None = None) -> tuple[list[BenchImage], Tensor, list[int]]:
+    """The study's images for one model, its preprocessed batch and the target of each image.
+
+    The target is the model's top-1 class on the image; pasted canvases are kept only when that
+    class is one of the object's classes (or, with ``keep = "all"``, always; then the target is
+    the model's top-1 on the object pasted alone, centred on gray).
+    """
+    import torch
+
+    from cnnlens.images import demo_paths, expand, read_rgb
+    from cnnlens.models import meta_of
+
+    meta = meta_of(model)
+    resize, crop = meta.resize, meta.crop
+    if size is not None:
+        resize, crop = round(size * resize / crop), size
+    items: list[BenchImage] = []
+    for name in spec.demo:
+        arr = read_rgb(demo_paths([name])[0])
+        items.append(BenchImage(name, f"demo:{name}", _fit(arr, resize, crop)))
+    if spec.flips:
+        for name in spec.demo:
+            arr = read_rgb(demo_paths([name])[0])[:, ::-1]
+            items.append(BenchImage(f"{name}-flip", f"demo:{name}:flip", _fit(arr, resize, crop)))
+    for name in spec.skimage:
+        items.append(BenchImage(f"sk-{name}", f"skimage:{name}", _fit(_skimage_rgb(name), resize, crop)))
+    if spec.files:
+        for p in expand(list(spec.files)):
+            items.append(BenchImage(f"file-{p.stem}", str(p), _fit(read_rgb(p), resize, crop)))
+
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+
+    def predict(displays: list[np.ndarray]) -> list[int]:
+        with torch.no_grad():
+            out = []
+            for i in range(0, len(displays), 16):
+                out.extend(model(normalize(displays[i:i + 16], model).to(dev)).argmax(1).tolist())
+            return out
+
+    targets = predict([b.display for b in items]) if items else []
+    cats = getattr(model, "cnnlens_categories", None)
+    kept = 0
+    p = spec.paste
+    alone = {obj: predict([paste(obj, 0.9, (0.5, 0.5), "gray", crop).display])[0] for obj in p.objects} \
+        if p.keep == "all" else {}
+    # Objects vary fastest, so a small ``max`` still gets every object that the model recognises.
+    for bg in p.backgrounds:
+        for scale in p.scales:
+            for pos in p.positions:
+                for obj in p.objects:
+                    if kept >= p.max:
+                        break
+                    im = paste(obj, scale, pos, bg, crop)
+                    t = predict([im.display])[0]
+                    if p.keep == "correct":
+                        name = cats[t] if cats and t < len(cats) else None
+                        if name not in im.expected:
+                            continue
+                    else:
+                        t = int(alone[obj])
+                    items.append(im)
+                    targets.append(int(t))
+                    kept += 1
+    if not items:
+        from cnnlens.errors import SuiteError
+
+        raise SuiteError("no image survived: the pasted objects were not recognised by the model and no other "
+                         "images were given; add [images] demo or set images.paste.keep = 'all'")
+    x = normalize([b.display for b in items], model)
+    return items, x, [int(t) for t in targets]
