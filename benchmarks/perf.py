@@ -251,7 +251,8 @@ def med(v: list[float]) -> float:
     return statistics.median(v) if v else float("nan")
 
 
-def bench_model(mname: str, args: argparse.Namespace, device: torch.device, groups: set[str]) -> list[dict]:
+def bench_model(mname: str, args: argparse.Namespace, device: torch.device, groups: set[str],
+                on_row: Callable[[list[dict]], None] = lambda done: None) -> list[dict]:
     """Time every selected (method, backend) on one model; return one row per case."""
     rows: list[dict] = []
     model = build_model(mname, device)
@@ -293,7 +294,8 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
             for b in ("pytorch-grad-cam", "captum", "flashtorch"):
                 add(m, b, limit_input(model, x, t))
     if "many" in groups and mname in args.many_models.split(","):
-        ib = 64 if args.size <= 224 else 16
+        # "one forward" is the per-image cost of a forward at the study's batch size
+        ib = args.batch
         xb = torch.randn(ib, 3, args.size, args.size, generator=gen).to(device)
         tb = torch.zeros(ib, dtype=torch.long, device=device)
         fwd_unit, grad_unit = limit_forward(model, xb), limit_input(model, xb, tb)
@@ -319,6 +321,7 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
         r["images_per_s"] = c.images / r["cnnlens_s"]
         r["batch"] = c.images
         rows.append(r)
+        on_row(rows)  # partial results survive an interrupted run
         print(f"  cnnlens {r['cnnlens_s']:.3f}s  direct {r['direct_s']:.3f}s  limit {r['limit_s']:.3f}s  "
               f"c/limit {r['cnnlens_over_limit']:.2f}  d/limit {r['direct_over_limit']:.2f}  "
               f"c/direct {r['cnnlens_over_direct']:.2f}  peak {r['peak_mb']:.0f} MB", flush=True)
@@ -351,18 +354,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     warnings.filterwarnings("ignore")
     groups = set(args.groups.split(","))
-    rows = []
+    rows: list[dict] = []
     for mname in args.models.split(","):
-        rows.extend(bench_model(mname, args, device, groups))
-    header = describe(device, args)
-    table = to_markdown(rows)
-    print(header + "\n" + table)
+        rows.extend(bench_model(mname, args, device, groups, lambda done: save([*rows, *done], device, args)))
+    print(save(rows, device, args))
+    return 0
+
+
+def save(rows: list[dict], device: torch.device, args: argparse.Namespace) -> str:
+    """Write the Markdown table and JSON rows (if asked); return the Markdown."""
+    text = describe(device, args) + "\n" + to_markdown(rows) + "\n"
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(header + "\n" + table + "\n")
+        args.out.write_text(text)
     if args.json:
-        args.json.write_text(json.dumps({"machine": header, "rows": rows}, indent=1))
-    return 0
+        args.json.write_text(json.dumps({"machine": describe(device, args), "rows": rows}, indent=1))
+    return text
 
 
 def describe(device: torch.device, args: argparse.Namespace) -> str:

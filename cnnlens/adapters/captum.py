@@ -15,6 +15,7 @@ import torch
 from captum import attr as ca
 from torch import Tensor
 
+from cnnlens._resolve import internal_batch
 from cnnlens.adapters.base import Adapter
 from cnnlens.errors import CnnlensError, ModelError, OptionError
 
@@ -27,9 +28,6 @@ SIMPLE = {
 }
 
 
-def default_batch(x: Tensor) -> int:
-    """Internal forward batch: 64 at 224x224, scaled with the pixel count."""
-    return max(1, int(64 * 224 * 224 / (x.shape[2] * x.shape[3])))
 
 
 def grid_mask(x: Tensor, cell: int) -> Tensor:
@@ -84,12 +82,12 @@ class CaptumAdapter(Adapter):
         elif m == "integrated_gradients":
             out = ca.IntegratedGradients(model).attribute(
                 x, baselines=self._baseline(x), target=t, n_steps=o["n_steps"],
-                internal_batch_size=o["internal_batch_size"] or default_batch(x),
+                internal_batch_size=o["internal_batch_size"] or internal_batch(x),
             )
         elif m in NOISE:
             out = ca.NoiseTunnel(ca.Saliency(model)).attribute(
                 x, nt_type=NOISE[m], nt_samples=o["nt_samples"], stdevs=self._noise_scale(x),
-                nt_samples_batch_size=o["nt_samples_batch_size"] or max(1, default_batch(x) // x.shape[0]),
+                nt_samples_batch_size=o["nt_samples_batch_size"] or max(1, internal_batch(x) // x.shape[0]),
                 target=t, abs=False,
             )
         elif m == "gradient_shap":
@@ -111,12 +109,12 @@ class CaptumAdapter(Adapter):
             c = x.shape[1]
             out = ca.Occlusion(model).attribute(
                 x, sliding_window_shapes=(c, wh, ww), strides=(c, sh, sw), baselines=self._baseline(x),
-                target=t, perturbations_per_eval=o["perturbations_per_eval"] or default_batch(x),
+                target=t, perturbations_per_eval=o["perturbations_per_eval"] or internal_batch(x),
             )
         elif m == "feature_ablation":
             out = ca.FeatureAblation(model).attribute(
                 x, baselines=self._baseline(x), target=t, feature_mask=grid_mask(x, o["feature_grid"]),
-                perturbations_per_eval=o["perturbations_per_eval"] or default_batch(x),
+                perturbations_per_eval=o["perturbations_per_eval"] or internal_batch(x),
             )
         elif m in ("lime", "kernel_shap"):
             cls = ca.Lime if m == "lime" else ca.KernelShap
@@ -129,7 +127,7 @@ class CaptumAdapter(Adapter):
         # Captum's Lime and KernelShap take one example at a time when a feature mask is shared.
         o = self.options
         mask = grid_mask(x, o["feature_grid"])
-        per_eval = o["perturbations_per_eval"] or default_batch(x)
+        per_eval = o["perturbations_per_eval"] or internal_batch(x)
         outs = [
             cls(self.model).attribute(
                 x[i : i + 1], target=t[i : i + 1], feature_mask=mask, n_samples=o["n_samples"],

@@ -34,6 +34,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from cnnlens import _config
+from cnnlens._resolve import internal_batch
 from cnnlens.adapters.base import Adapter
 from cnnlens.errors import CnnlensError, LayerError
 
@@ -56,9 +57,6 @@ CLASSES: dict[str, str] = {
 PER_IMAGE = {"scorecam", "ablationcam"}
 
 
-def default_batch(x: Tensor) -> int:
-    """Masked inputs per forward: 64 at 224x224, scaled with the pixel count."""
-    return max(1, int(64 * 224 * 224 / (x.shape[2] * x.shape[3])))
 
 
 @contextlib.contextmanager
@@ -141,7 +139,7 @@ class PytorchGradCamAdapter(Adapter):
         aug = bool(self.options.get("aug_smooth", False))
         eigen = bool(self.options.get("eigen_smooth", False))
         if method in PER_IMAGE:
-            cam.batch_size = self.options.get("batch_size") or default_batch(x)
+            cam.batch_size = self.options.get("batch_size") or internal_batch(x)
         if _config.OPTIMIZE and method in ("eigencam", "eigengradcam"):
             cam.get_cam_image = _eigen_cam_image(method)
         if not aug and not final:
