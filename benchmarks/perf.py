@@ -283,7 +283,7 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
         d = direct_call(method, backend, model, layer, x, t) if forwards is None else None
         if d is not None:
             fns["direct"] = d
-        cases.append(Case(mname, method, backend, fns, forwards, scale))
+        cases.append(Case(mname, method, backend, fns, forwards, scale, n_img or args.batch))
 
     if "cams" in groups:
         for m in GRAD_CAMS:
@@ -299,13 +299,13 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
         xb = torch.randn(ib, 3, args.size, args.size, generator=gen).to(device)
         tb = torch.zeros(ib, dtype=torch.long, device=device)
         fwd_unit, grad_unit = limit_forward(model, xb), limit_input(model, xb, tb)
-        for m in MANY:
-            n_fw = many_forward_count(m, model, channels, args.batch, args.size)
+        for m in args.many_methods.split(","):
+            n_img = args.many_batch if (args.many_batch and m in ("scorecam", "ablationcam")) else args.batch
+            n_fw = many_forward_count(m, model, channels, n_img, args.size)
             unit = grad_unit if m in ("integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad") else fwd_unit
             reps_needed = n_fw / ib
-
             for b in ("pytorch-grad-cam", "captum"):
-                add(m, b, unit, forwards=n_fw, scale=reps_needed, **MANY_OPTS.get(m, {}))
+                add(m, b, unit, forwards=n_fw, scale=reps_needed, n_img=n_img, **MANY_OPTS.get(m, {}))
     for c in cases:
         reps = args.many_reps if c.forwards else args.reps
         print(f"[{mname}] {c.method} / {c.backend} ...", file=sys.stderr, flush=True)

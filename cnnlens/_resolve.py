@@ -34,11 +34,11 @@ def model_dtype(model: nn.Module) -> torch.dtype:
 def internal_batch(x: Tensor) -> int:
     """Inputs per internal forward for many-forward methods, when the user gives none.
 
-    16 images at 224x224 on the CPU (larger batches are slower per image there: EfficientNet-Lite0
-    took 49 ms per image at batch 8 and 86 ms at batch 64 on one core), 64 on an accelerator; scaled
-    with the pixel count so the memory stays about the same at other sizes.
+    4 images at 224x224 on the CPU, where larger batches are slower per image (EfficientNet-Lite0 on
+    one core, no-grad forward: 27-34 ms per image at batch 4, 41-43 at 8, 50-53 at 16, 86 at 64), and
+    64 on an accelerator; scaled with the pixel count so memory stays about the same at other sizes.
     """
-    per_224 = 64 if x.device.type != "cpu" else 16
+    per_224 = 64 if x.device.type != "cpu" else 4
     return max(1, int(per_224 * 224 * 224 / (x.shape[2] * x.shape[3])))
 
 

@@ -66,6 +66,12 @@ class CaptumAdapter(Adapter):
             return b.to(device=x.device, dtype=x.dtype)
         return float(b)
 
+    @staticmethod
+    def _per_eval(x: Tensor) -> int:
+        # Occlusion and FeatureAblation forward every image of the batch for each perturbation, so a
+        # forward holds N * perturbations_per_eval inputs; keep that near the internal batch.
+        return max(1, internal_batch(x) // x.shape[0])
+
     def _noise_scale(self, x: Tensor) -> float:
         return float(self.options["stdevs"]) * float(x.max() - x.min())
 
@@ -109,12 +115,12 @@ class CaptumAdapter(Adapter):
             c = x.shape[1]
             out = ca.Occlusion(model).attribute(
                 x, sliding_window_shapes=(c, wh, ww), strides=(c, sh, sw), baselines=self._baseline(x),
-                target=t, perturbations_per_eval=o["perturbations_per_eval"] or internal_batch(x),
+                target=t, perturbations_per_eval=o["perturbations_per_eval"] or self._per_eval(x),
             )
         elif m == "feature_ablation":
             out = ca.FeatureAblation(model).attribute(
                 x, baselines=self._baseline(x), target=t, feature_mask=grid_mask(x, o["feature_grid"]),
-                perturbations_per_eval=o["perturbations_per_eval"] or internal_batch(x),
+                perturbations_per_eval=o["perturbations_per_eval"] or self._per_eval(x),
             )
         elif m in ("lime", "kernel_shap"):
             cls = ca.Lime if m == "lime" else ca.KernelShap
