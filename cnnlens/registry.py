@@ -278,8 +278,8 @@ _IMPLS: list[Implementation] = [
     *(Implementation(m, "pytorch-grad-cam", _PGC, cls, _pgc_options(m), freeze_params=m != "shapleycam")
       for m, cls in _PGC_CAMS.items()),
     Implementation("guided_backprop", "pytorch-grad-cam", _PGC, "GuidedBackpropReLUModel",
-                   notes="guides nn.ReLU modules only; batched by cnnlens with pytorch-grad-cam's own "
-                         "GuidedBackpropReLU function"),
+                   notes="guides nn.ReLU modules only; batched by cnnlens, pytorch-grad-cam's GuidedBackpropReLU "
+                         "rule run by an allocation-free, bit-identical equivalent"),
     Implementation("guided_gradcam", "pytorch-grad-cam", _PGC, "GuidedBackpropReLUModel x GradCAM",
                    notes="pytorch-grad-cam's recipe: guided backprop times the upsampled Grad-CAM"),
     Implementation("gradcam", "captum", _CAPTUM, "LayerGradCam"),

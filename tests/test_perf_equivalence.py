@@ -83,3 +83,11 @@ def test_economy_svd_equals_pytorch_grad_cam_on_embedded(method, embedded, demo,
     monkeypatch.setattr(_config, "OPTIMIZE", False)
     slow = cnnlens.explain(embedded, demo, method, "pytorch-grad-cam")
     assert (fast.maps - slow.maps).abs().max() <= 1e-5
+
+
+def test_lean_guided_relu_is_bit_identical(resnet18_random, monkeypatch):
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    fast = cnnlens.explain(resnet18_random, x, "guided_backprop", "pytorch-grad-cam", target=[1, 2])
+    monkeypatch.setattr(_config, "OPTIMIZE", False)
+    slow = cnnlens.explain(resnet18_random, x, "guided_backprop", "pytorch-grad-cam", target=[1, 2])
+    assert torch.equal(fast.raw, slow.raw)
