@@ -110,7 +110,7 @@ class _LeanGuidedReLUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        return grad.where((x > 0) & (grad > 0), grad.new_zeros(()))
+        return grad.clamp(min=0).masked_fill_(x <= 0, 0)
 
 
 class _LeanGuidedReLU(nn.Module):
