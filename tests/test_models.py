@@ -36,6 +36,8 @@ def no_network(monkeypatch, tmp_path):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    # a torch.hub.set_dir() elsewhere in the session would override TORCH_HOME
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)
     return tmp_path / "torch-home"
 
 
