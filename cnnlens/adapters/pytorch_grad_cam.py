@@ -110,7 +110,8 @@ class _LeanGuidedReLUFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
         (x,) = ctx.saved_tensors
-        return grad.clamp(min=0).masked_fill_(x <= 0, 0)
+        # threshold_backward is ReLU's own fused backward: grad where x > 0, else 0
+        return torch.ops.aten.threshold_backward(grad.clamp(min=0), x, 0)
 
 
 class _LeanGuidedReLU(nn.Module):
