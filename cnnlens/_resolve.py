@@ -189,6 +189,22 @@ def probe(model: nn.Module, x: Tensor) -> ProbeResult:
     return ProbeResult(order, int(out.shape[1]))
 
 
+def probe_or_fail(model: nn.Module, x: Tensor, at: str = "") -> ProbeResult:
+    """:func:`probe`, with a failing user forward turned into one :class:`ModelError`.
+
+    Args:
+        at: Optional context for the message, e.g. ``" at 224x224"``.
+    """
+    from cnnlens.errors import CnnlensError
+
+    try:
+        return probe(model, x)
+    except CnnlensError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"the model's forward pass failed{at}: {type(exc).__name__}: {exc}") from exc
+
+
 def resolve_layer(model: nn.Module, layer: nn.Module | str | None, probe_result: ProbeResult | None) -> tuple[nn.Module, str]:
     """Turn a module, a dotted name or ``None`` into ``(module, name)``.
 

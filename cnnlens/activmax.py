@@ -140,12 +140,7 @@ def filters(
 
     with ModelGuard(model):
         probe_x = start_image(seed, 0, size, meta.mean, meta.std, device, dtype)
-        try:
-            probe = _resolve.probe(model, probe_x)
-        except CnnlensError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"the model's forward pass failed at {size}x{size}: {type(exc).__name__}: {exc}") from exc
+        probe = _resolve.probe_or_fail(model, probe_x, at=f" at {size}x{size}")
         if layer is None:
             layer = _middle_conv(model, probe)
         module, name = _resolve.resolve_layer(model, layer, probe)

@@ -733,12 +733,7 @@ def _check_filter_ids(net: nn.Module, layer: str | None, chosen: Sequence[int], 
 
     side = size or meta_of(net).crop
     x = torch.zeros(1, 3, side, side, dtype=_resolve.model_dtype(net), device=_resolve.model_device(net))
-    try:
-        probe = _resolve.probe(net, x)
-    except CnnlensError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"the model's forward pass failed at {side}x{side}: {type(exc).__name__}: {exc}") from exc
+    probe = _resolve.probe_or_fail(net, x, at=f" at {side}x{side}")
     _module, name = _resolve.resolve_layer(net, layer, probe)
     shapes = [s for n, s in probe.order if n == name]
     if not shapes or shapes[0] is None or len(shapes[0]) != 4:

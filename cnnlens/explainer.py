@@ -132,12 +132,7 @@ class Explainer:
     def _probe(self, x: Tensor) -> _resolve.ProbeResult:
         key = tuple(x.shape[1:])
         if key not in self._probe_cache:
-            try:
-                self._probe_cache[key] = _resolve.probe(self.net, x[:1])
-            except CnnlensError:
-                raise
-            except Exception as exc:
-                raise ModelError(f"the model's forward pass failed: {type(exc).__name__}: {exc}") from exc
+            self._probe_cache[key] = _resolve.probe_or_fail(self.net, x[:1])
         return self._probe_cache[key]
 
     def _layer(self, probe: _resolve.ProbeResult) -> tuple[nn.Module | None, str | None]:
