@@ -9,7 +9,8 @@ For each (model, method, backend) it times, interleaved in one process on one ma
   many-forward methods, the number of image-forwards times the per-image cost of one batched
   forward (forward+input-gradient for IG and the SmoothGrad family, no-grad forward otherwise).
 
-It prints medians and the ratios cnnlens/limit, direct/limit and cnnlens/direct, plus the peak
+It prints median times and the ratios cnnlens/limit, direct/limit and cnnlens/direct -- each the
+median over rounds of the two times taken in the same round, see :func:`paired` -- plus the peak
 memory of each cnnlens call (RSS high-water above the idle process on CPU, max_memory_allocated on
 CUDA) and throughput. Timing claims come from this script, never from unit tests.
 
@@ -228,8 +229,11 @@ def time_case(case: Case, reps: int, device: torch.device) -> None:
     case.times = {n: [] for n in names}
     for n in names:  # warm-up, also for lazy imports
         case.fns[n]()
-    for _ in range(reps):
-        for n in names:  # interleaved, so drifts hit every variant alike
+    for rep in range(reps):
+        # Interleaved, so drifts hit every variant alike; the order rotates each round, so no variant
+        # always runs right after the same neighbour.
+        k = rep % len(names)
+        for n in names[k:] + names[:k]:
             sync(device)
             t0 = time.perf_counter()
             case.fns[n]()
@@ -249,6 +253,18 @@ def time_case(case: Case, reps: int, device: torch.device) -> None:
 
 def med(v: list[float]) -> float:
     return statistics.median(v) if v else float("nan")
+
+
+def paired(case: Case, a: str, b: str) -> float:
+    """Median over rounds of a's time / b's time in the same round (runs seconds apart).
+
+    On a shared machine the speed drifts by tens of percent within a minute; a ratio of two times
+    taken in the same round cancels that drift, where a ratio of two medians does not.
+    """
+    ta, tb = case.times.get(a, []), case.times.get(b, [])
+    if not ta or not tb:
+        return float("nan")
+    return statistics.median(x / y for x, y in zip(ta, tb, strict=True))
 
 
 def bench_model(mname: str, args: argparse.Namespace, device: torch.device, groups: set[str],
@@ -314,10 +330,11 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
             "model": c.model, "method": c.method, "backend": c.backend, "layer": lname,
             "cnnlens_s": med(c.times["cnnlens"]), "limit_s": med(c.times["limit"]) * c.limit_scale,
             "direct_s": med(c.times.get("direct", [])), "forwards": c.forwards, "peak_mb": c.peak_mb,
+            "times": c.times,  # every round, for the JSON file
         }
-        r["cnnlens_over_limit"] = r["cnnlens_s"] / r["limit_s"]
-        r["direct_over_limit"] = r["direct_s"] / r["limit_s"]
-        r["cnnlens_over_direct"] = r["cnnlens_s"] / r["direct_s"]
+        r["cnnlens_over_limit"] = paired(c, "cnnlens", "limit") / c.limit_scale
+        r["direct_over_limit"] = paired(c, "direct", "limit") / c.limit_scale
+        r["cnnlens_over_direct"] = paired(c, "cnnlens", "direct")
         r["images_per_s"] = c.images / r["cnnlens_s"]
         r["batch"] = c.images
         rows.append(r)
@@ -377,8 +394,9 @@ def describe(device: torch.device, args: argparse.Namespace) -> str:
     return (
         f"Machine: {card}; {psutil.cpu_count()} CPUs visible, torch threads {args.threads}; "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM; torch {torch.__version__}; "
-        f"batch {args.batch}, {args.size} px, random inputs; median of {args.reps} interleaved runs "
-        f"({args.many_reps} for many-forward methods) after one warm-up.\n"
+        f"batch {args.batch}, {args.size} px, random inputs; median of {args.reps} interleaved rounds "
+        f"({args.many_reps} for many-forward methods) after one warm-up; ratios are medians of "
+        f"per-round ratios.\n"
     )
 
 

@@ -39,14 +39,25 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 if TYPE_CHECKING:  # pragma: no cover
-    from cnnlens.errors import CnnlensError
-    from cnnlens.explainer import CnnlensWarning, Explainer, explain
-    from cnnlens.explanation import Explanation
-    from cnnlens.conv_kernels import Kernels, kernels
-    from cnnlens.featuremaps import FeatureMaps, capture
-    from cnnlens.images import demo_images, load_images
-    from cnnlens.models import load_model
-    from cnnlens.registry import is_method, list_methods, methods
+    from cnnlens import errors as errors
+    from cnnlens import plot as plot
+    from cnnlens.activmax import filters as filters
+    from cnnlens.activmax import plot_filters as plot_filters
+    from cnnlens.conv_kernels import Kernels as Kernels
+    from cnnlens.conv_kernels import kernels as kernels
+    from cnnlens.errors import CnnlensError as CnnlensError
+    from cnnlens.explainer import CnnlensWarning as CnnlensWarning
+    from cnnlens.explainer import Explainer as Explainer
+    from cnnlens.explainer import explain as explain
+    from cnnlens.explanation import Explanation as Explanation
+    from cnnlens.featuremaps import FeatureMaps as FeatureMaps
+    from cnnlens.featuremaps import capture as capture
+    from cnnlens.images import demo_images as demo_images
+    from cnnlens.images import load_images as load_images
+    from cnnlens.models import load_model as load_model
+    from cnnlens.registry import is_method as is_method
+    from cnnlens.registry import list_methods as list_methods
+    from cnnlens.registry import methods as methods
 
 
 def __getattr__(name: str) -> Any:

@@ -82,21 +82,26 @@ class ModelGuard:
         self._buffer_dicts = [(m, OrderedDict(m._buffers)) for m in self._modules]
         self._training = [(m, m.training) for m in self._modules]
         # Toolkits park attributes on modules (Captum's LRP: rule, activations); drop any new ones.
-        self._attrs = [(m, set(m.__dict__)) for m in self._modules]
+        # A tuple of the keys is cheap to take; the set is only built on exit if the keys changed.
+        self._attrs = [(m, tuple(m.__dict__)) for m in self._modules]
         self._full_bw = [(m, getattr(m, "_is_full_backward_hook", None)) for m in self._modules]
-        self._hooks = [(m, name, set(getattr(m, name))) for m in self._modules for name in MODULE_HOOK_DICTS
-                       if hasattr(m, name)]
+        self._hooks = [(m, name, tuple(d)) for m in self._modules for name in MODULE_HOOK_DICTS
+                       if (d := m.__dict__.get(name)) is not None]
         self._globals = {name: set(getattr(_module_mod, name)) for name in GLOBAL_HOOK_DICTS
                          if hasattr(_module_mod, name)}
-        params = list(dict.fromkeys(self.model.parameters()))
+        # model.parameters() / buffers() order, without walking the module tree again
+        params = list(dict.fromkeys(p for _m, ps in self._params for p in ps.values() if p is not None))
+        buffers = list(dict.fromkeys(b for _m, bs in self._buffer_dicts for b in bs.values() if b is not None))
         self._param_state = [(p, p.requires_grad, p.grad, p._version, p.data_ptr()) for p in params]
+        # Tensor hooks need requires_grad (register_hook refuses others), so buffers that do not
+        # require grad cannot get one.
         self._tensor_hooks = [
-            (t, name, set(getattr(t, name) or {}))
-            for t in params + list(self.model.buffers())
+            (t, name, tuple(getattr(t, name) or ()))
+            for t in params + [b for b in buffers if b.requires_grad]
             for name in TENSOR_HOOK_ATTRS
             if hasattr(t, name)
         ]
-        self._buffers = [(b, b._version, b.detach().clone()) for b in dict.fromkeys(self.model.buffers())]
+        self._buffers = [(b, b._version, b.detach().clone()) for b in buffers]
         self._param_copies = [(p, p.detach().clone()) for p in params] if self.copy_params else []
         try:
             for p in params:
@@ -130,8 +135,10 @@ class ModelGuard:
                 m._buffers.update(bs)
         for m, name, keys in self._hooks:
             d = getattr(m, name)
-            for k in [k for k in d if k not in keys]:
-                del d[k]
+            if tuple(d) != keys:
+                kept = set(keys)
+                for k in [k for k in d if k not in kept]:
+                    del d[k]
         for m, flag in self._full_bw:
             if getattr(m, "_is_full_backward_hook", None) != flag:
                 m._is_full_backward_hook = flag
@@ -141,12 +148,15 @@ class ModelGuard:
                 del d[k]
         for t, name, keys in self._tensor_hooks:
             d = getattr(t, name)
-            if d:
-                for k in [k for k in d if k not in keys]:
+            if d and tuple(d) != keys:
+                kept = set(keys)
+                for k in [k for k in d if k not in kept]:
                     del d[k]
         for m, keys in self._attrs:
-            for k in [k for k in m.__dict__ if k not in keys]:
-                del m.__dict__[k]
+            if tuple(m.__dict__) != keys:
+                kept = set(keys)
+                for k in [k for k in m.__dict__ if k not in kept]:
+                    del m.__dict__[k]
         for m, training in self._training:
             m.training = training
         with torch.no_grad():
@@ -163,8 +173,11 @@ class ModelGuard:
 
     def params_modified(self) -> list[str]:
         """Names of parameters whose storage or values were changed in place during the block."""
-        names = {id(p): n for n, p in self.model.named_parameters()}
         if self.copy_params:
-            return [names.get(id(p), "?") for p, copy in self._param_copies if not torch.equal(p, copy)]
-        return [names.get(id(p), "?") for p, _r, _g, v, ptr in self._param_state
-                if p._version != v or p.data_ptr() != ptr]
+            changed = [p for p, copy in self._param_copies if not torch.equal(p, copy)]
+        else:
+            changed = [p for p, _r, _g, v, ptr in self._param_state if p._version != v or p.data_ptr() != ptr]
+        if not changed:
+            return []
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [names.get(id(p), "?") for p in changed]

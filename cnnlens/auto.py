@@ -115,7 +115,7 @@ def refresh(
             if ref_maps is None:
                 ref_maps, r = maps, 1.0
             else:
-                rs = [np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else 0.0 for a, b in zip(ref_maps, maps)]
+                rs = [np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else 0.0 for a, b in zip(ref_maps, maps, strict=True)]
                 r = float(min(rs))
             stats[backend] = {"seconds": statistics.median(times), "pearson_to_reference": r}
         agree = sorted((b for b in have if stats[b]["pearson_to_reference"] >= min_pearson), key=lambda b: stats[b]["seconds"])

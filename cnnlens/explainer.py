@@ -6,7 +6,7 @@ import contextlib
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from typing import Any
 
@@ -29,7 +29,7 @@ RELU_GUIDED = {"guided_backprop", "guided_gradcam", "deconvolution"}
 RELU_FAMILY = (nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.PReLU, nn.SELU, nn.CELU)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _dist_version(dist: str) -> str:
     try:
         return metadata.version(dist)
@@ -112,9 +112,8 @@ class Explainer:
         self.output = output
         cats = categories if categories is not None else getattr(model, "cnnlens_categories", None)
         self.categories = list(cats) if cats is not None else None
-        if self.spec.needs_layer or layer is not None:
-            if layer is not None and self.method != "fullgrad":
-                _resolve.resolve_layer(model, layer, None)  # fail early on a bad name
+        if layer is not None and self.method != "fullgrad":
+            _resolve.resolve_layer(model, layer, None)  # fail early on a bad name
         self._layer_arg = layer
         self._adapter_cls = self.impl.load()
         self._probe_cache: dict[tuple[int, ...], _resolve.ProbeResult] = {}

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from cnnlens._guard import hook_count
 
-__all__ = ["TinyCNN", "tiny_cnn", "snapshot", "assert_same_state", "hook_count", "tiny_input"]
+__all__ = ["TinyCNN", "assert_same_state", "hook_count", "snapshot", "tiny_cnn", "tiny_input"]
 
 
 class TinyCNN(nn.Module):
@@ -75,7 +75,8 @@ def assert_same_state(before: dict[str, Any], model: nn.Module) -> None:
     assert after["training"] == before["training"], "train/eval flags changed"
     assert after["requires_grad"] == before["requires_grad"], "requires_grad changed"
     assert after["grad_ids"] == before["grad_ids"], ".grad objects replaced"
-    for (n, g0), (_, g1) in zip(before["grad"], after["grad"]):
+    assert len(after["grad"]) == len(before["grad"]), "parameters added or removed"
+    for (n, g0), (_, g1) in zip(before["grad"], after["grad"], strict=True):
         assert (g0 is None) == (g1 is None) and (g0 is None or torch.equal(g0, g1)), f".grad of {n} changed"
     assert before["state"].keys() == after["state"].keys(), "state_dict keys changed"
     for k, v in before["state"].items():

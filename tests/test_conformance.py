@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import cnnlens
-from cnnlens.registry import REGISTRY, BACKENDS
+from cnnlens.registry import BACKENDS, REGISTRY
 from cnnlens.testing import assert_same_state, hook_count, snapshot, tiny_cnn, tiny_input
 
 PAIRS = sorted(REGISTRY)

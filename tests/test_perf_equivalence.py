@@ -91,3 +91,65 @@ def test_lean_guided_relu_is_bit_identical(resnet18_random, monkeypatch):
     monkeypatch.setattr(_config, "OPTIMIZE", False)
     slow = cnnlens.explain(resnet18_random, x, "guided_backprop", "pytorch-grad-cam", target=[1, 2])
     assert torch.equal(fast.raw, slow.raw)
+
+
+def _layer_products(model, layer, x, classes):
+    acts: list[torch.Tensor] = []
+    h = layer.register_forward_hook(lambda _m, _i, o: acts.append(o))
+    try:
+        out = model(x)
+    finally:
+        h.remove()
+    batches = [acts[0].detach().numpy()]
+    for c in classes:
+        (g,) = torch.autograd.grad(out[:, c].sum(), acts[0], retain_graph=True)
+        batches.append((g * acts[0]).detach().numpy())  # what Eigen-Grad-CAM projects
+    return np.concatenate(batches)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_projection_is_bit_identical_to_pytorch_grad_cam(embedded, resnet18_random, threads, monkeypatch):
+    """Wide (49 x 1280), tall (784 x 128, 3136 x 64) and square-ish matrices, NaNs included."""
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
+
+    from cnnlens.adapters.pytorch_grad_cam import economy_projection
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    x = torch.randn(3, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    cases = [
+        _layer_products(embedded, embedded._conv_head, x, [0, 285]),
+        _layer_products(embedded, embedded._blocks[10], x, [7]),
+        _layer_products(resnet18_random, resnet18_random.layer2, x, [37]),
+        _layer_products(resnet18_random, resnet18_random.layer1, x[:1], [3]),
+    ]
+    with_nan = cases[0][:2].copy()
+    with_nan[0, 5, 2, 3] = np.nan
+    cases.append(with_nan)
+    for batch in cases:
+        ours = economy_projection(batch)
+        theirs = get_2d_projection(batch)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        assert np.array_equal(ours, theirs)
+    assert np.isnan(with_nan).sum() == 1  # the caller's array is not changed
+
+
+def test_projection_restores_blas_threads_after_an_error(monkeypatch):
+    import threadpoolctl
+
+    from cnnlens.adapters import pytorch_grad_cam as adapter
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen: list[list[int]] = []
+
+    def broken(*a, **k):
+        seen.append(blas_threads())
+        raise np.linalg.LinAlgError("SVD did not converge")
+
+    monkeypatch.setattr(adapter.np.linalg, "svd", broken)
+    with pytest.raises(np.linalg.LinAlgError):
+        adapter.economy_projection(np.ones((2, 4, 3, 3), dtype=np.float32))
+    assert seen and all(n == 1 for n in seen[0])  # single-threaded BLAS inside
+    assert blas_threads() == before

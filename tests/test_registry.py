@@ -63,7 +63,7 @@ def test_missing_backend_names_install_command(monkeypatch):
 
 
 def test_unknown_option_lists_valid_ones():
-    with pytest.raises(errors.OptionError, match="valid options: .*n_steps"):
+    with pytest.raises(errors.OptionError, match=r"valid options: .*n_steps"):
         cnnlens.Explainer(tiny_cnn(), "integrated_gradients", "captum", n_step=5)
 
 
@@ -104,7 +104,7 @@ def test_backend_failure_is_translated(monkeypatch):
         raise RuntimeError("internal captum failure")
 
     monkeypatch.setattr(ca.Saliency, "attribute", broken)
-    with pytest.raises(errors.BackendError, match="captum Saliency failed .*internal captum failure"):
+    with pytest.raises(errors.BackendError, match=r"captum Saliency failed .*internal captum failure"):
         cnnlens.explain(tiny_cnn(), tiny_input(), "saliency", "captum")
 
 

@@ -41,7 +41,7 @@ class Adapter(abc.ABC):
             targets: (N,) long tensor of class indices on the model's device.
         """
 
-    def check_input(self, x: Tensor) -> None:
+    def check_input(self, x: Tensor) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Reject option values that are invalid for this input (e.g. a window larger than the image)."""
 
     def translate(self, exc: Exception) -> CnnlensError | None:
