@@ -293,6 +293,8 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
             return
         if args.methods and method not in args.methods.split(","):
             return
+        if args.backends and backend not in args.backends.split(","):
+            return
         ex = cnnlens.Explainer(model, method, backend, layer=lname if REGISTRY[(method, backend)].spec.needs_layer else None, **opts)
         xs, ts = (x[:n_img], t[:n_img]) if n_img else (x, t)
         fns: dict[str, Callable[[], object]] = {"limit": limit, "cnnlens": lambda ex=ex: ex.explain(xs, target=ts)}
@@ -350,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="efficientnet_lite0,resnet50,vgg11")
     ap.add_argument("--groups", default="cams,gradients,many")
     ap.add_argument("--methods", default=None, help="comma-separated subset of methods (default: every one in the groups)")
+    ap.add_argument("--backends", default=None, help="comma-separated subset of backends (default: all)")
     ap.add_argument("--many-models", default="efficientnet_lite0", help="models for the many-forward group")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=224)

@@ -153,3 +153,23 @@ def test_projection_restores_blas_threads_after_an_error(monkeypatch):
         adapter.economy_projection(np.ones((2, 4, 3, 3), dtype=np.float32))
     assert seen and all(n == 1 for n in seen[0])  # single-threaded BLAS inside
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg11"])
+def test_lean_flashtorch_guided_relu_is_bit_identical(arch, resnet18_random, monkeypatch):
+    """FlashTorch's guided rule through swapped modules equals FlashTorch's own hooks, bit for bit."""
+    import torchvision
+
+    if arch == "resnet18":
+        model = resnet18_random
+    else:
+        torch.manual_seed(0)
+        model = torchvision.models.vgg11(weights=None).eval()  # in-place ReLUs
+    before = snapshot(model)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    fast = cnnlens.explain(model, x, "guided_backprop", "flashtorch", target=[1, 2])
+    monkeypatch.setattr(_config, "OPTIMIZE", False)
+    slow = cnnlens.explain(model, x, "guided_backprop", "flashtorch", target=[1, 2])
+    assert torch.equal(fast.raw, slow.raw)
+    assert not fast.warnings and not slow.warnings
+    assert_same_state(before, model)

@@ -21,7 +21,11 @@ visualization. cnnlens subclasses the two classes and replaces only the parts th
 6. The deprecated ``register_backward_hook`` (a FutureWarning each call, and an API torch is
    removing) is replaced by ``register_full_backward_hook``. FlashTorch's own ReLU closures are kept:
    only the registration call they go through is redirected.
-7. Guided backprop keeps FlashTorch's own rule on purpose, see :class:`CnnlensBackprop`.
+7. Guided backprop keeps FlashTorch's own rule on purpose, see :class:`CnnlensBackprop`. By default
+   the rule runs in :class:`_FlashGuidedReLU` modules swapped in for the call (the same two
+   operations on the same tensors, bit-identical, without FlashTorch's hook machinery, which costs
+   a discarded ReLU backward plus hook wrappers around every ReLU); ``cnnlens._config.OPTIMIZE =
+   False`` runs FlashTorch's own closures through the registration of point 6.
 8. Filter visualization: see :class:`CnnlensGradientAscent`.
 """
 
@@ -38,6 +42,7 @@ from flashtorch.saliency import Backprop
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from cnnlens import _config
 from cnnlens._resolve import model_device
 from cnnlens.adapters.base import Adapter
 from cnnlens.errors import BackendError, CnnlensError, LayerError, ModelError, OptionError, TargetError
@@ -157,6 +162,49 @@ def _modern_registration(modules: Sequence[nn.Module], handles: list[RemovableHa
             m.__dict__.pop("register_forward_hook", None)
 
 
+class _FlashGuidedReLUFn(torch.autograd.Function):
+    """FlashTorch's guided ReLU without its hook machinery; the same numbers bit for bit.
+
+    FlashTorch records each ReLU's output in a forward hook, lets ReLU's own backward run, then
+    throws that result away in a backward hook that returns ``grad_out.clamp(0.0).mul(output)``
+    (three passes over every activation gradient, hook wrappers around every ReLU, and in-place
+    ReLUs made out-of-place). This function runs the same two operations in the same order on the
+    same tensors, with the output saved by autograd instead of a stack (tested equal with
+    ``cnnlens._config.OPTIMIZE = False``).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        out = torch.relu(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        return grad.clamp(0.0).mul(out)
+
+
+class _FlashGuidedReLU(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return _FlashGuidedReLUFn.apply(x)
+
+
+@contextlib.contextmanager
+def _lean_guided_relus(model: nn.Module) -> Iterator[None]:
+    """Swap every ``nn.ReLU`` for :class:`_FlashGuidedReLU`; the very same modules go back after."""
+    originals = [(parent, name, child) for parent in model.modules()
+                 for name, child in parent._modules.items() if isinstance(child, nn.ReLU)]
+    guide = _FlashGuidedReLU()
+    try:
+        for parent, name, _child in originals:
+            parent._modules[name] = guide
+        yield
+    finally:
+        for parent, name, child in originals:
+            parent._modules[name] = child
+
+
 @contextlib.contextmanager
 def _no_inplace_relu(model: nn.Module) -> Iterator[None]:
     """Full backward hooks forbid in-place ops on the hooked module; in-place is a memory choice only."""
@@ -264,6 +312,8 @@ class CnnlensBackprop(Backprop):  # type: ignore[misc]
             self._handles.append(self._grad.register(self._net))
 
     def _register_relu_hooks(self) -> None:
+        if getattr(self, "_lean_guided", False):
+            return  # the rule runs in _FlashGuidedReLU modules swapped in for this call
         relus = [m for m in self._net.modules() if isinstance(m, nn.ReLU)]
         with _modern_registration(relus, self._handles):
             super()._register_relu_hooks()  # FlashTorch's _record_output and _clip_gradients
@@ -305,11 +355,19 @@ class CnnlensBackprop(Backprop):  # type: ignore[misc]
             try:
                 self._register_conv_hook()
                 # With a one-element output FlashTorch neither picks the top-1 class nor warns.
-                with _no_inplace_relu(self._net) if guided else contextlib.nullcontext():
+                self._lean_guided = guided and _config.OPTIMIZE
+                if self._lean_guided:
+                    guide: contextlib.AbstractContextManager[None] = _lean_guided_relus(self._net)
+                elif guided:
+                    guide = _no_inplace_relu(self._net)
+                else:
+                    guide = contextlib.nullcontext()
+                with guide:
                     super().calculate_gradients(x, None, take_max=False, guided=guided, use_gpu=False)
                 self.leftover_relu_outputs = len(getattr(self, "relu_outputs", []) or [])
             finally:
                 self._calling = False
+                self._lean_guided = False
                 _remove_all(self._handles)
                 self._grad.release()
                 self._net.targets = None
