@@ -5,23 +5,16 @@ adapter only translates: ``target`` becomes Captum's ``target``, image-level opt
 shapes (sliding windows, superpixel feature masks, baseline tensors), and Captum's exceptions become
 cnnlens errors. ``saliency`` is called with ``abs=False`` and ``gradcam`` with
 ``relu_attributions=False`` so that ``raw`` stays signed and the shared contract does the rest.
-
-One speed-up changes no value: for guided backprop and deconvolution, Captum's hooks on every ReLU
-call are replaced by modules that apply Captum's own rule (:class:`_CaptumReLUFn`, bit-identical).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from captum import attr as ca
-from torch import Tensor, nn
+from torch import Tensor
 
-from cnnlens import _config
 from cnnlens._resolve import internal_batch
 from cnnlens.adapters.base import Adapter
 from cnnlens.errors import CnnlensError, ModelError, OptionError
@@ -35,55 +28,6 @@ SIMPLE = {
 }
 
 
-
-
-class _CaptumReLUFn(torch.autograd.Function):
-    """Captum's guided-backprop and deconvolution ReLU rules without its hooks; bit-identical.
-
-    Captum hooks every ``nn.ReLU`` call (a forward hook that puts tensor hooks on its input and
-    output) and overrides the input gradient with ``F.relu`` of ReLU's own input gradient
-    (``threshold_backward(grad, output, 0)``, guided backprop) or of the output gradient
-    (deconvolution). This function computes the same operations on the same tensors, so the values
-    match bit for bit (tested with ``cnnlens._config.OPTIMIZE = False``, which runs Captum's hooks).
-    """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, deconv: bool) -> Tensor:
-        out = torch.relu(x)
-        ctx.deconv = deconv
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        if ctx.deconv:
-            return F.relu(grad), None
-        (out,) = ctx.saved_tensors
-        return F.relu(torch.ops.aten.threshold_backward(grad, out, 0)), None
-
-
-class _CaptumReLU(nn.Module):
-    def __init__(self, deconv: bool) -> None:
-        super().__init__()
-        self.deconv = deconv
-
-    def forward(self, x: Tensor) -> Tensor:
-        return _CaptumReLUFn.apply(x, self.deconv)
-
-
-@contextlib.contextmanager
-def _lean_relus(model: nn.Module, deconv: bool) -> Iterator[None]:
-    """Swap every ``nn.ReLU`` for :class:`_CaptumReLU`; the very same modules go back after."""
-    originals = [(parent, name, child) for parent in model.modules()
-                 for name, child in parent._modules.items() if isinstance(child, nn.ReLU)]
-    lean = _CaptumReLU(deconv)
-    try:
-        for parent, name, _child in originals:
-            parent._modules[name] = lean
-        yield
-    finally:
-        for parent, name, child in originals:
-            parent._modules[name] = child
 
 
 def grid_mask(x: Tensor, cell: int) -> Tensor:
@@ -139,11 +83,6 @@ class CaptumAdapter(Adapter):
             out = ca.GuidedGradCam(model, self.layer).attribute(x, target=t)
         elif m == "saliency":
             out = ca.Saliency(model).attribute(x, target=t, abs=False)
-        elif m in ("guided_backprop", "deconvolution") and _config.OPTIMIZE:
-            # Captum's class still drives the call; it finds no nn.ReLU to hook, and the lean
-            # modules apply its rule (see _CaptumReLUFn).
-            with _lean_relus(model, deconv=m == "deconvolution"):
-                out = SIMPLE[m](model).attribute(x, target=t)
         elif m in SIMPLE:
             out = SIMPLE[m](model).attribute(x, target=t)
         elif m == "integrated_gradients":
