@@ -1,6 +1,8 @@
 """Process-wide switches (for tests and benchmarks, not for everyday use)."""
 
 #: Apply the speed-ups that leave every output value unchanged: frozen parameters during a call,
-#: backward stopping at the CAM layer, batched guided backprop. ``False`` runs the toolkits the way
-#: their own documentation calls them, which benchmarks/perf.py and the equality tests compare against.
+#: backward stopping at the CAM layer, Eigen-CAM's SVD at economy size with the images side by side,
+#: and the guided-backprop ReLU rules of pytorch-grad-cam and FlashTorch in swapped-in modules
+#: instead of the toolkits' own modules and hooks. ``False`` runs the toolkits' own code paths,
+#: which the equality tests compare against.
 OPTIMIZE: bool = True
