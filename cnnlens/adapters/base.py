@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -68,3 +70,21 @@ class Adapter(abc.ABC):
                     f"{type(exc).__name__}: {first}"
                 )
             raise mapped from exc
+
+
+@contextlib.contextmanager
+def swapped_relus(model: nn.Module, replacement: nn.Module) -> Iterator[None]:
+    """Put ``replacement`` wherever ``model`` holds an ``nn.ReLU``; the very same ReLU objects go back.
+
+    The guided-backprop rules of pytorch-grad-cam and FlashTorch run as modules in place of the ReLUs
+    (the model guard would also restore the tree, but guided Grad-CAM runs a CAM pass in between).
+    """
+    originals = [(parent, name, child) for parent in model.modules()
+                 for name, child in parent._modules.items() if isinstance(child, nn.ReLU)]
+    try:
+        for parent, name, _child in originals:
+            parent._modules[name] = replacement
+        yield
+    finally:
+        for parent, name, child in originals:
+            parent._modules[name] = child

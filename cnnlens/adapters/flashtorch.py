@@ -44,7 +44,7 @@ from torch.utils.hooks import RemovableHandle
 
 from cnnlens import _config
 from cnnlens._resolve import model_device
-from cnnlens.adapters.base import Adapter
+from cnnlens.adapters.base import Adapter, swapped_relus
 from cnnlens.errors import BackendError, CnnlensError, LayerError, ModelError, OptionError, TargetError
 
 #: What FlashTorch's guided backprop computes, for docs and :func:`cnnlens.methods`.
@@ -188,21 +188,6 @@ class _FlashGuidedReLUFn(torch.autograd.Function):
 class _FlashGuidedReLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return _FlashGuidedReLUFn.apply(x)
-
-
-@contextlib.contextmanager
-def _lean_guided_relus(model: nn.Module) -> Iterator[None]:
-    """Swap every ``nn.ReLU`` for :class:`_FlashGuidedReLU`; the very same modules go back after."""
-    originals = [(parent, name, child) for parent in model.modules()
-                 for name, child in parent._modules.items() if isinstance(child, nn.ReLU)]
-    guide = _FlashGuidedReLU()
-    try:
-        for parent, name, _child in originals:
-            parent._modules[name] = guide
-        yield
-    finally:
-        for parent, name, child in originals:
-            parent._modules[name] = child
 
 
 @contextlib.contextmanager
@@ -357,7 +342,7 @@ class CnnlensBackprop(Backprop):  # type: ignore[misc]
                 # With a one-element output FlashTorch neither picks the top-1 class nor warns.
                 self._lean_guided = guided and _config.OPTIMIZE
                 if self._lean_guided:
-                    guide: contextlib.AbstractContextManager[None] = _lean_guided_relus(self._net)
+                    guide: contextlib.AbstractContextManager[None] = swapped_relus(self._net, _FlashGuidedReLU())
                 elif guided:
                     guide = _no_inplace_relu(self._net)
                 else:

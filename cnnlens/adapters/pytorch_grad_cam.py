@@ -32,13 +32,12 @@ import pytorch_grad_cam as pgc
 import threadpoolctl
 import torch
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUasModule
-from pytorch_grad_cam.utils.find_layers import replace_all_layer_type_recursive
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from cnnlens import _config
 from cnnlens._resolve import internal_batch
-from cnnlens.adapters.base import Adapter
+from cnnlens.adapters.base import Adapter, swapped_relus
 from cnnlens.errors import CnnlensError, LayerError
 
 CLASSES: dict[str, str] = {
@@ -228,20 +227,14 @@ class PytorchGradCamAdapter(Adapter):
     # -- guided backprop ------------------------------------------------------------------------
 
     def _guided_backprop(self, x: Tensor, targets: Tensor) -> Tensor:
-        originals = [(parent, name, child) for parent in self.model.modules()
-                     for name, child in parent._modules.items() if isinstance(child, nn.ReLU)]
+        # pytorch-grad-cam's GuidedBackpropReLUModel swaps every nn.ReLU for its rule and puts fresh
+        # ReLUs back; cnnlens swaps the same way and puts the very same objects back.
         guide = _LeanGuidedReLU() if _config.OPTIMIZE else GuidedBackpropReLUasModule()
-        replace_all_layer_type_recursive(self.model, nn.ReLU, guide)
-        try:
+        with swapped_relus(self.model, guide):
             inp = x.detach().requires_grad_(True)
             out = self.model(inp)
             score = out.gather(1, targets[:, None]).sum()
             (grad,) = torch.autograd.grad(score, inp)
-        finally:
-            # Put the very same ReLU objects back (pytorch-grad-cam would insert fresh ones); the
-            # model guard would also do it, but guided_gradcam runs a CAM pass in between.
-            for parent, name, child in originals:
-                parent._modules[name] = child
         return grad
 
     def translate(self, exc: Exception) -> CnnlensError | None:
