@@ -6,8 +6,10 @@ For each (model, method, backend) it times, interleaved in one process on one ma
 * ``direct``: the toolkit called the way its documentation shows, with the same settings;
 * ``limit``: the method's compute limit -- one forward plus ``torch.autograd.grad`` of the target
   score w.r.t. the CAM layer (gradient CAMs), or w.r.t. the input (gradient methods); for
-  many-forward methods, the number of image-forwards times the per-image cost of one batched
-  forward (forward+input-gradient for IG and the SmoothGrad family, no-grad forward otherwise).
+  many-forward methods, the number of image-forwards times the per-image cost of a forward at the
+  study's batch size (forward+input-gradient for IG and the SmoothGrad family, no-grad forward
+  otherwise), timed by running that many batched forwards (at most ``--many-limit-units`` per round,
+  scaled beyond that).
 
 It prints median times and the ratios cnnlens/limit, direct/limit and cnnlens/direct -- each the
 median over rounds of the two times taken in the same round, see :func:`paired` -- plus the peak
@@ -96,7 +98,7 @@ class Case:
     backend: str
     fns: dict[str, Callable[[], object]]
     forwards: int | None = None
-    #: the limit is ``scale`` times the timed ``limit`` function (one batched unit of a many-forward method)
+    #: the limit is ``scale`` times the timed ``limit`` function (a run of batched forwards of a many-forward method)
     limit_scale: float = 1.0
     images: int = 8
     times: dict[str, list[float]] = field(default_factory=dict)
@@ -146,6 +148,16 @@ def limit_forward(model: nn.Module, x: Tensor) -> Callable[[], object]:
     def run() -> object:
         with torch.no_grad():
             return model(x)
+
+    return run
+
+
+def repeated(fn: Callable[[], object], times: int) -> Callable[[], object]:
+    def run() -> object:
+        out = None
+        for _ in range(times):
+            out = fn()
+        return out
 
     return run
 
@@ -322,8 +334,13 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
             n_fw = many_forward_count(m, model, channels, n_img, args.size)
             unit = grad_unit if m in ("integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad") else fwd_unit
             reps_needed = n_fw / ib
+            # The limit runs the batched forwards themselves (up to --many-limit-units of them, scaled
+            # up beyond that), so it spans about as much time as the method: a single 0.1 s forward
+            # scaled by 33 carried that forward's noise 33-fold on this shared machine.
+            units = max(1, min(round(reps_needed), args.many_limit_units))
+            limit = repeated(unit, units)
             for b in ("pytorch-grad-cam", "captum"):
-                add(m, b, unit, forwards=n_fw, scale=reps_needed, n_img=n_img, **MANY_OPTS.get(m, {}))
+                add(m, b, limit, forwards=n_fw, scale=reps_needed / units, n_img=n_img, **MANY_OPTS.get(m, {}))
     for c in cases:
         reps = args.many_reps if c.forwards else args.reps
         print(f"[{mname}] {c.method} / {c.backend} ...", file=sys.stderr, flush=True)
@@ -360,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--many-reps", type=int, default=2)
     ap.add_argument("--many-batch", type=int, default=None,
                     help="batch for ScoreCAM/AblationCAM (default: --batch); each image costs C+1 forwards")
+    ap.add_argument("--many-limit-units", type=int, default=64,
+                    help="most batched forwards the many-forward limit runs per round (scaled beyond that)")
     ap.add_argument("--many-methods", default=",".join(MANY), help="comma-separated many-forward methods")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import cnnlens
 from cnnlens import _config
@@ -85,14 +86,6 @@ def test_economy_svd_equals_pytorch_grad_cam_on_embedded(method, embedded, demo,
     assert (fast.maps - slow.maps).abs().max() <= 1e-5
 
 
-def test_lean_guided_relu_is_bit_identical(resnet18_random, monkeypatch):
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    fast = cnnlens.explain(resnet18_random, x, "guided_backprop", "pytorch-grad-cam", target=[1, 2])
-    monkeypatch.setattr(_config, "OPTIMIZE", False)
-    slow = cnnlens.explain(resnet18_random, x, "guided_backprop", "pytorch-grad-cam", target=[1, 2])
-    assert torch.equal(fast.raw, slow.raw)
-
-
 def _layer_products(model, layer, x, classes):
     acts: list[torch.Tensor] = []
     h = layer.register_forward_hook(lambda _m, _i, o: acts.append(o))
@@ -155,21 +148,91 @@ def test_projection_restores_blas_threads_after_an_error(monkeypatch):
     assert blas_threads() == before
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "vgg11"])
-def test_lean_flashtorch_guided_relu_is_bit_identical(arch, resnet18_random, monkeypatch):
-    """FlashTorch's guided rule through swapped modules equals FlashTorch's own hooks, bit for bit."""
+class _OddReLUs(nn.Module):
+    """Every way a ReLU module can sit in a graph: on the raw input (in place), called twice, with an
+    input that has a second consumer, in place after a conv, next to a functional ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.r0 = nn.ReLU(inplace=True)
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.r = nn.ReLU()
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.ri = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.r0(x * 1.0)
+        a = self.c1(x)
+        b = self.r(a) + 0.5 * a  # a reaches the output through the ReLU and around it
+        c = self.ri(self.c2(b))
+        d = self.r(c - 0.1)  # the same module again
+        return self.fc(torch.nn.functional.relu(d).mean((2, 3)))
+
+
+def _relu_models(resnet18_random):
     import torchvision
 
-    if arch == "resnet18":
-        model = resnet18_random
-    else:
-        torch.manual_seed(0)
-        model = torchvision.models.vgg11(weights=None).eval()  # in-place ReLUs
+    torch.manual_seed(0)
+    return {"resnet18": resnet18_random, "vgg11": torchvision.models.vgg11(weights=None).eval(), "odd": _OddReLUs().eval()}
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vgg11", "odd"])
+@pytest.mark.parametrize(("method", "backend"), [("guided_backprop", "captum"), ("deconvolution", "captum"),
+                                                 ("guided_backprop", "pytorch-grad-cam"), ("guided_backprop", "flashtorch")])
+def test_relu_rules_in_swapped_modules_are_bit_identical(arch, method, backend, resnet18_random, monkeypatch):
+    """Each toolkit's guided rule run as the backward of RuleReLU equals the toolkit's own hooks or
+    modules (Captum's classes called directly when OPTIMIZE is off), bit for bit, in-place ReLUs included."""
+    model = _relu_models(resnet18_random)[arch]
     before = snapshot(model)
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    fast = cnnlens.explain(model, x, "guided_backprop", "flashtorch", target=[1, 2])
-    monkeypatch.setattr(_config, "OPTIMIZE", False)
-    slow = cnnlens.explain(model, x, "guided_backprop", "flashtorch", target=[1, 2])
-    assert torch.equal(fast.raw, slow.raw)
-    assert not fast.warnings and not slow.warnings
+    fast = cnnlens.explain(model, x, method, backend, target=[1, 2])
     assert_same_state(before, model)
+    monkeypatch.setattr(_config, "OPTIMIZE", False)
+    slow = cnnlens.explain(model, x, method, backend, target=[1, 2])
+    assert torch.equal(fast.raw, slow.raw)
+    assert fast.raw.abs().sum() > 0
+    assert fast.warnings == slow.warnings
+    assert_same_state(before, model)
+
+
+@pytest.mark.parametrize("method", ["guided_backprop", "deconvolution"])
+def test_captum_rule_on_the_total_input_gradient(method):
+    """Captum's hook acts on the total gradient of a ReLU's input; applying the rule per path (a
+    mutant) gives other numbers on a model where that input has a second consumer."""
+    from cnnlens.adapters import base
+    from cnnlens.adapters import captum as adapter
+
+    model, x = _OddReLUs().eval(), torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    right = cnnlens.explain(model, x, method, "captum", target=[1, 2])
+    rule = adapter._guided_rule if method == "guided_backprop" else adapter._deconv_rule
+    per_path = (lambda g, o: torch.relu(rule(g, o))) if method == "guided_backprop" else rule
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(adapter, "captum_relu_rule", lambda m: lambda relu: base.RuleReLU(per_path, relu.inplace))
+        mutant = cnnlens.explain(model, x, method, "captum", target=[1, 2])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_config, "OPTIMIZE", False)
+        captum_direct = cnnlens.explain(model, x, method, "captum", target=[1, 2])
+    assert torch.equal(right.raw, captum_direct.raw)
+    assert not torch.equal(mutant.raw, captum_direct.raw)
+
+
+@pytest.mark.parametrize(("method", "backend"), [("guided_backprop", "captum"), ("deconvolution", "captum"),
+                                                 ("guided_backprop", "pytorch-grad-cam"), ("guided_backprop", "flashtorch")])
+def test_relu_modules_restored_after_an_error_in_the_rule(method, backend, resnet18_random, monkeypatch):
+    from cnnlens.adapters import base
+
+    before = snapshot(resnet18_random)
+    relus = [m for m in resnet18_random.modules() if isinstance(m, nn.ReLU)]
+
+    def boom(*a, **k):
+        raise RuntimeError("injected in backward")
+
+    monkeypatch.setattr(base._RuleReLUFn, "backward", staticmethod(boom))
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(BackendError, match="injected"):
+        cnnlens.explain(resnet18_random, x, method, backend, target=0)
+    assert_same_state(before, resnet18_random)
+    assert [m for m in resnet18_random.modules() if isinstance(m, nn.ReLU)] == relus
+    monkeypatch.undo()
+    cnnlens.explain(resnet18_random, x, method, backend, target=0)

@@ -22,7 +22,7 @@ visualization. cnnlens subclasses the two classes and replaces only the parts th
    removing) is replaced by ``register_full_backward_hook``. FlashTorch's own ReLU closures are kept:
    only the registration call they go through is redirected.
 7. Guided backprop keeps FlashTorch's own rule on purpose, see :class:`CnnlensBackprop`. By default
-   the rule runs in :class:`_FlashGuidedReLU` modules swapped in for the call (the same two
+   the rule runs in :func:`flash_guided_rule` modules swapped in for the call (the same two
    operations on the same tensors, bit-identical, without FlashTorch's hook machinery, which costs
    a discarded ReLU backward plus hook wrappers around every ReLU); ``cnnlens._config.OPTIMIZE =
    False`` runs FlashTorch's own closures through the registration of point 6.
@@ -44,7 +44,7 @@ from torch.utils.hooks import RemovableHandle
 
 from cnnlens import _config
 from cnnlens._resolve import model_device
-from cnnlens.adapters.base import Adapter, swapped_relus
+from cnnlens.adapters.base import Adapter, RuleReLU, swapped_relus
 from cnnlens.errors import BackendError, CnnlensError, LayerError, ModelError, OptionError, TargetError
 
 #: What FlashTorch's guided backprop computes, for docs and :func:`cnnlens.methods`.
@@ -162,32 +162,21 @@ def _modern_registration(modules: Sequence[nn.Module], handles: list[RemovableHa
             m.__dict__.pop("register_forward_hook", None)
 
 
-class _FlashGuidedReLUFn(torch.autograd.Function):
+def flash_guided_rule(grad: Tensor, out: Tensor) -> Tensor:
     """FlashTorch's guided ReLU without its hook machinery; the same numbers bit for bit.
 
     FlashTorch records each ReLU's output in a forward hook, lets ReLU's own backward run, then
     throws that result away in a backward hook that returns ``grad_out.clamp(0.0).mul(output)``
     (three passes over every activation gradient, hook wrappers around every ReLU, and in-place
-    ReLUs made out-of-place). This function runs the same two operations in the same order on the
-    same tensors, with the output saved by autograd instead of a stack (tested equal with
-    ``cnnlens._config.OPTIMIZE = False``).
+    ReLUs made out-of-place). As the backward of :class:`~cnnlens.adapters.base.RuleReLU` the same
+    two operations run in the same order on the same tensors, with the output saved by autograd
+    instead of a stack (tested equal with ``cnnlens._config.OPTIMIZE = False``).
     """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        out = torch.relu(x)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (out,) = ctx.saved_tensors
-        return grad.clamp(0.0).mul(out)
+    return grad.clamp(0.0).mul(out)
 
 
-class _FlashGuidedReLU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return _FlashGuidedReLUFn.apply(x)
+def _flash_relu(relu: nn.Module) -> nn.Module:
+    return RuleReLU(flash_guided_rule, relu.inplace)
 
 
 @contextlib.contextmanager
@@ -298,7 +287,7 @@ class CnnlensBackprop(Backprop):  # type: ignore[misc]
 
     def _register_relu_hooks(self) -> None:
         if getattr(self, "_lean_guided", False):
-            return  # the rule runs in _FlashGuidedReLU modules swapped in for this call
+            return  # the rule runs in RuleReLU modules swapped in for this call
         relus = [m for m in self._net.modules() if isinstance(m, nn.ReLU)]
         with _modern_registration(relus, self._handles):
             super()._register_relu_hooks()  # FlashTorch's _record_output and _clip_gradients
@@ -342,7 +331,7 @@ class CnnlensBackprop(Backprop):  # type: ignore[misc]
                 # With a one-element output FlashTorch neither picks the top-1 class nor warns.
                 self._lean_guided = guided and _config.OPTIMIZE
                 if self._lean_guided:
-                    guide: contextlib.AbstractContextManager[None] = swapped_relus(self._net, _FlashGuidedReLU())
+                    guide: contextlib.AbstractContextManager[None] = swapped_relus(self._net, _flash_relu)
                 elif guided:
                     guide = _no_inplace_relu(self._net)
                 else:

@@ -16,7 +16,7 @@ Every CAM runs through the toolkit's own class and ``__call__``. The adapter onl
   pytorch-grad-cam materialises every masked input of the whole batch at once;
 * batches guided backprop, which pytorch-grad-cam's ``GuidedBackpropReLUModel`` limits to image 0,
   applying the toolkit's ``GuidedBackpropReLU`` rule through an allocation-free equivalent
-  (:class:`_LeanGuidedReLUFn`; bit-identical, tested).
+  (:func:`pgc_guided_rule` in :class:`~cnnlens.adapters.base.RuleReLU`; bit-identical, tested).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from cnnlens import _config
 from cnnlens._resolve import internal_batch
-from cnnlens.adapters.base import Adapter, swapped_relus
+from cnnlens.adapters.base import Adapter, RuleReLU, swapped_relus
 from cnnlens.errors import CnnlensError, LayerError
 
 CLASSES: dict[str, str] = {
@@ -113,31 +113,17 @@ def _eigen_cam_image(method: str) -> Callable[..., np.ndarray]:
     return get_cam_image
 
 
-class _LeanGuidedReLUFn(torch.autograd.Function):
-    """pytorch-grad-cam's ``GuidedBackpropReLU`` rule without its temporaries.
+def pgc_guided_rule(grad: Tensor, out: Tensor) -> Tensor:
+    """pytorch-grad-cam's ``GuidedBackpropReLU`` backward without its temporaries.
 
     pytorch-grad-cam computes ``addcmul(zeros, x, x > 0)`` forward and
     ``addcmul(zeros, addcmul(zeros, grad, x > 0), grad > 0)`` backward, allocating a zero tensor and
     two float masks per ReLU each way (1.3x the gradient limit on resnet50 and vgg11). The values are
-    the same bit for bit: ReLU forward, ``grad * (x > 0) * (grad > 0)`` backward (tested against the
-    toolkit's own function with ``cnnlens._config.OPTIMIZE = False``).
+    the same bit for bit: ReLU forward, ``grad * (x > 0) * (grad > 0)`` backward, where
+    ``x > 0`` is ``relu(x) > 0`` (tested against the toolkit's own function with
+    ``cnnlens._config.OPTIMIZE = False``). ``threshold_backward`` is ReLU's own fused backward.
     """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        # threshold_backward is ReLU's own fused backward: grad where x > 0, else 0
-        return torch.ops.aten.threshold_backward(grad.clamp(min=0), x, 0)
-
-
-class _LeanGuidedReLU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return _LeanGuidedReLUFn.apply(x)
+    return torch.ops.aten.threshold_backward(grad.clamp(min=0), out, 0)
 
 
 def _leaf_at(layer: nn.Module) -> Callable[[nn.Module, Any, Any], Any]:
@@ -229,8 +215,15 @@ class PytorchGradCamAdapter(Adapter):
     def _guided_backprop(self, x: Tensor, targets: Tensor) -> Tensor:
         # pytorch-grad-cam's GuidedBackpropReLUModel swaps every nn.ReLU for its rule and puts fresh
         # ReLUs back; cnnlens swaps the same way and puts the very same objects back.
-        guide = _LeanGuidedReLU() if _config.OPTIMIZE else GuidedBackpropReLUasModule()
-        with swapped_relus(self.model, guide):
+        if _config.OPTIMIZE:
+            def make(relu: nn.Module) -> nn.Module:
+                return RuleReLU(pgc_guided_rule, relu.inplace)
+        else:
+            toolkit_relu = GuidedBackpropReLUasModule()
+
+            def make(relu: nn.Module) -> nn.Module:
+                return toolkit_relu
+        with swapped_relus(self.model, make):
             inp = x.detach().requires_grad_(True)
             out = self.model(inp)
             score = out.gather(1, targets[:, None]).sum()

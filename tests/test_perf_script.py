@@ -1,0 +1,29 @@
+"""benchmarks/perf.py runs end to end and reports a ratio for every case (speed itself is not tested)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_perf_script_reports_every_ratio(tmp_path):
+    out, js = tmp_path / "perf.md", tmp_path / "perf.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "perf.py"), "--models", "efficientnet_lite0", "--batch", "2",
+           "--size", "64", "--reps", "1", "--groups", "gradients,many", "--methods", "guided_backprop,kernel_shap",
+           "--backends", "captum", "--many-methods", "kernel_shap", "--many-reps", "1", "--many-limit-units", "2",
+           "--threads", "1", "--out", str(out), "--json", str(js)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(js.read_text())["rows"]
+    assert {(r["method"], r["backend"]) for r in rows} == {("guided_backprop", "captum"), ("kernel_shap", "captum")}
+    for r in rows:
+        assert r["limit_s"] > 0 and math.isfinite(r["cnnlens_over_limit"])
+    shap = next(r for r in rows if r["method"] == "kernel_shap")
+    assert shap["forwards"] == 2 * (32 + 1)
+    assert len(shap["times"]["limit"]) == 1
+    assert "| efficientnet_lite0 | guided_backprop | captum |" in out.read_text()
