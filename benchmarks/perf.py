@@ -34,6 +34,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from math import nan
 from pathlib import Path
 
 import psutil
@@ -48,6 +49,8 @@ GRAD_CAMS = ["gradcam", "gradcam_plusplus", "xgradcam", "hirescam", "layercam", 
 GRADIENTS = ["saliency", "guided_backprop", "input_x_gradient", "deconvolution"]
 MANY = ["scorecam", "ablationcam", "integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad", "occlusion",
         "lime", "kernel_shap"]
+#: many-forward methods that take an input gradient at every forward
+GRAD_MANY = ("integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad")
 # Options for many-forward methods, kept small enough for a CPU run; the forward count follows them.
 MANY_OPTS: dict[str, dict] = {
     "integrated_gradients": {"n_steps": 16},
@@ -162,6 +165,48 @@ def repeated(fn: Callable[[], object], times: int) -> Callable[[], object]:
     return run
 
 
+def own_forwards(model: nn.Module, call: Callable[[], object], grad: bool, device: torch.device) -> Callable[[], object]:
+    """The forwards a many-forward method makes, replayed without the method's other work.
+
+    The first run records the batch size of every forward the model sees during one ``call``; each
+    run then makes forwards of those sizes (with an input gradient where the method takes one) on
+    random inputs. ``cnnlens / own`` is the method's cost over its own forwards, whatever batch it
+    chose; ``cnnlens / limit`` also weighs that choice against forwards at the study's batch size.
+    """
+    sizes: list[int] = []
+    inputs: dict[int, Tensor] = {}
+
+    def record() -> None:
+        seen: list[tuple[int, ...]] = []
+        h = model.register_forward_pre_hook(lambda _m, a: seen.append(tuple(a[0].shape)))
+        try:
+            call()
+        finally:
+            h.remove()
+        gen = torch.Generator().manual_seed(1)
+        for shape in seen:
+            sizes.append(shape[0])
+            if shape[0] not in inputs:
+                inputs[shape[0]] = torch.randn(shape, generator=gen).to(device)
+
+    def run() -> object:
+        if not sizes:
+            record()
+        out = None
+        for n in sizes:
+            xi = inputs[n]
+            if grad:
+                xi = xi.detach().requires_grad_(True)
+                out = torch.autograd.grad(model(xi)[:, 0].sum(), xi)
+            else:
+                with torch.no_grad():
+                    out = model(xi)
+        return out
+
+    run.sizes = sizes  # type: ignore[attr-defined]
+    return run
+
+
 def many_forward_count(method: str, model: nn.Module, layer_channels: int, n: int, size: int) -> int:
     o = MANY_OPTS.get(method, {})
     if method in ("scorecam", "ablationcam"):
@@ -175,7 +220,7 @@ def many_forward_count(method: str, model: nn.Module, layer_channels: int, n: in
         per_axis = (size - w) // s + 1
         return n * (per_axis * per_axis + 1)
     if method in ("lime", "kernel_shap"):
-        return n * (o["n_samples"] + 1)
+        return n * o["n_samples"]  # Captum forwards the perturbed samples only, not the original
     raise KeyError(method)
 
 
@@ -310,6 +355,8 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
         ex = cnnlens.Explainer(model, method, backend, layer=lname if REGISTRY[(method, backend)].spec.needs_layer else None, **opts)
         xs, ts = (x[:n_img], t[:n_img]) if n_img else (x, t)
         fns: dict[str, Callable[[], object]] = {"limit": limit, "cnnlens": lambda ex=ex: ex.explain(xs, target=ts)}
+        if forwards is not None:  # after "cnnlens": its warm-up has cached the probe forward
+            fns["own"] = own_forwards(model, fns["cnnlens"], grad=method in GRAD_MANY, device=device)
         d = direct_call(method, backend, model, layer, x, t) if forwards is None else None
         if d is not None:
             fns["direct"] = d
@@ -332,7 +379,7 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
         for m in args.many_methods.split(","):
             n_img = args.many_batch if (args.many_batch and m in ("scorecam", "ablationcam")) else args.batch
             n_fw = many_forward_count(m, model, channels, n_img, args.size)
-            unit = grad_unit if m in ("integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad") else fwd_unit
+            unit = grad_unit if m in GRAD_MANY else fwd_unit
             reps_needed = n_fw / ib
             # The limit runs the batched forwards themselves (up to --many-limit-units of them, scaled
             # up beyond that), so it spans about as much time as the method: a single 0.1 s forward
@@ -354,6 +401,10 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
         r["cnnlens_over_limit"] = paired(c, "cnnlens", "limit") / c.limit_scale
         r["direct_over_limit"] = paired(c, "direct", "limit") / c.limit_scale
         r["cnnlens_over_direct"] = paired(c, "cnnlens", "direct")
+        r["own_s"] = med(c.times.get("own", []))
+        r["cnnlens_over_own"] = paired(c, "cnnlens", "own")
+        own_sizes = getattr(c.fns.get("own"), "sizes", [])
+        r["own_batches"] = {str(b): own_sizes.count(b) for b in sorted(set(own_sizes))}
         r["images_per_s"] = c.images / r["cnnlens_s"]
         r["batch"] = c.images
         rows.append(r)
@@ -422,10 +473,16 @@ def describe(device: torch.device, args: argparse.Namespace) -> str:
     )
 
 
+def batches(counts: dict[str, int] | None) -> str:
+    """``{"4": 64}`` -> ``64 x 4``: the forwards a many-forward method made, by batch size."""
+    return " + ".join(f"{n} × {b}" for b, n in counts.items()) if counts else "–"
+
+
 def to_markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | method | backend | batch | cnnlens s | direct s | limit s | cnnlens/limit | direct/limit | cnnlens/direct | img/s | peak MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | method | backend | batch | cnnlens s | direct s | limit s | cnnlens/limit | direct/limit | cnnlens/direct "
+        "| img/s | peak MB | own forwards | own fwd s | cnnlens/own fwd |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         def f(v: float, d: int = 3) -> str:
@@ -434,7 +491,8 @@ def to_markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['model']} | {r['method']} | {r['backend']} | {r['batch']} | {f(r['cnnlens_s'])} | {f(r['direct_s'])} | "
             f"{f(r['limit_s'])} | {f(r['cnnlens_over_limit'], 2)} | {f(r['direct_over_limit'], 2)} | "
-            f"{f(r['cnnlens_over_direct'], 2)} | {f(r['images_per_s'], 1)} | {f(r['peak_mb'], 0)} |"
+            f"{f(r['cnnlens_over_direct'], 2)} | {f(r['images_per_s'], 1)} | {f(r['peak_mb'], 0)} | "
+            f"{batches(r.get('own_batches'))} | {f(r.get('own_s', nan))} | {f(r.get('cnnlens_over_own', nan), 2)} |"
         )
     return "\n".join(lines)
 

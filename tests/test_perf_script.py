@@ -24,6 +24,9 @@ def test_perf_script_reports_every_ratio(tmp_path):
     for r in rows:
         assert r["limit_s"] > 0 and math.isfinite(r["cnnlens_over_limit"])
     shap = next(r for r in rows if r["method"] == "kernel_shap")
-    assert shap["forwards"] == 2 * (32 + 1)
+    assert shap["forwards"] == 2 * 32
     assert len(shap["times"]["limit"]) == 1
+    # the replayed forwards are the ones Captum made: 2 images x 32 samples, internal batches at 64 px
+    assert sum(int(b) * n for b, n in shap["own_batches"].items()) == 2 * 32
+    assert math.isfinite(shap["cnnlens_over_own"])
     assert "| efficientnet_lite0 | guided_backprop | captum |" in out.read_text()
