@@ -126,6 +126,15 @@ def pgc_guided_rule(grad: Tensor, out: Tensor) -> Tensor:
     return torch.ops.aten.threshold_backward(grad.clamp(min=0), out, 0)
 
 
+def _pgc_relu(relu: nn.Module) -> nn.Module:
+    return RuleReLU(pgc_guided_rule, relu.inplace)
+
+
+def _toolkit_relu(module: nn.Module) -> Callable[[nn.Module], nn.Module]:
+    """pytorch-grad-cam's own ``GuidedBackpropReLUasModule`` in place of every ReLU (OPTIMIZE off)."""
+    return lambda _relu: module
+
+
 def _leaf_at(layer: nn.Module) -> Callable[[nn.Module, Any, Any], Any]:
     """Forward hook making the layer output the start of the backward graph.
 
@@ -215,14 +224,7 @@ class PytorchGradCamAdapter(Adapter):
     def _guided_backprop(self, x: Tensor, targets: Tensor) -> Tensor:
         # pytorch-grad-cam's GuidedBackpropReLUModel swaps every nn.ReLU for its rule and puts fresh
         # ReLUs back; cnnlens swaps the same way and puts the very same objects back.
-        if _config.OPTIMIZE:
-            def make(relu: nn.Module) -> nn.Module:
-                return RuleReLU(pgc_guided_rule, relu.inplace)
-        else:
-            toolkit_relu = GuidedBackpropReLUasModule()
-
-            def make(relu: nn.Module) -> nn.Module:
-                return toolkit_relu
+        make = _pgc_relu if _config.OPTIMIZE else _toolkit_relu(GuidedBackpropReLUasModule())
         with swapped_relus(self.model, make):
             inp = x.detach().requires_grad_(True)
             out = self.model(inp)
