@@ -45,6 +45,8 @@ import cnnlens
 from cnnlens import _resolve
 from cnnlens.registry import REGISTRY
 
+START = time.perf_counter()
+
 GRAD_CAMS = ["gradcam", "gradcam_plusplus", "xgradcam", "hirescam", "layercam", "eigengradcam", "gradcam_elementwise"]
 GRADIENTS = ["saliency", "guided_backprop", "input_x_gradient", "deconvolution"]
 MANY = ["scorecam", "ablationcam", "integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad", "occlusion",
@@ -390,8 +392,18 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
                 add(m, b, limit, forwards=n_fw, scale=reps_needed / units, n_img=n_img, **MANY_OPTS.get(m, {}))
     for c in cases:
         reps = args.many_reps if c.forwards else args.reps
+        if args.budget_s and time.perf_counter() - START > args.budget_s:
+            args.skipped.append(f"{c.model} {c.method} / {c.backend}")
+            print(f"[{mname}] {c.method} / {c.backend}: skipped, --budget-s {args.budget_s:g} spent", file=sys.stderr)
+            continue
         print(f"[{mname}] {c.method} / {c.backend} ...", file=sys.stderr, flush=True)
-        time_case(c, reps, device)
+        try:
+            time_case(c, reps, device)
+        except Exception as exc:  # one broken case must not cost the rest of a (GPU) run
+            msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            args.failed.append(f"{c.model} {c.method} / {c.backend}: {msg}")
+            print(f"  FAILED {msg}", file=sys.stderr, flush=True)
+            continue
         r = {
             "model": c.model, "method": c.method, "backend": c.backend, "layer": lname,
             "cnnlens_s": med(c.times["cnnlens"]), "limit_s": med(c.times["limit"]) * c.limit_scale,
@@ -435,7 +447,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None, help="write a Markdown table here")
     ap.add_argument("--json", type=Path, default=None, help="write raw rows as JSON here")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="start no new case after this many seconds (a lent GPU's time is short); skipped cases are listed")
     args = ap.parse_args(argv)
+    args.skipped, args.failed = [], []
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -445,8 +460,16 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     groups = set(args.groups.split(","))
     rows: list[dict] = []
-    for mname in args.models.split(","):
-        rows.extend(bench_model(mname, args, device, groups, lambda done: save([*rows, *done], device, args)))
+    # Single-call groups on every model first, then the many-forward group: a --budget-s that runs
+    # out cuts the long many-forward cases, not a whole model's gradient rows.
+    passes = [groups - {"many"}, groups & {"many"}]
+    for pass_groups in passes:
+        if not pass_groups:
+            continue
+        for mname in args.models.split(","):
+            if pass_groups == {"many"} and mname not in args.many_models.split(","):
+                continue
+            rows.extend(bench_model(mname, args, device, pass_groups, lambda done: save([*rows, *done], device, args)))
     print(save(rows, device, args))
     return 0
 
@@ -454,11 +477,15 @@ def main(argv: list[str] | None = None) -> int:
 def save(rows: list[dict], device: torch.device, args: argparse.Namespace) -> str:
     """Write the Markdown table and JSON rows (if asked); return the Markdown."""
     text = describe(device, args) + "\n" + to_markdown(rows) + "\n"
+    for what, items in (("Failed", getattr(args, "failed", [])), ("Skipped (time budget)", getattr(args, "skipped", []))):
+        if items:
+            text += f"\n{what}:\n" + "".join(f"- {i}\n" for i in items)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
     if args.json:
-        args.json.write_text(json.dumps({"machine": describe(device, args), "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"machine": describe(device, args), "rows": rows, "failed": getattr(args, "failed", []),
+                                         "skipped": getattr(args, "skipped", [])}, indent=1))
     return text
 
 

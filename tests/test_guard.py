@@ -1,0 +1,93 @@
+"""ModelGuard's fast paths: hooks removed by handle id, buffer copies reused between calls.
+
+Both exist to keep the guard's fixed cost per explain() low (it matters on a GPU, where a call takes
+milliseconds); neither may lose anything the user owns."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules import module as module_mod
+
+from cnnlens._guard import ModelGuard, hook_count
+from cnnlens.testing import tiny_cnn
+
+
+def _noop(*_a: object) -> None:
+    return None
+
+
+def test_hooks_added_inside_are_removed_and_the_users_hooks_kept() -> None:
+    model = tiny_cnn()
+    model.fc.weight.requires_grad_(True)
+    user = [
+        model.features[0].register_forward_hook(_noop),
+        model.features[3].register_full_backward_hook(_noop),
+        model.fc.weight.register_hook(lambda g: g),
+    ]
+    user_global = module_mod.register_module_forward_pre_hook(_noop)
+    try:
+        before = hook_count(model)
+        full_bw = model.features[3]._is_full_backward_hook
+        with ModelGuard(model):
+            model.features[0].register_forward_hook(_noop)
+            model.features[1].register_forward_pre_hook(_noop)
+            model.features[4].register_full_backward_hook(_noop)
+            model.features[0].register_state_dict_pre_hook(_noop)
+            model.fc.weight.requires_grad_(True)
+            model.fc.weight.register_hook(lambda g: g)
+            model.fc.weight.register_post_accumulate_grad_hook(_noop)
+            inner_global = module_mod.register_module_forward_hook(_noop)
+        assert hook_count(model) == before
+        assert inner_global.id not in module_mod._global_forward_hooks
+        assert user_global.id in module_mod._global_forward_pre_hooks
+        assert not model.features[0]._state_dict_pre_hooks
+        assert model.features[3]._is_full_backward_hook is full_bw and model.features[4]._is_full_backward_hook is None
+        assert [h.id for h in user] == [*model.features[0]._forward_hooks, *model.features[3]._backward_hooks,
+                                        *model.fc.weight._backward_hooks]
+        # hooks the user adds after the block are theirs
+        later = model.features[1].register_forward_hook(_noop)
+        with ModelGuard(model):
+            pass
+        assert later.id in model.features[1]._forward_hooks
+    finally:
+        user_global.remove()
+        for h in user:
+            h.remove()
+
+
+def test_buffers_restored_from_the_values_of_this_call() -> None:
+    """Copies are reused only while every buffer is unchanged; a user's change between calls is kept."""
+    model = tiny_cnn()
+    bn = model.features[1]
+    assert isinstance(bn, nn.BatchNorm2d)
+    first = bn.running_mean.clone()
+    with ModelGuard(model):
+        bn.running_mean.add_(1.0)
+    assert torch.equal(bn.running_mean, first)
+    with ModelGuard(model):  # copies taken here (the restore above bumped the version) ...
+        pass
+    with ModelGuard(model):  # ... and reused here
+        bn.running_mean.add_(2.0)
+    assert torch.equal(bn.running_mean, first)
+    bn.running_mean.fill_(3.0)  # the user's own change between calls
+    with ModelGuard(model):
+        bn.running_mean.zero_()
+    assert torch.equal(bn.running_mean, torch.full_like(first, 3.0))
+    bn.running_var = torch.full_like(bn.running_var, 4.0)  # a new tensor in place of the old one
+    with ModelGuard(model):
+        bn.running_var.zero_()
+        bn.num_batches_tracked.add_(7)
+    assert torch.equal(bn.running_var, torch.full_like(first, 4.0)) and int(bn.num_batches_tracked) == 0
+
+
+def test_eval_mode_inside_and_flags_back() -> None:
+    model = tiny_cnn()
+    model.features[1].train()
+    with ModelGuard(model):
+        assert not any(m.training for m in model.modules())
+    assert model.features[1].training and not model.training
+    model.eval()
+    with ModelGuard(model):
+        model.features[4].train()  # a backend flipping a flag on an all-eval model
+    assert not any(m.training for m in model.modules())
