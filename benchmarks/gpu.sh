@@ -2,7 +2,7 @@
 # One prepared run on a GPU machine: the CUDA tests, then benchmarks/perf.py on the card.
 # Usage (repository root, cnnlens and the three toolkits importable):
 #   bash benchmarks/gpu.sh OUTDIR
-# Writes OUTDIR/cuda-tests.log, OUTDIR/gpu.md|json (gradient CAMs and gradient methods on
+# Writes OUTDIR/cuda-tests.log, OUTDIR/demo-cuda.png (cnnlens demo --device cuda), OUTDIR/gpu.md|json (gradient CAMs and gradient methods on
 # efficientnet_lite0, resnet50, vgg11) and OUTDIR/gpu-many.md|json (many-forward methods on
 # efficientnet_lite0). Each perf run has a time budget, so the whole script ends within ~8 minutes.
 set -u
@@ -15,6 +15,8 @@ $py -c "import torch, captum, pytorch_grad_cam, flashtorch; print('torch', torch
 timeout 120 $py -m pytest -q -p no:cacheprovider -rfs tests/test_cuda.py "tests/test_activmax.py" \
     "tests/test_reliability.py::test_model_on_other_device_than_input" -k "cuda or other_device" 2>&1 \
     | tee "$out/cuda-tests.log" | tail -40
+# the README's main job on the card
+timeout 120 $py -m cnnlens.cli demo --device cuda --out "$out/demo-cuda.png" --overwrite 2>&1 | tail -15
 timeout 240 $py benchmarks/perf.py --device cuda --threads 4 --groups cams,gradients --reps 21 \
     --budget-s 170 --out "$out/gpu.md" --json "$out/gpu.json" 2>&1 | tee "$out/perf.log" | grep -v '^\[' | tail -80
 timeout 180 $py benchmarks/perf.py --device cuda --threads 4 --groups many --many-reps 3 \

@@ -272,11 +272,12 @@ def direct_call(method: str, backend: str, model: nn.Module, layer: nn.Module, x
 
         def ft() -> object:
             m = copy.deepcopy(model)  # FlashTorch leaves its hooks behind
+            # use_gpu: without it FlashTorch seeds backward with a CPU tensor and fails on a CUDA model
             bp = Backprop(m)
             out = []
             for i in range(x.shape[0]):
                 xi = x[i : i + 1].clone().requires_grad_(True)
-                out.append(bp.calculate_gradients(xi, int(t[i]), guided=method == "guided_backprop"))
+                out.append(bp.calculate_gradients(xi, int(t[i]), guided=method == "guided_backprop", use_gpu=x.is_cuda))
             return out
 
         return ft

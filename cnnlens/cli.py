@@ -456,8 +456,8 @@ def _explain_job(
     x = img.load_images(paths, net, size=size)
     expls = _run_pairs(net, x, pairs, layer=layer, target=_target(target), options=options, per_pair=per_pair,
                        batch_size=batch_size)
-    _print_results(net, x.names, expls)  # type: ignore[attr-defined]
-    fig = plot.comparison_grid(expls, x.images, names=x.names, cmap=cmap, alpha=alpha,  # type: ignore[attr-defined]
+    _print_results(net, x.image_names, expls)  # type: ignore[attr-defined]
+    fig = plot.comparison_grid(expls, x.images, names=x.image_names, cmap=cmap, alpha=alpha,  # type: ignore[attr-defined]
                                title=title or _model_name(net))
     _save_figure(fig, out, dpi, palette)
     if save is not None:
@@ -662,7 +662,7 @@ def features(
             parts.append(part)
             bar.advance(task)
     fm = FeatureMaps.concat(parts)
-    fig = fm.plot(top=top, images=x.images, ncols=ncols, names=x.names)  # type: ignore[attr-defined]
+    fig = fm.plot(top=top, images=x.images, ncols=ncols, names=x.image_names)  # type: ignore[attr-defined]
     _save_figure(fig, out, dpi, palette)
     shapes = ", ".join(f"{n} {tuple(fm[n].shape[1:])}" for n in names)
     _wrote(out, f"top {top} channels of {shapes} for {x.shape[0]} image(s)")

@@ -62,9 +62,34 @@ def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+class _CallTimer:
+    """Seconds of the backend call: wall clock on the CPU, CUDA events on a GPU.
+
+    Events instead of ``torch.cuda.synchronize`` before and after the call: a synchronisation makes
+    the GPU sit idle while the CPU prepares the next step (guard, post-processing), which cost
+    cnnlens 1-3 ms per call against a direct toolkit call on an H200 (``benchmarks/perf.py``).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.events = None
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                self.events[0].record()
+        self.t0 = time.perf_counter()
+        self.t1 = self.t0
+
+    def stop(self) -> None:
+        self.t1 = time.perf_counter()
+        if self.events is not None:
+            self.events[1].record()
+
+    def seconds(self) -> float:
+        if self.events is None:
+            return self.t1 - self.t0
+        start, end = self.events
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
 
 
 class Explainer:
@@ -200,11 +225,9 @@ class Explainer:
             adapter.check_input(x)
             seed = self.options.get("seed") if self.spec.stochastic else None
             with seeded(seed, device), torch.enable_grad():
-                _sync(device)
-                t0 = time.perf_counter()
+                timer = _CallTimer(device)
                 raw = adapter.run(x, targets.to(device))
-                _sync(device)
-                seconds = time.perf_counter() - t0
+                timer.stop()
             warn_msgs.extend(adapter.warnings)
             changed = guard.params_modified()
         if changed:
@@ -215,6 +238,7 @@ class Explainer:
         raw = raw.detach().to(out_device)
         maps = _post.to_maps(raw, self.spec.kind, (x.shape[2], x.shape[3]), self.reduce)
         labels = tuple(self.categories[int(t)] for t in targets) if self.categories else None
+        seconds = timer.seconds()  # on CUDA: waits for the backend's kernels, not for the post-processing
         return Explanation(
             maps=maps,
             raw=raw,

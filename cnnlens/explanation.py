@@ -23,7 +23,8 @@ class Explanation:
         backend: Backend id.
         toolkit_name: The backend's own class or function.
         layer: Name of the layer the CAM was computed on (None for pixel methods without a layer).
-        seconds: Wall time of the backend call (after a device synchronisation on CUDA).
+        seconds: Time of the backend call: wall clock on the CPU, CUDA events (GPU time from the call's start
+            to its end, no synchronisation) on a GPU.
         versions: Versions of torch, the backend and cnnlens.
         options: The options the method ran with, defaults filled in.
         kind: "cam" or "pixel".

@@ -1,7 +1,8 @@
 """Image loading: files, folders and globs, preprocessed for a model, with display copies kept.
 
 The returned batch is an ordinary tensor with two extra attributes: ``images`` (N, H, W, 3) uint8
-after resize and crop, for plotting, and ``names`` (file stems).
+after resize and crop, for plotting, and ``image_names`` (file stems; not ``names``, which is
+torch's named-tensor property before torch 2.14 and cannot hold file names there).
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def load_images(
         device: Defaults to the model's device.
 
     Returns:
-        A tensor with attributes ``images`` (N, H, W, 3 uint8 display copies) and ``names``.
+        A tensor with attributes ``images`` (N, H, W, 3 uint8 display copies) and ``image_names``.
     """
     from cnnlens.models import meta_of
 
@@ -179,7 +180,7 @@ def load_images(
     if device is not None:
         x = x.to(device)
     x.images = shows  # type: ignore[attr-defined]
-    x.names = [p.stem for p in paths]  # type: ignore[attr-defined]
+    x.image_names = [p.stem for p in paths]  # type: ignore[attr-defined]
     return x
 
 

@@ -124,9 +124,9 @@ def test_folders_globs_and_batches(tmp_path):
         _write(tmp_path, name)
     (tmp_path / "notes.txt").write_text("not an image")
     x = cnnlens.load_images(tmp_path, size=32)
-    assert tuple(x.shape) == (3, 3, 32, 32) and x.names == ["a", "b", "c"]
+    assert tuple(x.shape) == (3, 3, 32, 32) and x.image_names == ["a", "b", "c"]
     assert x.images.dtype == torch.uint8 and tuple(x.images.shape) == (3, 32, 32, 3)
-    assert cnnlens.load_images(str(tmp_path / "*.png")).names == ["b"]
+    assert cnnlens.load_images(str(tmp_path / "*.png")).image_names == ["b"]
     assert tuple(cnnlens.load_images([tmp_path / "a.jpg", tmp_path / "c.bmp"]).shape) == (2, 3, 224, 224)
 
 
@@ -150,6 +150,6 @@ def test_demo_photos_and_their_licence():
     for name in DEMO:
         assert (DATA / f"{name}.jpg").is_file() and f"{name}.jpg" in licence
     x = cnnlens.demo_images(names=["chelsea"])
-    assert x.names == ["chelsea"]
+    assert x.image_names == ["chelsea"]
     with pytest.raises(ImageLoadError, match="available: chelsea"):
         cnnlens.demo_images(names=["dog"])
