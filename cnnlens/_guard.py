@@ -59,6 +59,21 @@ def hook_count(model: nn.Module) -> int:
     return n
 
 
+def _modules_of(model: nn.Module) -> list[nn.Module]:
+    """Every distinct module under ``model`` (breadth first): ``model.modules()`` without its
+    recursive generators and name strings, about half the cost on a 185-module network."""
+    out = [model]
+    seen = {id(model)}
+    i = 0
+    while i < len(out):
+        for child in out[i]._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                out.append(child)
+        i += 1
+    return out
+
+
 def _snapshot(tensors: list[torch.Tensor]) -> Callable[[int], torch.Tensor]:
     """Copy ``tensors`` (one ``torch.cat`` per device and dtype); return ``i -> copy of tensors[i]``.
 
@@ -135,7 +150,7 @@ class ModelGuard:
         # has a key >= this one, and none was added at all if the counter has not moved. That keeps
         # the per-call cost of the guard (paid on every explain(), which on a GPU is a few ms) low.
         self._hook_id0 = RemovableHandle.next_id
-        modules = list(dict.fromkeys(self.model.modules()))
+        modules = _modules_of(self.model)
         # One pass: (module, children, parameters, buffers, training, attribute names, full-backward flag).
         # Toolkits park attributes on modules (Captum's LRP: rule, activations); new ones are dropped.
         self._state = [
@@ -172,21 +187,12 @@ class ModelGuard:
     def _remove_new_hooks(self) -> None:
         """Delete every hook registered since ``__enter__`` (handle ids >= the counter then)."""
         id0 = self._hook_id0
-
-        def prune(d: Any) -> None:
-            if d:
-                for k in [k for k in d if isinstance(k, int) and k >= id0]:
-                    del d[k]
-
-        for st in self._state:
-            md = st[0].__dict__
-            for name in MODULE_HOOK_DICTS:
-                prune(md.get(name))
-        for name in GLOBAL_HOOK_DICTS:
-            prune(getattr(_module_mod, name, None))
-        for t in self._tensors:
-            for name in TENSOR_HOOK_ATTRS:
-                prune(getattr(t, name, None))
+        dicts = [d for st in self._state for name in MODULE_HOOK_DICTS if (d := st[0].__dict__.get(name))]
+        dicts += [d for name in GLOBAL_HOOK_DICTS if (d := getattr(_module_mod, name, None))]
+        dicts += [d for t in self._tensors for name in TENSOR_HOOK_ATTRS if (d := getattr(t, name, None))]
+        for d in dicts:
+            for k in [k for k in d if isinstance(k, int) and k >= id0]:
+                del d[k]
 
     def restore(self) -> None:
         """Put everything back; safe to call more than once."""

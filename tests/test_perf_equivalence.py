@@ -236,3 +236,55 @@ def test_relu_modules_restored_after_an_error_in_the_rule(method, backend, resne
     assert [m for m in resnet18_random.modules() if isinstance(m, nn.ReLU)] == relus
     monkeypatch.undo()
     cnnlens.explain(resnet18_random, x, method, backend, target=0)
+
+
+
+class _InPlaceAfterLayer(nn.Module):
+    """A conv whose output an in-place ReLU overwrites: what a recorder keeps then matters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.conv2(self.relu(self.conv1(x))))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam_plusplus", "layercam", "eigencam", "scorecam"])
+def test_on_device_recorder_equals_pytorch_grad_cams_with_an_in_place_op_after_the_layer(method, monkeypatch):
+    """The recorder that keeps activations on the device stores what pytorch-grad-cam stores, also
+    when an in-place ReLU overwrites the layer's output afterwards (on the CPU both keep a view)."""
+    model = _InPlaceAfterLayer().eval()
+    x = tiny_input(n=2)
+    fast = cnnlens.explain(model, x, method, "pytorch-grad-cam", layer="conv2", target=[0, 3])
+    monkeypatch.setattr(_config, "OPTIMIZE", False)
+    slow = cnnlens.explain(model, x, method, "pytorch-grad-cam", layer="conv2", target=[0, 3])
+    assert torch.equal(fast.raw, slow.raw)
+
+
+def test_optimised_path_skips_the_discarded_post_processing(monkeypatch):
+    """pytorch-grad-cam's scaling and resize of the final image never run: cnnlens discards it."""
+    import pytorch_grad_cam.base_cam as base_cam
+
+    calls = {"n": 0}
+    real = base_cam.scale_cam_image
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(base_cam, "scale_cam_image", counting)
+    model, x = tiny_cnn(), tiny_input(n=2)
+    before = snapshot(model)
+    fast = cnnlens.explain(model, x, "gradcam", "pytorch-grad-cam", target=1)
+    assert calls["n"] == 0
+    assert_same_state(before, model)
+    monkeypatch.setattr(_config, "OPTIMIZE", False)
+    slow = cnnlens.explain(model, x, "gradcam", "pytorch-grad-cam", target=1)
+    assert calls["n"] == 2  # per layer, then after aggregation
+    assert torch.equal(fast.raw, slow.raw)

@@ -215,6 +215,9 @@ class _TargetScore(nn.Module):
         super().__init__()
         self.model = model
         self.targets: Tensor | None = None
+        #: the targets on the CPU, to range-check them without a GPU synchronisation between the
+        #: forward and the backward (None for targets taken from the model's own argmax)
+        self.targets_cpu: Tensor | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x)
@@ -224,8 +227,9 @@ class _TargetScore(nn.Module):
         if self.targets is None:
             raise CnnlensError("_TargetScore called without targets")
         c = out.shape[1]
-        if bool(((self.targets < 0) | (self.targets >= c)).any()):
-            bad = int(self.targets[(self.targets < 0) | (self.targets >= c)][0])
+        tc = self.targets_cpu
+        if tc is not None and bool(((tc < 0) | (tc >= c)).any()):
+            bad = int(tc[(tc < 0) | (tc >= c)][0])
             raise TargetError(f"target {bad} is out of range: the model has {c} classes (0..{c - 1})")
         return out.gather(1, self.targets.to(out.device)[:, None]).sum().reshape(1)
 
@@ -320,6 +324,7 @@ class CnnlensBackprop(Backprop):  # type: ignore[misc]
         x = input_.detach().to(device).clone().requires_grad_(True)  # a private leaf (fix 5)
         with _call_state(self._net):
             targets = _as_targets(target_class, x.shape[0], device)
+            self._net.targets_cpu = None if targets is None else targets.cpu()
             if targets is None:
                 with torch.no_grad():
                     targets = model(x).argmax(dim=1)
@@ -344,7 +349,7 @@ class CnnlensBackprop(Backprop):  # type: ignore[misc]
                 self._lean_guided = False
                 _remove_all(self._handles)
                 self._grad.release()
-                self._net.targets = None
+                self._net.targets = self._net.targets_cpu = None
                 self.relu_outputs = []
         grad = self._grad.grad
         if grad is None or grad.shape != x.shape:

@@ -31,6 +31,7 @@ import numpy as np
 import pytorch_grad_cam as pgc
 import threadpoolctl
 import torch
+from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUasModule
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
@@ -149,6 +150,49 @@ def _leaf_at(layer: nn.Module) -> Callable[[nn.Module, Any, Any], Any]:
     return hook
 
 
+class _Captured(Exception):
+    """Raised right after the CAM is recorded: what pytorch-grad-cam does next (ReLU, min-max
+    scaling, an OpenCV resize per image, layer aggregation) only produces the final image, which
+    cnnlens discards (the shared output contract is applied to the recorded CAM instead)."""
+
+
+class _OnDeviceActivations(ActivationsAndGradients):  # type: ignore[misc]
+    """pytorch-grad-cam's recorder, without a device-to-host copy inside the forward and backward.
+
+    pytorch-grad-cam copies the layer's activation to the CPU in a forward hook and its gradient in
+    a tensor hook (its issue #356); on a GPU each copy synchronises mid-call, so the CPU cannot queue
+    the rest of the forward / backward while the GPU runs. This keeps an on-device copy instead
+    (``clone``, as ``.cpu()`` also copies, so a later in-place op on the layer output cannot reach it),
+    and ``compute_cam_per_layer`` moves both to NumPy once, after the backward: the same values.
+    On the CPU it stores exactly what pytorch-grad-cam stores (``.cpu()`` is then a no-op).
+    """
+
+    @staticmethod
+    def _keep(t: Tensor) -> Tensor:
+        return t.cpu().detach() if t.device.type == "cpu" else t.detach().clone()
+
+    def save_activation(self, module: nn.Module, input: Any, output: Any) -> None:
+        if not self.detach:
+            return super().save_activation(module, input, output)
+        activation = output if self.reshape_transform is None else self.reshape_transform(output)
+        self.activations.append(self._keep(activation))
+        return None
+
+    def save_gradient(self, module: nn.Module, input: Any, output: Any) -> None:
+        if not self.detach:
+            return super().save_gradient(module, input, output)
+        if not hasattr(output, "requires_grad") or not output.requires_grad:
+            return None
+
+        def _store_grad(grad: Tensor) -> None:
+            if self.reshape_transform is not None:
+                grad = self.reshape_transform(grad)
+            self.gradients = [self._keep(grad), *self.gradients]
+
+        output.register_hook(_store_grad)
+        return None
+
+
 class PytorchGradCamAdapter(Adapter):
     backend = "pytorch-grad-cam"
 
@@ -168,8 +212,14 @@ class PytorchGradCamAdapter(Adapter):
         if method == "fullgrad":
             return cls(self.model, target_layers=[])
         if method == "fem":
-            return cls(self.model, target_layers=[self.layer], k=self.options.get("k", 2))
-        return cls(self.model, target_layers=[self.layer])
+            cam = cls(self.model, target_layers=[self.layer], k=self.options.get("k", 2))
+        else:
+            cam = cls(self.model, target_layers=[self.layer])
+        if _config.OPTIMIZE and type(cam.activations_and_grads) is ActivationsAndGradients:
+            cam.activations_and_grads.release()
+            cam.activations_and_grads = _OnDeviceActivations(
+                self.model, [self.layer], cam.reshape_transform, cam.activations_and_grads.detach)
+        return cam
 
     def _cam(self, method: str, x: Tensor, targets: Tensor, final: bool = False) -> Tensor:
         """Run one pytorch-grad-cam class; return the pre-ReLU CAM, or its final output if ``final``."""
@@ -190,9 +240,13 @@ class PytorchGradCamAdapter(Adapter):
             name = "compute_cam_per_layer" if method == "fullgrad" else "get_cam_image"
             inner = getattr(cam, name)
 
+            skip_rest = _config.OPTIMIZE
+
             def spy(*args: Any, **kwargs: Any) -> Any:
                 out = inner(*args, **kwargs)
                 captured.append(out)
+                if skip_rest:
+                    raise _Captured
                 return out
 
             setattr(cam, name, spy)
@@ -200,14 +254,17 @@ class PytorchGradCamAdapter(Adapter):
         if (_config.OPTIMIZE and cam.uses_gradients and not cam.compute_input_gradient and cam.detach
                 and self.layer is not None):
             handle = self.layer.register_forward_hook(_leaf_at(self.layer), prepend=True)
+        result = None
         try:
             with _quiet_progress(method in PER_IMAGE):
                 result = cam(
                     input_tensor=x,
-                    targets=[ClassifierOutputTarget(int(t)) for t in targets],
+                    targets=[ClassifierOutputTarget(int(t)) for t in targets.tolist()],
                     aug_smooth=aug,
                     **({} if method == "fullgrad" and not eigen else {"eigen_smooth": eigen}),
                 )
+        except _Captured:
+            pass
         finally:
             if handle is not None:
                 handle.remove()
