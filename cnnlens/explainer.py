@@ -65,12 +65,14 @@ def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
 class _CallTimer:
     """Seconds of the backend call: wall clock on the CPU, CUDA events on a GPU.
 
-    Events instead of ``torch.cuda.synchronize`` before and after the call: a synchronisation makes
-    the GPU sit idle while the CPU prepares the next step (guard, post-processing), which cost
-    cnnlens 1-3 ms per call against a direct toolkit call on an H200 (``benchmarks/perf.py``).
+    Events instead of ``torch.cuda.synchronize`` before and after the call, so that the CPU can
+    queue the post-processing while the GPU finishes. (On an H200 the two synchronisations made no
+    difference that two perf.py runs could resolve: cnnlens / Captum direct 1.21-1.35 with them,
+    1.23-1.31 without, EfficientNet-Lite0; the per-call Python cost dominates there.)
     """
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.events = None
         if device.type == "cuda":
             with torch.cuda.device(device):
@@ -82,7 +84,8 @@ class _CallTimer:
     def stop(self) -> None:
         self.t1 = time.perf_counter()
         if self.events is not None:
-            self.events[1].record()
+            with torch.cuda.device(self.device):  # both events on the same device's current stream
+                self.events[1].record()
 
     def seconds(self) -> float:
         if self.events is None:

@@ -1,0 +1,57 @@
+"""Fixed cost of cnnlens's model guard per call: snapshot + restore of the user's model.
+
+Usage: python benchmarks/guard_cost.py [--calls 300]
+Prints microseconds per enter+restore on resnet50, vgg11 and the embedded EfficientNet-Lite0, with
+nothing changed inside the block and with one forward hook added inside it (what Captum's layer
+methods and pytorch-grad-cam do), which makes the guard look for new hooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import cnnlens
+from cnnlens._guard import ModelGuard
+
+
+def per_call_us(fn, calls: int) -> float:
+    fn()
+    rounds = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.perf_counter() - t0) / calls * 1e6)
+    return statistics.median(rounds)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=300)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    for name in ("efficientnet_lite0", "resnet50", "vgg11"):
+        model = cnnlens.load_model() if name == "efficientnet_lite0" else cnnlens.load_model(name, weights=None)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        last = list(model.modules())[-1]
+
+        def plain(model=model) -> None:
+            with ModelGuard(model):
+                pass
+
+        def hooked(model=model, last=last) -> None:
+            with ModelGuard(model):
+                last.register_forward_hook(lambda *_a: None)
+
+        n = sum(1 for _ in model.modules())
+        print(f"{name} ({n} modules): guard {per_call_us(plain, args.calls):.0f} us per call, "
+              f"with a hook added inside {per_call_us(hooked, args.calls):.0f} us")
+
+
+if __name__ == "__main__":
+    main()
