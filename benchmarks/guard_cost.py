@@ -1,6 +1,6 @@
 """Fixed cost of cnnlens's model guard per call: snapshot + restore of the user's model.
 
-Usage: python benchmarks/guard_cost.py [--calls 300]
+Usage: python benchmarks/guard_cost.py [--calls 300] [--device cuda]
 Prints microseconds per enter+restore on resnet50, vgg11 and the embedded EfficientNet-Lite0, with
 nothing changed inside the block and with one forward hook added inside it (what Captum's layer
 methods and pytorch-grad-cam do), which makes the guard look for new hooks.
@@ -32,10 +32,13 @@ def per_call_us(fn, calls: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--device", default="cpu", help="where the model lives (its buffer copies are made there)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    dev = torch.device(args.device)
     for name in ("efficientnet_lite0", "resnet50", "vgg11"):
-        model = cnnlens.load_model() if name == "efficientnet_lite0" else cnnlens.load_model(name, weights=None)
+        model = (cnnlens.load_model(device=dev) if name == "efficientnet_lite0"
+                 else cnnlens.load_model(name, weights=None, device=dev))
         for p in model.parameters():
             p.requires_grad_(True)
         last = list(model.modules())[-1]

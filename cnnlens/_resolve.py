@@ -87,17 +87,33 @@ def check_input(x: Any, model: nn.Module) -> Tensor:
         )
     if x.device.type == "meta":
         raise InputError("inputs are on the 'meta' device and hold no values; pass a tensor on 'cpu' or 'cuda'")
-    if model_device(model).type == "meta":
+    device, dtype = model_device(model), model_dtype(model)
+    if device.type == "meta":
         raise ModelError(
             "the model's parameters are on the 'meta' device and hold no values; load its weights first "
             "(model.to_empty(device='cpu') then load_state_dict, or cnnlens.load_model)"
         )
+    if x.device.type == "cpu":
+        check_finite(x)
+    return x.detach().to(device=device, dtype=dtype).clone()
+
+
+def check_finite(x: Tensor, finite: Tensor | None = None) -> None:
+    """Refuse NaN / Inf pixels. ``finite``: :func:`finite_flag` of ``x``, computed earlier.
+
+    On a GPU, ``Explainer.explain`` computes the flag before the call and reads it afterwards, so
+    the check costs no synchronisation in front of the backend's kernels.
+    """
+    if finite is None:
+        finite = finite_flag(x)
+    if not bool(finite) and not bool(torch.isfinite(x).all()):
+        raise InputError("inputs contain NaN or Inf values; every pixel must be finite")
+
+
+def finite_flag(x: Tensor) -> Tensor:
     # One reduction instead of a boolean map: a NaN or Inf anywhere makes the sum non-finite; only a
     # non-finite sum (which finite values can also reach by overflow) needs the exact check.
-    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
-        raise InputError("inputs contain NaN or Inf values; every pixel must be finite")
-    target_dtype = model_dtype(model)
-    return x.detach().to(device=model_device(model), dtype=target_dtype).clone()
+    return torch.isfinite(x.sum())
 
 
 # ------------------------------------------------------------------------------------------------

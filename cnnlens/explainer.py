@@ -20,6 +20,16 @@ from cnnlens.errors import CnnlensError, ModelError
 from cnnlens.explanation import Explanation
 
 
+def _module_at(model: nn.Module, name: str) -> nn.Module | None:
+    """The module at dotted ``name`` in ``model`` ("<model>" is the model itself), or None."""
+    if name == "<model>":
+        return model
+    m: nn.Module | None = model
+    for part in name.split("."):
+        m = m._modules.get(part) if m is not None else None
+    return m
+
+
 class CnnlensWarning(UserWarning):
     """A result is valid but has a caveat the user should know about."""
 
@@ -145,6 +155,7 @@ class Explainer:
         self._layer_arg = layer
         self._adapter_cls = self.impl.load()
         self._probe_cache: dict[tuple[int, ...], _resolve.ProbeResult] = {}
+        self._layer_cache: dict[int, tuple[_resolve.ProbeResult, nn.Module, str]] = {}
 
     # A context manager for symmetry with the toolkits; every call already cleans up after itself.
     def __enter__(self) -> Explainer:
@@ -152,6 +163,7 @@ class Explainer:
 
     def __exit__(self, *exc: Any) -> None:
         self._probe_cache.clear()
+        self._layer_cache.clear()
 
     def __repr__(self) -> str:
         return f"Explainer(method={self.method!r}, backend={self.backend!r}, layer={self._layer_arg!r})"
@@ -165,8 +177,14 @@ class Explainer:
     def _layer(self, probe: _resolve.ProbeResult) -> tuple[nn.Module | None, str | None]:
         if self.method == "fullgrad" or (not self.spec.needs_layer and self._layer_arg is None):
             return None, None
+        # Resolved once per input shape; reused while the model still holds that module under that
+        # name (a lookup along the dotted path instead of naming every module on every call).
+        cached = self._layer_cache.get(id(probe))
+        if cached is not None and cached[0] is probe and _module_at(self.model, cached[2]) is cached[1]:
+            return cached[1], cached[2]
         module, name = _resolve.resolve_layer(self.model, self._layer_arg, probe)
         _resolve.check_spatial_layer(name, probe)
+        self._layer_cache[id(probe)] = (probe, module, name)
         return module, name
 
     def _guided_warning(self) -> str | None:
@@ -196,6 +214,8 @@ class Explainer:
         x = _resolve.check_input(inputs, self.model)
         out_device = inputs.device
         device = x.device
+        # On an accelerator the NaN/Inf check is read after the call, not synchronised before it.
+        finite = _resolve.finite_flag(inputs) if inputs.device.type != "cpu" else None
         warn_msgs: list[str] = []
         guided = self._guided_warning()
         if guided:
@@ -229,17 +249,26 @@ class Explainer:
             seed = self.options.get("seed") if self.spec.stochastic else None
             with seeded(seed, device), torch.enable_grad():
                 timer = _CallTimer(device)
-                raw = adapter.run(x, targets.to(device))
+                try:
+                    raw = adapter.run(x, targets.to(device))
+                except CnnlensError:
+                    if finite is not None:
+                        _resolve.check_finite(inputs, finite)  # the input's fault, not the backend's
+                    raise
                 timer.stop()
             warn_msgs.extend(adapter.warnings)
             changed = guard.params_modified()
+            # Post-processing is queued before the guard restores the model, so that on a GPU the
+            # restore (Python on the CPU) overlaps with these kernels instead of following them.
+            raw = raw.detach().to(out_device)
+            maps = _post.to_maps(raw, self.spec.kind, (x.shape[2], x.shape[3]), self.reduce)
+        if finite is not None:
+            _resolve.check_finite(inputs, finite)
         if changed:
             raise CnnlensError(
                 f"backend {self.backend} modified model parameters in place ({', '.join(changed[:3])}); "
                 "please report this"
             )
-        raw = raw.detach().to(out_device)
-        maps = _post.to_maps(raw, self.spec.kind, (x.shape[2], x.shape[3]), self.reduce)
         labels = tuple(self.categories[int(t)] for t in targets) if self.categories else None
         seconds = timer.seconds()  # on CUDA: waits for the backend's kernels, not for the post-processing
         return Explanation(

@@ -91,3 +91,19 @@ def test_cuda_embedded_model_predicts_the_cat():
     assert imgs.device.type == "cuda"
     e = cnnlens.explain(model, imgs, method="gradcam", backend="captum")
     assert "cat" in e.labels[0].lower()
+
+
+@pytest.mark.parametrize(("method", "backend"), [("gradcam", "captum"), ("saliency", "flashtorch"),
+                                                  ("gradcam", "pytorch-grad-cam"), ("lime", "captum")])
+def test_cuda_nan_input_refused_after_the_call(method, backend):
+    """On a GPU the NaN/Inf check is read after the backend ran (no synchronisation before it): the
+    user still gets the InputError, the model is untouched and no hook is left."""
+    if not BACKENDS[backend].installed:
+        pytest.skip(f"{backend} not installed")
+    model, x = tiny_cnn().cuda(), tiny_input(n=2, size=32).cuda()
+    x[1, 0, 3, 3] = float("nan")
+    before = snapshot(model)
+    with pytest.raises(cnnlens.errors.InputError, match="NaN or Inf"):
+        _explain(model, x, method, backend, target=1, **({"n_samples": 8} if method == "lime" else {}))
+    assert_same_state(before, model)
+    assert hook_count(model) == 0

@@ -91,3 +91,51 @@ def test_eval_mode_inside_and_flags_back() -> None:
     with ModelGuard(model):
         model.features[4].train()  # a backend flipping a flag on an all-eval model
     assert not any(m.training for m in model.modules())
+
+
+def test_replaced_parameters_buffers_and_modules_come_back_as_the_same_objects() -> None:
+    """A backend that swaps tensors or submodules: the user's very objects are put back (compared by
+    identity; ``==`` on two tensors is element-wise and once crashed the restore)."""
+    model = tiny_cnn()
+    conv, bn = model.features[0], model.features[1]
+    children = list(model.features)
+    weight, mean, scalar = conv.weight, bn.running_mean, bn.num_batches_tracked
+    model.register_parameter("gain", nn.Parameter(torch.ones(1)))
+    gain = model.gain
+    with ModelGuard(model):
+        conv.weight = nn.Parameter(torch.zeros_like(weight))
+        bn.running_mean = torch.ones_like(mean)
+        bn.num_batches_tracked = scalar.clone()  # equal values, another object
+        model.gain = nn.Parameter(torch.ones(1))  # equal one-element tensor: == would say "same"
+        model.features[2] = nn.Identity()
+        del model.features[3]
+        conv.bias = None
+    assert conv.weight is weight and bn.running_mean is mean and bn.num_batches_tracked is scalar
+    assert model.gain is gain and conv.bias is not None
+    assert list(model.features) == children and list(model.features._modules) == [str(i) for i in range(6)]
+
+
+def test_changes_the_user_makes_between_calls_are_kept() -> None:
+    """The guard keeps what it learnt about a model between calls; a change made in between (a new
+    submodule, parameter, buffer, attribute, flag) must be the state it restores to, not the old one."""
+    model = tiny_cnn()
+    with ModelGuard(model):
+        pass
+    head = nn.Linear(model.fc.in_features, model.fc.out_features)
+    model.fc = head
+    new_weight = nn.Parameter(torch.randn_like(model.features[0].weight))
+    model.features[0].weight = new_weight
+    model.features[1].register_buffer("extra", torch.zeros(3))
+    model.features[0].note = "mine"
+    model.train()
+    with ModelGuard(model):
+        model.fc = nn.Identity()
+        model.features[0].weight = nn.Parameter(torch.zeros_like(new_weight))
+        model.features[0].other = 1
+    assert model.fc is head and model.features[0].weight is new_weight and model.training
+    assert "extra" in model.features[1]._buffers and model.features[0].note == "mine"
+    assert not hasattr(model.features[0], "other")
+    del model.features[1].extra
+    with ModelGuard(model):
+        pass
+    assert "extra" not in model.features[1]._buffers and model.features[0].weight is new_weight

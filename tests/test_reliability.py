@@ -12,6 +12,7 @@ cross-device success case is skipped; what CI does check is that tensors without
 
 from __future__ import annotations
 
+import copy
 import pickle
 import warnings
 from collections.abc import Callable
@@ -468,3 +469,26 @@ def test_largest_allowed_tensor_is_not_refused() -> None:
     assert check_input(x, model).shape == (1, 3, 4096, 4096)
     with pytest.raises(E.InputError):
         check_input(torch.zeros(1, 3, 1, 1).expand(1, 3, 4096, 4097), model)
+
+
+@pytest.mark.parametrize("layer", [None, "features.3", "module"])
+def test_layer_swapped_between_calls_is_followed(layer: Any) -> None:
+    """An Explainer resolves its layer once per input shape and reuses it while the model still holds
+    that module under that name; a module the user swaps in between calls must be the one explained."""
+    model, x = tiny_cnn(), tiny_input(n=2, size=32)
+    ex = cnnlens.Explainer(model, "gradcam", "captum", layer=model.features[3] if layer == "module" else layer)
+    first = ex.explain(x, target=1)
+    name = first.layer
+    new = copy.deepcopy(model.get_submodule(name))
+    with torch.no_grad():
+        for p in new.parameters():
+            p.normal_()
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent), leaf, new)
+    fresh = cnnlens.Explainer(model, "gradcam", "captum", layer=None if layer is None else name)
+    if layer == "module":  # the module object given is no longer part of the model
+        with pytest.raises(E.LayerError, match="not part of the model"):
+            ex.explain(x, target=1)
+        return
+    again, want = ex.explain(x, target=1), fresh.explain(x, target=1)
+    assert torch.equal(again.raw, want.raw) and not torch.equal(again.raw, first.raw)
