@@ -82,20 +82,18 @@ class _CallTimer:
     """
 
     def __init__(self, device: torch.device) -> None:
-        self.device = device
         self.events = None
         if device.type == "cuda":
-            with torch.cuda.device(device):
-                self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                self.events[0].record()
+            self.stream = torch.cuda.current_stream(device)  # both events on this device's current stream
+            self.events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            self.events[0].record(self.stream)
         self.t0 = time.perf_counter()
         self.t1 = self.t0
 
     def stop(self) -> None:
         self.t1 = time.perf_counter()
         if self.events is not None:
-            with torch.cuda.device(self.device):  # both events on the same device's current stream
-                self.events[1].record()
+            self.events[1].record(self.stream)
 
     def seconds(self) -> float:
         if self.events is None:
@@ -244,13 +242,17 @@ class Explainer:
                         f"activation module), and {self.impl.toolkit_name} keeps one input/output per module, so its "
                         "result would be silently wrong; use integrated_gradients or input_x_gradient instead"
                     )
+            # A target tensor already on the device (as the checked values) is used as it is: no
+            # copy back to the device on every call.
+            given = isinstance(target, Tensor) and target.dim() == 1 and target.dtype == torch.long
+            on_device = target.detach().clone() if given and target.device == device else targets.to(device)
             adapter = self._adapter_cls(self.net, self.impl, layer, self.options)
             adapter.check_input(x)
             seed = self.options.get("seed") if self.spec.stochastic else None
             with seeded(seed, device), torch.enable_grad():
                 timer = _CallTimer(device)
                 try:
-                    raw = adapter.run(x, targets.to(device))
+                    raw = adapter.run(x, on_device)
                 except CnnlensError:
                     if finite is not None:
                         _resolve.check_finite(inputs, finite)  # the input's fault, not the backend's
@@ -274,7 +276,7 @@ class Explainer:
         return Explanation(
             maps=maps,
             raw=raw,
-            targets=targets.to(out_device),
+            targets=on_device if on_device.device == out_device else targets.to(out_device),
             method=self.method,
             backend=self.backend,
             toolkit_name=self.impl.toolkit_name,

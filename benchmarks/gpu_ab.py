@@ -1,0 +1,122 @@
+"""Which ingredient of a cnnlens call costs time on a GPU: an A/B of each, interleaved.
+
+For Captum's saliency and LayerGradCam on each model, times (median of --rounds interleaved rounds,
+each call followed by a device synchronisation) the direct Captum call, then the same call with one
+ingredient of ``Explainer.explain`` added at a time: parameters frozen (``requires_grad=False``, as
+the guard does), a cloned input, the model guard around it, the output contract's post-processing,
+the adapter inside the guard, and the whole ``explain``. Also prints the CPU time until each call
+returns (before the synchronisation): when it is close to the wall time, the call is bound by the
+CPU launching kernels, and any Python added per call adds in full.
+
+Usage: python benchmarks/gpu_ab.py --device cuda [--models efficientnet_lite0,resnet50] [--rounds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", default="efficientnet_lite0,resnet50")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=8)
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    import cnnlens
+
+    dev = torch.device(args.device)
+
+    for mname in args.models.split(","):
+        torch.manual_seed(0)
+        model = cnnlens.load_model(device=dev) if mname == "efficientnet_lite0" else cnnlens.load_model(
+            mname, weights=None, device=dev)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        x = torch.randn(args.batch, 3, 224, 224, device=dev)
+        with torch.no_grad():
+            t = model(x).argmax(1)
+        print(f"\n# {mname}")
+        for method in ("saliency", "gradcam"):
+            ab(model, x, t, method, args.rounds, dev)
+
+
+def ab(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, rounds: int, dev: torch.device) -> None:
+    from captum import attr as ca
+
+    import cnnlens
+    from cnnlens import _post
+    from cnnlens._guard import ModelGuard
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    params = list(model.parameters())
+    ex = cnnlens.Explainer(model, method, "captum")
+    name = ex.explain(x[:1], target=t[:1]).layer
+    layer = model.get_submodule(name) if name else None
+    kind = "cam" if method == "gradcam" else "pixel"
+    adapter = ex._adapter_cls(ex.net, ex.impl, layer, ex.options)
+
+    def direct(xx: torch.Tensor) -> torch.Tensor:
+        if method == "saliency":
+            return ca.Saliency(model).attribute(xx, target=t, abs=False)
+        return ca.LayerGradCam(model, layer).attribute(xx, target=t, relu_attributions=False)
+
+    def frozen() -> object:
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            return direct(x)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+    def guarded() -> object:
+        with ModelGuard(model):
+            return direct(x)
+
+    def in_guard() -> object:
+        with ModelGuard(model), torch.enable_grad():
+            return adapter.run(x.clone(), t)
+
+    variants: dict[str, Callable[[], object]] = {
+        "direct": lambda: direct(x),
+        "+ params frozen": frozen,
+        "+ input cloned": lambda: direct(x.clone()),
+        "+ guard": guarded,
+        "+ post-processing": lambda: _post.to_maps(direct(x), kind, (x.shape[2], x.shape[3])),
+        "adapter in guard": in_guard,
+        "explain": lambda: ex.explain(x, target=t),
+    }
+    wall: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    for f in variants.values():
+        f()
+    for _ in range(rounds):
+        for k, f in variants.items():
+            sync()
+            t0 = time.perf_counter()
+            f()
+            t1 = time.perf_counter()
+            sync()
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(t1 - t0)
+    base = statistics.median(wall["direct"])
+    print(f"\n## {method} ({dev}, batch {x.shape[0]})")
+    print("| variant | wall ms | CPU until return ms | / direct |")
+    print("|---|---|---|---|")
+    for k in variants:
+        w = statistics.median(wall[k])
+        print(f"| {k} | {w * 1e3:.2f} | {statistics.median(cpu[k]) * 1e3:.2f} | {w / base:.3f} |")
+
+if __name__ == "__main__":
+    main()
