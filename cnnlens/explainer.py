@@ -271,7 +271,7 @@ class Explainer:
                 f"backend {self.backend} modified model parameters in place ({', '.join(changed[:3])}); "
                 "please report this"
             )
-        labels = tuple(self.categories[int(t)] for t in targets) if self.categories else None
+        labels = tuple(self.categories[t] for t in targets.tolist()) if self.categories else None
         seconds = timer.seconds()  # on CUDA: waits for the backend's kernels, not for the post-processing
         return Explanation(
             maps=maps,

@@ -5,12 +5,15 @@ milliseconds); neither may lose anything the user owns."""
 
 from __future__ import annotations
 
+import random
+from collections import OrderedDict
+
 import torch
 from torch import nn
 from torch.nn.modules import module as module_mod
 
 from cnnlens._guard import ModelGuard, hook_count
-from cnnlens.testing import tiny_cnn
+from cnnlens.testing import assert_same_state, snapshot, tiny_cnn
 
 
 def _noop(*_a: object) -> None:
@@ -139,3 +142,94 @@ def test_changes_the_user_makes_between_calls_are_kept() -> None:
     with ModelGuard(model):
         pass
     assert "extra" not in model.features[1]._buffers and model.features[0].weight is new_weight
+
+
+def _identities(model: nn.Module) -> tuple:
+    """The identity of every module, parameter and buffer, every module's attribute names and its
+    full-backward-hook flag (what snapshot() does not cover)."""
+    return (
+        [(n, id(p)) for n, p in model.named_parameters(remove_duplicate=False)],
+        [(n, id(b)) for n, b in model.named_buffers(remove_duplicate=False)],
+        [(n, tuple(vars(m)), m._is_full_backward_hook) for n, m in model.named_modules(remove_duplicate=False)],
+    )
+
+
+class _BackendFailed(Exception):
+    pass
+
+
+def _mutations(model: nn.Module, rng: random.Random) -> list:
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    params = list(model.parameters())
+
+    def tensor_hook() -> None:
+        p = rng.choice(params)
+        p.requires_grad_(True)
+        p.register_hook(lambda g: g)
+
+    def grad() -> None:
+        p = rng.choice(params)
+        p.grad = torch.ones_like(p)
+
+    def replace_children_dict() -> None:
+        model.features._modules = OrderedDict(reversed(list(model.features._modules.items())))
+
+    return [
+        lambda: setattr(rng.choice(convs), "weight", nn.Parameter(torch.zeros(1))),
+        lambda: setattr(rng.choice(bns), "running_mean", torch.ones(3)),
+        lambda: rng.choice(bns).running_var.add_(1.0),
+        lambda: rng.choice(bns).num_batches_tracked.add_(3),
+        lambda: model.features.__delitem__(rng.randrange(len(model.features))) if len(model.features) else None,
+        lambda: setattr(model, "fc", nn.Linear(3, 3)),
+        lambda: setattr(model, "extra", nn.ReLU()),
+        lambda: setattr(rng.choice(list(model.modules())), "parked", object()),
+        lambda: rng.choice(list(model.modules())).train(rng.random() < 0.5),
+        lambda: rng.choice(list(model.modules())).register_forward_hook(_noop),
+        lambda: rng.choice(list(model.modules())).register_full_backward_hook(_noop),
+        tensor_hook,
+        lambda: rng.choice(params).requires_grad_(rng.random() < 0.5),
+        grad,
+        lambda: rng.choice(bns).register_buffer("extra_buf", torch.zeros(2)),
+        lambda: rng.choice(convs).register_parameter("bias", None),
+        replace_children_dict,
+        lambda: module_mod.register_module_forward_hook(_noop),
+    ]
+
+
+def test_random_mutations_inside_are_undone_and_changes_between_calls_kept() -> None:
+    """200 seeded trials: the user changes the model (or not) between calls, then a "backend" makes
+    1-5 random changes inside the guard, sometimes failing half-way; the model must come back exactly
+    as the user left it, down to object identity."""
+    for seed in range(200):
+        rng = random.Random(seed)
+        model = tiny_cnn()
+        model.features[4].train()
+        model.features[0].register_forward_hook(_noop)
+        model.fc.weight.requires_grad_(True)
+        model.fc.weight.grad = torch.full_like(model.fc.weight, 0.5)
+        with ModelGuard(model):  # the guard has seen this model before the user's change
+            pass
+        user_globals = dict(module_mod._global_forward_hooks)
+        if rng.random() < 0.5:
+            rng.choice(_mutations(model, rng))()  # the user's own change between calls
+        before, ids = snapshot(model), _identities(model)
+        globals_before = dict(module_mod._global_forward_hooks)
+        fail = rng.random() < 0.3
+        try:
+            with ModelGuard(model):
+                for _ in range(rng.randint(1, 5)):
+                    rng.choice(_mutations(model, rng))()
+                if fail:
+                    raise _BackendFailed
+        except _BackendFailed:
+            pass
+        try:
+            assert_same_state(before, model)
+            assert _identities(model) == ids
+            assert dict(module_mod._global_forward_hooks) == globals_before
+        except AssertionError as exc:
+            raise AssertionError(f"seed {seed}: {exc}") from exc
+        finally:
+            for k in set(module_mod._global_forward_hooks) - set(user_globals):
+                del module_mod._global_forward_hooks[k]

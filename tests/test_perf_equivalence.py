@@ -288,3 +288,36 @@ def test_optimised_path_skips_the_discarded_post_processing(monkeypatch):
     slow = cnnlens.explain(model, x, "gradcam", "pytorch-grad-cam", target=1)
     assert calls["n"] == 2  # per layer, then after aggregation
     assert torch.equal(fast.raw, slow.raw)
+
+
+@pytest.mark.parametrize("method", [*GRAD_CAMS, "eigencam"])
+def test_no_module_walk_per_call_for_gradient_cams(method, monkeypatch):
+    """pytorch-grad-cam's model.eval() (every module through __setattr__) and model.zero_grad() (every
+    parameter) run on every call; inside the guard neither changes anything, so they are skipped —
+    with the same raw CAM as the unoptimised path, a train-mode model given back in train mode."""
+    calls = {"train": 0, "zero_grad": 0}
+    real_train, real_zero = nn.Module.train, nn.Module.zero_grad
+
+    def train(self, mode=True):
+        calls["train"] += 1
+        return real_train(self, mode)
+
+    def zero_grad(self, set_to_none=True):
+        calls["zero_grad"] += 1
+        return real_zero(self, set_to_none)
+
+    model, x = tiny_cnn().eval(), tiny_input(n=2)
+    monkeypatch.setattr(type(model), "train", train, raising=False)
+    monkeypatch.setattr(type(model), "zero_grad", zero_grad, raising=False)
+    fast = cnnlens.explain(model, x, method, "pytorch-grad-cam", target=[1, 3])
+    assert calls == {"train": 0, "zero_grad": 0}
+    monkeypatch.setattr(_config, "OPTIMIZE", False)
+    slow = cnnlens.explain(model, x, method, "pytorch-grad-cam", target=[1, 3])
+    assert calls["train"] >= 1 and (calls["zero_grad"] >= 1 or method == "eigencam")
+    assert torch.equal(fast.raw, slow.raw)
+    monkeypatch.setattr(_config, "OPTIMIZE", True)
+    model.features[1].train()
+    before = snapshot(model)
+    again = cnnlens.explain(model, x, method, "pytorch-grad-cam", target=[1, 3])
+    assert_same_state(before, model)
+    assert torch.equal(again.raw, fast.raw)  # the guard's eval mode, not the user's train mode, ran
