@@ -59,7 +59,7 @@ def write_table(data: dict[str, Any], path: Path | None = None) -> Path:
 def refresh(
     model: Any = None,
     inputs: Any = None,
-    repeats: int = 3,
+    repeats: int = 5,
     min_pearson: float = 0.95,
     path: Path | None = None,
 ) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def refresh(
             ``nn.ReLU`` modules, so guided variants that differ (FlashTorch's) are told apart; on the
             embedded ReLU6 model every guided backprop equals the plain gradient and would "agree".
         inputs: Defaults to two demo images preprocessed for ``model``.
-        repeats: Timed calls per backend (after one warm-up).
+        repeats: Timed calls per backend (after one warm-up), interleaved across backends.
         min_pearson: Agreement threshold.
         path: Where to write; defaults to the user cache (``~/.cache/cnnlens/auto_backend.json``).
     """
@@ -101,31 +101,45 @@ def refresh(
             continue
         ref_maps = None
         stats: dict[str, dict[str, Any]] = {}
-        for backend in have:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ex = cnnlens.Explainer(model, method, backend)
-                first = ex.explain(inputs)
-                times = []
-                for _ in range(repeats):
+        explainers, targets = {}, None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for backend in have:  # one call each: the maps to compare, and a warm-up
+                explainers[backend] = ex = cnnlens.Explainer(model, method, backend)
+                first = ex.explain(inputs, target=targets)
+                targets = first.targets  # every backend explains the reference's predicted classes
+                maps = first.maps.flatten(1).double().cpu().numpy()
+                if ref_maps is None:
+                    ref_maps, r = maps, 1.0
+                else:
+                    rs = [np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else 0.0
+                          for a, b in zip(ref_maps, maps, strict=True)]
+                    r = float(min(rs))
+                stats[backend] = {"pearson_to_reference": r}
+            # Timed calls interleaved across backends, the order rotating every round, so that a
+            # machine whose speed drifts (shared CPUs, a warming GPU) favours none of them.
+            times: dict[str, list[float]] = {b: [] for b in have}
+            for i in range(repeats):
+                for backend in have[i % len(have):] + have[: i % len(have)]:
                     t0 = time.perf_counter()
-                    ex.explain(inputs, target=first.targets)
-                    times.append(time.perf_counter() - t0)
-            maps = first.maps.flatten(1).double().cpu().numpy()
-            if ref_maps is None:
-                ref_maps, r = maps, 1.0
-            else:
-                rs = [np.corrcoef(a, b)[0, 1] if a.std() > 0 and b.std() > 0 else 0.0 for a, b in zip(ref_maps, maps, strict=True)]
-                r = float(min(rs))
-            stats[backend] = {"seconds": statistics.median(times), "pearson_to_reference": r}
+                    explainers[backend].explain(inputs, target=targets)
+                    times[backend].append(time.perf_counter() - t0)
+        for backend in have:
+            stats[backend]["seconds"] = statistics.median(times[backend])
         agree = sorted((b for b in have if stats[b]["pearson_to_reference"] >= min_pearson), key=lambda b: stats[b]["seconds"])
         rest = [b for b in have if b not in agree]
         methods[method] = {"order": agree + rest, "reference": have[0], "backends": stats}
+    from cnnlens.explainer import versions
+
     data = {
         "source": "cnnlens.auto.refresh",
         "model": getattr(getattr(model, "cnnlens_meta", None), "name", type(model).__name__),
         "input_shape": list(inputs.shape),
+        "device": str(inputs.device),
+        "repeats": repeats,
         "min_pearson": min_pearson,
+        "versions": {b: v for backend in registry.BACKENDS if registry.BACKENDS[backend].installed
+                     for b, v in versions(backend).items()},
         "methods": methods,
     }
     write_table(data, path)
