@@ -321,3 +321,52 @@ def test_no_module_walk_per_call_for_gradient_cams(method, monkeypatch):
     again = cnnlens.explain(model, x, method, "pytorch-grad-cam", target=[1, 3])
     assert_same_state(before, model)
     assert torch.equal(again.raw, fast.raw)  # the guard's eval mode, not the user's train mode, ran
+
+
+@pytest.mark.parametrize("method", ["saliency", "guided_backprop"])
+def test_flashtorch_no_module_walk_and_no_host_copy_per_call(method, monkeypatch):
+    """Inside the guard FlashTorch's per-call model.eval() / zero_grad() and cnnlens's own call-state
+    walk are skipped, and its closing host copy of the gradient reads a placeholder: same raw
+    gradient as the unoptimised path, and the user's model comes back as it was."""
+    from cnnlens.adapters import flashtorch as ft
+
+    calls = {"train": 0, "zero_grad": 0}
+    real_train, real_zero = nn.Module.train, nn.Module.zero_grad
+
+    def train(self, mode=True):
+        calls["train"] += 1
+        return real_train(self, mode)
+
+    def zero_grad(self, set_to_none=True):
+        calls["zero_grad"] += 1
+        return real_zero(self, set_to_none)
+
+    copied: list[tuple[int, ...]] = []
+    real_cpu = torch.Tensor.cpu
+
+    def cpu(self, *a, **k):
+        copied.append(tuple(self.shape))
+        return real_cpu(self, *a, **k)
+
+    model, x = tiny_cnn().eval(), tiny_input(n=3)
+    monkeypatch.setattr(nn.Module, "train", train)  # every module's walk, FlashTorch's wrapper's too
+    monkeypatch.setattr(nn.Module, "zero_grad", zero_grad)
+    monkeypatch.setattr(torch.Tensor, "cpu", cpu)
+    fast = cnnlens.explain(model, x, method, "flashtorch", target=[1, 3, 0])
+    assert calls == {"train": 0, "zero_grad": 0}
+    assert tuple(x.shape) not in copied  # FlashTorch's .cpu() of the whole gradient did not run
+    monkeypatch.setattr(_config, "OPTIMIZE", False)
+    slow = cnnlens.explain(model, x, method, "flashtorch", target=[1, 3, 0])
+    assert calls["train"] >= 1 and calls["zero_grad"] >= 1 and tuple(x.shape) in copied
+    assert torch.equal(fast.raw, slow.raw)
+    monkeypatch.setattr(_config, "OPTIMIZE", True)
+    model.features[1].train()
+    before = snapshot(model)
+    again = cnnlens.explain(model, x, method, "flashtorch", target=[1, 3, 0])
+    assert_same_state(before, model)
+    assert torch.equal(again.raw, fast.raw)
+    bp = ft.CnnlensBackprop(model, guarded=False)  # standalone: still cleans up after itself
+    before = snapshot(model)
+    g = bp.calculate_gradients(x, [1, 3, 0], guided=method == "guided_backprop")
+    assert_same_state(before, model)
+    assert torch.equal(g, fast.raw) and torch.equal(bp.gradients, g)
