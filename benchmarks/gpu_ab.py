@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from perf import study_inputs  # benchmarks/ is on sys.path when this file runs as a script
 
 
 def main() -> None:
@@ -30,19 +31,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    import cnnlens
-
     dev = torch.device(args.device)
 
     for mname in args.models.split(","):
-        torch.manual_seed(0)
-        model = cnnlens.load_model(device=dev) if mname == "efficientnet_lite0" else cnnlens.load_model(
-            mname, weights=None, device=dev)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        x = torch.randn(args.batch, 3, 224, 224, device=dev)
-        with torch.no_grad():
-            t = model(x).argmax(1)
+        model, x, t = study_inputs(mname, dev, args.batch)
         print(f"\n# {mname}")
         for method in ("saliency", "gradcam"):
             ab(model, x, t, method, args.rounds, dev)

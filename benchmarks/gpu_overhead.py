@@ -19,6 +19,7 @@ import time
 import warnings
 
 import torch
+from perf import limit_layer, study_inputs  # benchmarks/ is on sys.path when this file runs as a script
 
 
 def main() -> None:
@@ -42,14 +43,7 @@ def main() -> None:
             torch.cuda.synchronize(dev)
 
     for mname in args.models.split(","):
-        torch.manual_seed(0)
-        model = cnnlens.load_model(device=dev) if mname == "efficientnet_lite0" else cnnlens.load_model(
-            mname, weights=None, device=dev)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        x = torch.randn(args.batch, 3, 224, 224, device=dev)
-        with torch.no_grad():
-            t = model(x).argmax(1)
+        model, x, t = study_inputs(mname, dev, args.batch)
         for method in args.methods.split(","):
             pgc = method.startswith("pgc-")
             ex = cnnlens.Explainer(model, method.removeprefix("pgc-"), "pytorch-grad-cam" if pgc else "captum")
@@ -62,7 +56,7 @@ def main() -> None:
             }[method]
             fns = {"cnnlens": lambda ex=ex, x=x, t=t: ex.explain(x, target=t), "direct": direct}
             if mod is not None:  # the Grad-CAM limit of perf.py: forward + grad of the score to the layer
-                fns["limit"] = lambda m=model, mod=mod, x=x, t=t: layer_limit(m, mod, x, t)
+                fns["limit"] = limit_layer(model, mod, x, t)
             times: dict[str, list[float]] = {k: [] for k in fns}
             for f in fns.values():
                 f()
@@ -99,16 +93,6 @@ def pgc_gradcam(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor,
 
     with GradCAM(model, [layer]) as cam:
         return cam(x, targets=[ClassifierOutputTarget(int(c)) for c in t.tolist()])
-
-
-def layer_limit(model: torch.nn.Module, layer: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> object:
-    box: list[torch.Tensor] = []
-    h = layer.register_forward_hook(lambda _m, _i, o: box.append(o))
-    try:
-        out = model(x)
-    finally:
-        h.remove()
-    return torch.autograd.grad(out.gather(1, t[:, None]).sum(), box[-1])
 
 
 if __name__ == "__main__":

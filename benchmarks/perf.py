@@ -117,6 +117,20 @@ def build_model(name: str, device: torch.device) -> nn.Module:
     return cnnlens.load_model(name, weights=None, device=device)
 
 
+def study_inputs(name: str, device: torch.device, batch: int = 8, size: int = 224,
+                 gen: torch.Generator | None = None) -> tuple[nn.Module, Tensor, Tensor]:
+    """The model with trainable parameters (as users hold models), a random batch drawn from ``gen``
+    (seeded 0 by default), and the model's predicted classes for it as targets."""
+    model = build_model(name, device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    gen = gen if gen is not None else torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, size, size, generator=gen).to(device)
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    return model, x, t
+
+
 def target_layer(model: nn.Module, x: Tensor) -> tuple[nn.Module, str]:
     probe = _resolve.probe(model, x[:1])
     return _resolve.resolve_layer(model, None, probe)
@@ -331,13 +345,8 @@ def bench_model(mname: str, args: argparse.Namespace, device: torch.device, grou
                 on_row: Callable[[list[dict]], None] = lambda done: None) -> list[dict]:
     """Time every selected (method, backend) on one model; return one row per case."""
     rows: list[dict] = []
-    model = build_model(mname, device)
-    for p in model.parameters():  # as users hold models: trainable parameters
-        p.requires_grad_(True)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size, generator=gen).to(device)
-    with torch.no_grad():
-        t = model(x).argmax(1)
+    gen = torch.Generator().manual_seed(0)  # also draws the batch of the forward unit below
+    model, x, t = study_inputs(mname, device, args.batch, args.size, gen)
     layer, lname = target_layer(model, x)
     with torch.no_grad():
         store: list[Tensor] = []

@@ -138,7 +138,7 @@ class _Structure:
 
     Kept between calls (weakly keyed by model) while the model is made of the very same objects:
     walking ~200 modules and copying their dictionaries was half of the guard's cost, paid on every
-    explain(). :meth:`current` checks that nothing changed since, with identity comparisons over flat
+    explain(). :meth:`unchanged` checks that nothing changed since, with identity comparisons over flat
     lists (C loops), and rebuilds otherwise, so a change the user makes between calls is never
     reverted. Buffer values are copied once and reused while every buffer keeps its version counter
     and storage (in-place writes bump ``_version``): one copy of the BatchNorm statistics stays alive
@@ -202,7 +202,7 @@ _STRUCTURES: weakref.WeakKeyDictionary[nn.Module, _Structure] = weakref.WeakKeyD
 
 
 def _structure(model: nn.Module) -> _Structure:
-    s = _STRUCTURES.get(model)
+    s = _STRUCTURES.get(model)  # (torch's own module walks need hashable modules too)
     if s is None or not s.unchanged():
         s = _STRUCTURES[model] = _Structure(model)
     return s

@@ -233,3 +233,4 @@ def test_random_mutations_inside_are_undone_and_changes_between_calls_kept() -> 
         finally:
             for k in set(module_mod._global_forward_hooks) - set(user_globals):
                 del module_mod._global_forward_hooks[k]
+

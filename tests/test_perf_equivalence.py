@@ -290,11 +290,8 @@ def test_optimised_path_skips_the_discarded_post_processing(monkeypatch):
     assert torch.equal(fast.raw, slow.raw)
 
 
-@pytest.mark.parametrize("method", [*GRAD_CAMS, "eigencam"])
-def test_no_module_walk_per_call_for_gradient_cams(method, monkeypatch):
-    """pytorch-grad-cam's model.eval() (every module through __setattr__) and model.zero_grad() (every
-    parameter) run on every call; inside the guard neither changes anything, so they are skipped —
-    with the same raw CAM as the unoptimised path, a train-mode model given back in train mode."""
+def _count_walks(monkeypatch) -> dict[str, int]:
+    """Count calls of every module's train() (eval() calls it) and zero_grad(): the per-call walks."""
     calls = {"train": 0, "zero_grad": 0}
     real_train, real_zero = nn.Module.train, nn.Module.zero_grad
 
@@ -306,9 +303,18 @@ def test_no_module_walk_per_call_for_gradient_cams(method, monkeypatch):
         calls["zero_grad"] += 1
         return real_zero(self, set_to_none)
 
+    monkeypatch.setattr(nn.Module, "train", train)
+    monkeypatch.setattr(nn.Module, "zero_grad", zero_grad)
+    return calls
+
+
+@pytest.mark.parametrize("method", [*GRAD_CAMS, "eigencam"])
+def test_no_module_walk_per_call_for_gradient_cams(method, monkeypatch):
+    """pytorch-grad-cam's model.eval() (every module through __setattr__) and model.zero_grad() (every
+    parameter) run on every call; inside the guard neither changes anything, so they are skipped —
+    with the same raw CAM as the unoptimised path, a train-mode model given back in train mode."""
     model, x = tiny_cnn().eval(), tiny_input(n=2)
-    monkeypatch.setattr(type(model), "train", train, raising=False)
-    monkeypatch.setattr(type(model), "zero_grad", zero_grad, raising=False)
+    calls = _count_walks(monkeypatch)
     fast = cnnlens.explain(model, x, method, "pytorch-grad-cam", target=[1, 3])
     assert calls == {"train": 0, "zero_grad": 0}
     monkeypatch.setattr(_config, "OPTIMIZE", False)
@@ -330,17 +336,6 @@ def test_flashtorch_no_module_walk_and_no_host_copy_per_call(method, monkeypatch
     gradient as the unoptimised path, and the user's model comes back as it was."""
     from cnnlens.adapters import flashtorch as ft
 
-    calls = {"train": 0, "zero_grad": 0}
-    real_train, real_zero = nn.Module.train, nn.Module.zero_grad
-
-    def train(self, mode=True):
-        calls["train"] += 1
-        return real_train(self, mode)
-
-    def zero_grad(self, set_to_none=True):
-        calls["zero_grad"] += 1
-        return real_zero(self, set_to_none)
-
     copied: list[tuple[int, ...]] = []
     real_cpu = torch.Tensor.cpu
 
@@ -349,8 +344,7 @@ def test_flashtorch_no_module_walk_and_no_host_copy_per_call(method, monkeypatch
         return real_cpu(self, *a, **k)
 
     model, x = tiny_cnn().eval(), tiny_input(n=3)
-    monkeypatch.setattr(nn.Module, "train", train)  # every module's walk, FlashTorch's wrapper's too
-    monkeypatch.setattr(nn.Module, "zero_grad", zero_grad)
+    calls = _count_walks(monkeypatch)  # every module's walk, FlashTorch's wrapper's too
     monkeypatch.setattr(torch.Tensor, "cpu", cpu)
     fast = cnnlens.explain(model, x, method, "flashtorch", target=[1, 3, 0])
     assert calls == {"train": 0, "zero_grad": 0}
