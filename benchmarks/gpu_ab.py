@@ -8,7 +8,11 @@ the adapter inside the guard, and the whole ``explain``. Also prints the CPU tim
 returns (before the synchronisation): when it is close to the wall time, the call is bound by the
 CPU launching kernels, and any Python added per call adds in full.
 
+Without a GPU, ``--device cpu --batch 2 --size 32 --threads 1`` shrinks the compute until the same
+fixed per-call costs dominate, so a CPU-only session can still see what each ingredient costs.
+
 Usage: python benchmarks/gpu_ab.py --device cuda [--models efficientnet_lite0,resnet50] [--rounds 30]
+       python benchmarks/gpu_ab.py --device cpu --batch 2 --size 32 --threads 1
 """
 
 from __future__ import annotations
@@ -29,12 +33,16 @@ def main() -> None:
     ap.add_argument("--models", default="efficientnet_lite0,resnet50")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=224, help="image side in pixels")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
 
     for mname in args.models.split(","):
-        model, x, t = study_inputs(mname, dev, args.batch)
+        model, x, t = study_inputs(mname, dev, args.batch, args.size)
         print(f"\n# {mname}")
         for method in ("saliency", "gradcam"):
             ab(model, x, t, method, args.rounds, dev)
@@ -103,7 +111,7 @@ def ab(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, ro
             wall[k].append(time.perf_counter() - t0)
             cpu[k].append(t1 - t0)
     base = statistics.median(wall["direct"])
-    print(f"\n## {method} ({dev}, batch {x.shape[0]})")
+    print(f"\n## {method} ({dev}, batch {x.shape[0]}, {x.shape[2]} px)")
     print("| variant | wall ms | CPU until return ms | / direct |")
     print("|---|---|---|---|")
     for k in variants:

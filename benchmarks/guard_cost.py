@@ -8,7 +8,9 @@ methods and pytorch-grad-cam do), which makes the guard look for new hooks. Then
 EfficientNet-Lite0 with a 2 x 3 x 32 x 32 input (little compute, so fixed costs show), a
 pytorch-grad-cam Grad-CAM and a FlashTorch saliency through cnnlens with and without the toolkits'
 per-call ``model.eval()`` / ``model.zero_grad()`` walks (and FlashTorch's host copy of the gradient),
-interleaved, median of 60.
+interleaved, median of 60; and the guard's own cost timed right after a Captum saliency call on that
+input (what it pays inside ``explain()``, with the CPU caches full of the forward and backward)
+against right after another guard.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def main() -> None:
         print(f"{name} ({n} modules): guard {per_call_us(plain, args.calls):.0f} us per call, "
               f"with a hook added inside {per_call_us(hooked, args.calls):.0f} us")
     toolkit_walks(dev)
+    guard_after_a_call(dev)
 
 
 def _interleaved(call, rounds: int = 60) -> tuple[float, float]:
@@ -112,6 +115,35 @@ def toolkit_walks(device: torch.device) -> None:
     a, b = _interleaved(ft_call)
     print(f"FlashTorch saliency, lite0, 2 x 32 px: {a:.2f} ms skipping its walks and host copy, "
           f"{b:.2f} ms with them ({b - a:.2f} ms per call)")
+
+
+def guard_after_a_call(device: torch.device, rounds: int = 60) -> None:
+    """The guard's enter + restore right after a model call, against right after another guard."""
+    from captum.attr import Saliency
+
+    model = cnnlens.load_model(device=device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    x = torch.randn(2, 3, 32, 32, device=device).requires_grad_()  # as Captum wants it: no warning
+    t = torch.tensor([1, 2], device=device)
+    saliency = Saliency(model)
+
+    def timed_guard() -> float:
+        t0 = time.perf_counter()
+        with ModelGuard(model):
+            pass
+        return time.perf_counter() - t0
+
+    saliency.attribute(x, target=t)
+    warm, cold = [], []
+    for _ in range(rounds):
+        warm.append((timed_guard(), timed_guard())[1])
+        saliency.attribute(x, target=t)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        cold.append(timed_guard())
+    print(f"guard on lite0: {statistics.median(warm) * 1e6:.0f} us right after another guard, "
+          f"{statistics.median(cold) * 1e6:.0f} us right after a Captum saliency call (2 x 32 px)")
 
 
 if __name__ == "__main__":
