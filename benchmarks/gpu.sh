@@ -5,7 +5,7 @@
 # Writes OUTDIR/cuda-tests.log, OUTDIR/demo-cuda.png (cnnlens demo --device cuda), OUTDIR/gpu.md|json (gradient CAMs and gradient methods on
 # efficientnet_lite0, resnet50, vgg11) and OUTDIR/gpu-many.md|json (many-forward methods on
 # efficientnet_lite0), OUTDIR/gpu-overhead.txt and OUTDIR/gpu-ab.md (benchmarks/gpu_ab.py): 8 files. Each
-# step has a time limit; they add up to 570 s (the whole run took about 4.7 minutes on an H200).
+# step has a time limit; they add up to 570 s (the whole run took 4.7 and 5.8 minutes on two H200 machines).
 set -u
 out=${1:?usage: bash benchmarks/gpu.sh OUTDIR}
 mkdir -p "$out"

@@ -30,3 +30,21 @@ def test_perf_script_reports_every_ratio(tmp_path):
     assert sum(int(b) * n for b, n in shap["own_batches"].items()) == 2 * 32
     assert math.isfinite(shap["cnnlens_over_own"])
     assert "| efficientnet_lite0 | guided_backprop | captum |" in out.read_text()
+
+
+def test_gpu_helper_scripts_run_on_cpu():
+    """gpu_ab.py and gpu_trace.py run on scarce lent GPU time: check here, on the CPU, that they run and
+    print what their README tables quote (an A/B row per ingredient; host and device lines per case)."""
+    common = ["--device", "cpu", "--models", "efficientnet_lite0", "--batch", "2", "--size", "32", "--threads", "1"]
+    ab = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_ab.py"), *common, "--rounds", "1"],
+                        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert ab.returncode == 0, ab.stderr[-2000:]
+    for variant in ("direct", "+ params frozen", "+ guard", "+ post-processing", "adapter in guard", "explain"):
+        assert ab.stdout.count(f"| {variant} |") == 2, (variant, ab.stdout)  # saliency and gradcam
+    tr = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_trace.py"), *common, "--calls", "1"],
+                        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert tr.returncode == 0, tr.stderr[-2000:]
+    assert tr.stdout.count("## efficientnet_lite0") == 2
+    assert tr.stdout.count("explain - direct: wall") == 2
+    # the ops cnnlens adds to a Captum call are listed: the output contract's normalisation among them
+    assert "aten::aminmax" in tr.stdout
