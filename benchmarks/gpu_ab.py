@@ -22,25 +22,16 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
-from perf import study_inputs  # benchmarks/ is on sys.path when this file runs as a script
+from perf import study_inputs, sync  # benchmarks/ is on sys.path when this file runs as a script
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--models", default="efficientnet_lite0,resnet50")
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--size", type=int, default=224, help="image side in pixels")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = ap.parse_args()
-    warnings.filterwarnings("ignore")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
-
+    args, dev = study_args(ap, models="efficientnet_lite0,resnet50", batch=8)
     for mname in args.models.split(","):
         model, x, t = study_inputs(mname, dev, args.batch, args.size)
         print(f"\n# {mname}")
@@ -48,28 +39,48 @@ def main() -> None:
             ab(model, x, t, method, args.rounds, dev)
 
 
-def ab(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, rounds: int, dev: torch.device) -> None:
+def study_args(ap: argparse.ArgumentParser, models: str, batch: int) -> tuple[argparse.Namespace, torch.device]:
+    """The options this script shares with gpu_trace.py; parses them and applies --threads."""
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--models", default=models)
+    ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--size", type=int, default=224, help="image side in pixels")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args, torch.device(args.device)
+
+
+def captum_case(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, method: str
+                ) -> tuple[Any, torch.nn.Module | None, Callable[[torch.Tensor], torch.Tensor]]:
+    """cnnlens's Explainer for ``method`` on Captum, the layer it resolves, and Captum called directly
+    with the same settings (saliency without abs, Grad-CAM without ReLU: cnnlens applies both itself)."""
     from captum import attr as ca
 
     import cnnlens
-    from cnnlens import _post
-    from cnnlens._guard import ModelGuard
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    params = list(model.parameters())
     ex = cnnlens.Explainer(model, method, "captum")
     name = ex.explain(x[:1], target=t[:1]).layer
     layer = model.get_submodule(name) if name else None
-    kind = "cam" if method == "gradcam" else "pixel"
-    adapter = ex._adapter_cls(ex.net, ex.impl, layer, ex.options)
 
     def direct(xx: torch.Tensor) -> torch.Tensor:
         if method == "saliency":
             return ca.Saliency(model).attribute(xx, target=t, abs=False)
         return ca.LayerGradCam(model, layer).attribute(xx, target=t, relu_attributions=False)
+
+    return ex, layer, direct
+
+
+def ab(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, rounds: int, dev: torch.device) -> None:
+    from cnnlens import _post
+    from cnnlens._guard import ModelGuard
+
+    params = list(model.parameters())
+    ex, layer, direct = captum_case(model, x, t, method)
+    kind = "cam" if method == "gradcam" else "pixel"
+    adapter = ex._adapter_cls(ex.net, ex.impl, layer, ex.options)
 
     def frozen() -> object:
         for p in params:
@@ -103,11 +114,11 @@ def ab(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, ro
         f()
     for _ in range(rounds):
         for k, f in variants.items():
-            sync()
+            sync(dev)
             t0 = time.perf_counter()
             f()
             t1 = time.perf_counter()
-            sync()
+            sync(dev)
             wall[k].append(time.perf_counter() - t0)
             cpu[k].append(t1 - t0)
     base = statistics.median(wall["direct"])

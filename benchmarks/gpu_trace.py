@@ -15,37 +15,23 @@ from __future__ import annotations
 
 import argparse
 import time
-import warnings
 from collections.abc import Callable
 
 import torch
-from perf import study_inputs  # benchmarks/ is on sys.path when this file runs as a script
+from gpu_ab import captum_case, study_args  # benchmarks/ is on sys.path when this file runs as a script
+from perf import study_inputs, sync
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--models", default="efficientnet_lite0,vgg11")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--calls", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
-    warnings.filterwarnings("ignore")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dev = torch.device(args.device)
+    args, dev = study_args(ap, models="efficientnet_lite0,vgg11", batch=64)
     for mname in args.models.split(","):
         model, x, t = study_inputs(mname, dev, args.batch, args.size)
         for method in ("saliency", "gradcam"):
             trace(mname, model, x, t, method, args.calls, dev)
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def _profiled(fn: Callable[[], object], calls: int, dev: torch.device) -> tuple[float, dict[str, tuple[float, float, bool]]]:
@@ -53,17 +39,17 @@ def _profiled(fn: Callable[[], object], calls: int, dev: torch.device) -> tuple[
     device us per call, whether the entry is device activity (kernel, copy, memset) rather than a host op)."""
     walls = []
     for _ in range(3):
-        _sync(dev)
+        sync(dev)
         t0 = time.perf_counter()
         for _ in range(calls):
             fn()
-        _sync(dev)
+        sync(dev)
         walls.append((time.perf_counter() - t0) / calls)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=acts) as prof:
         for _ in range(calls):
             fn()
-        _sync(dev)
+        sync(dev)
     ops: dict[str, tuple[int, float]] = {}
     for e in prof.key_averages():
         dev_us = float(getattr(e, "self_device_time_total", 0.0) or 0.0)
@@ -75,18 +61,10 @@ def _profiled(fn: Callable[[], object], calls: int, dev: torch.device) -> tuple[
 
 def trace(mname: str, model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, method: str, calls: int,
           dev: torch.device) -> None:
-    from captum import attr as ca
-
-    import cnnlens
-
-    ex = cnnlens.Explainer(model, method, "captum")
-    name = ex.explain(x[:1], target=t[:1]).layer
-    layer = model.get_submodule(name) if name else None
+    ex, _, captum_direct = captum_case(model, x, t, method)
 
     def direct() -> object:
-        if method == "saliency":
-            return ca.Saliency(model).attribute(x, target=t, abs=False)
-        return ca.LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=False)
+        return captum_direct(x)
 
     def explain() -> object:
         return ex.explain(x, target=t)
