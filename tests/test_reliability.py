@@ -492,3 +492,17 @@ def test_layer_swapped_between_calls_is_followed(layer: Any) -> None:
         return
     again, want = ex.explain(x, target=1), fresh.explain(x, target=1)
     assert torch.equal(again.raw, want.raw) and not torch.equal(again.raw, first.raw)
+
+
+def test_finite_input_whose_sum_overflows_is_accepted():
+    """The NaN/Inf check reads one sum; a sum that overflows on finite pixels takes the exact check."""
+    from cnnlens import _resolve
+
+    big = torch.full((2, 3, 8, 8), 3e38)
+    assert not torch.isfinite(_resolve.finite_flag(big))
+    _resolve.check_finite(big)  # every pixel finite: accepted
+    _resolve.check_finite(big, _resolve.finite_flag(big))
+    with pytest.raises(E.InputError, match="NaN or Inf"):
+        _resolve.check_finite(_with(big, float("nan")))
+    with pytest.raises(E.InputError, match="NaN or Inf"):
+        _resolve.check_finite(_with(_x(), float("inf")), _resolve.finite_flag(_with(_x(), float("inf"))))
