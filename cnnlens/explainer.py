@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cnnlens import _config, _post, _resolve, registry
+from cnnlens import _post, _resolve, registry
 from cnnlens._guard import ModelGuard
 from cnnlens.errors import CnnlensError, ModelError
-from cnnlens.explanation import Explanation
+from cnnlens.explanation import Explanation, Provenance
 
 
 def _module_at(model: nn.Module, name: str) -> nn.Module | None:
@@ -116,6 +116,10 @@ class Explainer:
         reduce: Channel reduction for pixel methods (default ``"abs_max"``).
         categories: Class names; defaults to the ones :func:`cnnlens.load_model` attached.
         output: Key or index selecting the scores when the model returns a tuple or dict.
+        shortcuts: Allow the substitutions registered for this pair (``cnnlens.methods()`` notes them):
+            a step of the toolkit replaced by a faster one that gives the same values, tested against
+            the toolkit called directly. Each one applied is named in ``Explanation.provenance``.
+            ``False`` runs every step in the toolkit's own code.
         **options: Method options; unknown names raise :class:`~cnnlens.errors.OptionError`.
 
     Example:
@@ -133,6 +137,7 @@ class Explainer:
         reduce: str = _post.DEFAULT_REDUCE,
         categories: Sequence[str] | None = None,
         output: int | str | None = None,
+        shortcuts: bool = True,
         **options: Any,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -146,6 +151,7 @@ class Explainer:
         self.model = model
         self.net: nn.Module = model if output is None else _resolve.OutputSelector(model, output)
         self.output = output
+        self.shortcuts = bool(shortcuts)
         cats = categories if categories is not None else getattr(model, "cnnlens_categories", None)
         self.categories = list(cats) if cats is not None else None
         if layer is not None and self.method != "fullgrad":
@@ -219,7 +225,7 @@ class Explainer:
         if guided:
             warnings.warn(guided, CnnlensWarning, stacklevel=2)
             warn_msgs.append(guided)
-        with ModelGuard(self.model, freeze_params=self.impl.freeze_params and _config.OPTIMIZE,
+        with ModelGuard(self.model, freeze_params=self.impl.freeze_params and self.shortcuts,
                         copy_params=self.impl.mutates_params) as guard:
             probe = self._probe(x)
             layer, layer_name = self._layer(probe)
@@ -246,7 +252,7 @@ class Explainer:
             # copy back to the device on every call.
             given = isinstance(target, Tensor) and target.dim() == 1 and target.dtype == torch.long
             on_device = target.detach().clone() if given and target.device == device else targets.to(device)
-            adapter = self._adapter_cls(self.net, self.impl, layer, self.options)
+            adapter = self._adapter_cls(self.net, self.impl, layer, self.options, shortcuts=self.shortcuts)
             adapter.check_input(x)
             seed = self.options.get("seed") if self.spec.stochastic else None
             with seeded(seed, device), torch.enable_grad():
@@ -281,6 +287,13 @@ class Explainer:
             backend=self.backend,
             toolkit_name=self.impl.toolkit_name,
             layer=layer_name,
+            provenance=Provenance(
+                backend=self.backend,
+                toolkit_name=self.impl.toolkit_name,
+                version=versions(self.backend)[self.backend],
+                substitutions=tuple(dict.fromkeys(adapter.substitutions)),
+                driven=tuple(dict.fromkeys(adapter.driven)),
+            ),
             seconds=seconds,
             versions=versions(self.backend),
             options=dict(self.options),

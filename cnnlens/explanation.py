@@ -11,6 +11,32 @@ from torch import Tensor
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Whose code computed a result.
+
+    Attributes:
+        backend: Backend id (the toolkit's own name).
+        toolkit_name: The toolkit's class or function that was called.
+        version: The toolkit's installed version.
+        substitutions: Steps of the toolkit that cnnlens replaced by a faster equivalent for this
+            call (each registered with its measured speed-up and tested against the toolkit called
+            directly); empty when the toolkit's own code ran throughout.
+        driven: How cnnlens drove the toolkit without replacing its code (one image at a time, a
+            backward pass stopped at the layer, ...).
+    """
+
+    backend: str
+    toolkit_name: str
+    version: str
+    substitutions: tuple[str, ...] = ()
+    driven: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"backend": self.backend, "toolkit_name": self.toolkit_name, "version": self.version,
+                "substitutions": list(self.substitutions), "driven": list(self.driven)}
+
+
+@dataclass(frozen=True)
 class Explanation:
     """What :meth:`cnnlens.Explainer.explain` returns.
 
@@ -32,6 +58,7 @@ class Explanation:
         scores: Softmax probability of each target, when the predicted class was computed.
         labels: Class names of the targets, when the model has categories.
         warnings: Caveats about this result (e.g. guided backprop on a model without nn.ReLU).
+        provenance: Whose code computed the result, and any step cnnlens substituted.
         images: Optional (N, H, W, 3) uint8 display images, for plotting.
     """
 
@@ -50,6 +77,7 @@ class Explanation:
     scores: Tensor | None = None
     labels: tuple[str, ...] | None = None
     warnings: tuple[str, ...] = ()
+    provenance: Provenance | None = None
     images: Tensor | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
@@ -73,6 +101,7 @@ class Explanation:
             "maps_shape": list(self.maps.shape),
             "raw_shape": list(self.raw.shape),
             "warnings": list(self.warnings),
+            "provenance": self.provenance.as_dict() if self.provenance is not None else None,
         }
 
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:

@@ -23,12 +23,20 @@ class Adapter(abc.ABC):
         impl: The registry entry being run.
         layer: The resolved layer module, or None when the method needs none.
         options: Validated options with defaults filled in.
+        shortcuts: Whether the substitutions registered for this pair may be applied (the
+            Explainer decides). An adapter appends the name of each one it applies to
+            :attr:`substitutions`, and how it drove the toolkit (per-image calls, early stops) to
+            :attr:`driven`; both end up in ``Explanation.provenance``.
     """
 
     backend: ClassVar[str]
 
-    def __init__(self, model: nn.Module, impl: Implementation, layer: nn.Module | None, options: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, impl: Implementation, layer: nn.Module | None, options: dict[str, Any],
+                 *, shortcuts: bool = True) -> None:
         self.model = model
+        self.shortcuts = shortcuts
+        self.substitutions: list[str] = []
+        self.driven: list[str] = []
         self.impl = impl
         self.method = impl.method
         self.layer = layer

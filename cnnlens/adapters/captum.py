@@ -8,7 +8,7 @@ cnnlens errors. ``saliency`` is called with ``abs=False`` and ``gradcam`` with
 
 Guided backprop and deconvolution run Captum's rules without Captum's hook machinery (see
 :func:`captum_relu_rule`): the same operations on the same tensors, bit-identical to
-``captum.attr.GuidedBackprop`` / ``Deconvolution`` (tested); ``cnnlens._config.OPTIMIZE = False``
+``captum.attr.GuidedBackprop`` / ``Deconvolution`` (tested); ``cnnlens.self.shortcuts = False``
 calls Captum's classes instead.
 """
 
@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from captum import attr as ca
 from torch import Tensor, nn
 
-from cnnlens import _config
 from cnnlens._resolve import internal_batch
 from cnnlens.adapters.base import Adapter, RuleReLU, swapped_relus
 from cnnlens.errors import CnnlensError, ModelError, OptionError
@@ -125,7 +124,7 @@ class CaptumAdapter(Adapter):
             out = ca.GuidedGradCam(model, self.layer).attribute(x, target=t)
         elif m == "saliency":
             out = ca.Saliency(model).attribute(x, target=t, abs=False)
-        elif m in ("guided_backprop", "deconvolution") and _config.OPTIMIZE:
+        elif m in ("guided_backprop", "deconvolution") and self.shortcuts:
             out = self._modified_relu(x, t)
         elif m in SIMPLE:
             out = SIMPLE[m](model).attribute(x, target=t)

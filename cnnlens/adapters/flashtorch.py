@@ -24,7 +24,7 @@ visualization. cnnlens subclasses the two classes and replaces only the parts th
 7. Guided backprop keeps FlashTorch's own rule on purpose, see :class:`CnnlensBackprop`. By default
    the rule runs in :func:`flash_guided_rule` modules swapped in for the call (the same two
    operations on the same tensors, bit-identical, without FlashTorch's hook machinery, which costs
-   a discarded ReLU backward plus hook wrappers around every ReLU); ``cnnlens._config.OPTIMIZE =
+   a discarded ReLU backward plus hook wrappers around every ReLU); ``cnnlens.self.shortcuts =
    False`` runs FlashTorch's own closures through the registration of point 6.
 8. Filter visualization: see :class:`CnnlensGradientAscent`.
 """
@@ -42,7 +42,6 @@ from flashtorch.saliency import Backprop
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from cnnlens import _config
 from cnnlens._resolve import model_device
 from cnnlens.adapters.base import Adapter, RuleReLU, swapped_relus
 from cnnlens.errors import BackendError, CnnlensError, LayerError, ModelError, OptionError, TargetError
@@ -174,7 +173,7 @@ def flash_guided_rule(grad: Tensor, out: Tensor) -> Tensor:
     (three passes over every activation gradient, hook wrappers around every ReLU, and in-place
     ReLUs made out-of-place). As the backward of :class:`~cnnlens.adapters.base.RuleReLU` the same
     two operations run in the same order on the same tensors, with the output saved by autograd
-    instead of a stack (tested equal with ``cnnlens._config.OPTIMIZE = False``).
+    instead of a stack (tested equal with ``cnnlens.self.shortcuts = False``).
     """
     return grad.clamp(0.0).mul(out)
 
@@ -362,7 +361,7 @@ class CnnlensBackprop(Backprop):  # type: ignore[misc]
             try:
                 self._register_conv_hook()
                 # With a one-element output FlashTorch neither picks the top-1 class nor warns.
-                self._lean_guided = guided and _config.OPTIMIZE
+                self._lean_guided = False  # FlashTorch's own ReLU closures (see FlashTorchAdapter)
                 if self._lean_guided:
                     guide: contextlib.AbstractContextManager[None] = swapped_relus(self._net, _flash_relu)
                 elif guided:
@@ -401,8 +400,8 @@ class FlashTorchAdapter(Adapter):
 
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         # Inside Explainer.explain's model guard (eval mode, parameters frozen with
-        # _config.OPTIMIZE): no per-call walks of the model, no discarded host copy.
-        bp = CnnlensBackprop(self.model, guarded=_config.OPTIMIZE and self.impl.freeze_params)
+        # self.shortcuts): no per-call walks of the model, no discarded host copy.
+        bp = CnnlensBackprop(self.model, guarded=self.shortcuts and self.impl.freeze_params)
         grad = bp.calculate_gradients(x, targets, guided=self.method == "guided_backprop")
         if bp.leftover_relu_outputs:
             self.warnings.append(

@@ -36,7 +36,6 @@ from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUasModule
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
-from cnnlens import _config
 from cnnlens._resolve import internal_batch
 from cnnlens.adapters.base import Adapter, RuleReLU, swapped_relus
 from cnnlens.errors import CnnlensError, LayerError
@@ -122,7 +121,7 @@ def pgc_guided_rule(grad: Tensor, out: Tensor) -> Tensor:
     two float masks per ReLU each way (1.3x the gradient limit on resnet50 and vgg11). The values are
     the same bit for bit: ReLU forward, ``grad * (x > 0) * (grad > 0)`` backward, where
     ``x > 0`` is ``relu(x) > 0`` (tested against the toolkit's own function with
-    ``cnnlens._config.OPTIMIZE = False``). ``threshold_backward`` is ReLU's own fused backward.
+    ``cnnlens.self.shortcuts = False``). ``threshold_backward`` is ReLU's own fused backward.
     """
     return torch.ops.aten.threshold_backward(grad.clamp(min=0), out, 0)
 
@@ -210,7 +209,7 @@ class _InEvalMode(nn.Module):
     add in full (1.8-2.3 ms per call in the H200 profile). Inside the model guard both change nothing:
     every module is already in eval mode (the guard's ``eval_mode``) and no parameter can hold a
     gradient (the guard detaches ``.grad`` and freezes every parameter). Used only when the guard
-    freezes parameters (``Implementation.freeze_params``) and with ``cnnlens._config.OPTIMIZE``.
+    freezes parameters (``Implementation.freeze_params``) and with ``cnnlens.self.shortcuts``.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -246,13 +245,13 @@ class PytorchGradCamAdapter(Adapter):
         if method == "fullgrad":
             return cls(self.model, target_layers=[])
         model = self.model
-        if _config.OPTIMIZE and self.impl.freeze_params and method in NO_WALK:
+        if self.shortcuts and self.impl.freeze_params and method in NO_WALK:
             model = _InEvalMode(self.model)
         if method == "fem":
             cam = cls(model, target_layers=[self.layer], k=self.options.get("k", 2))
         else:
             cam = cls(model, target_layers=[self.layer])
-        if _config.OPTIMIZE and type(cam.activations_and_grads) is ActivationsAndGradients:
+        if self.shortcuts and type(cam.activations_and_grads) is ActivationsAndGradients:
             cam.activations_and_grads.release()
             cam.activations_and_grads = _OnDeviceActivations(
                 model, [self.layer], cam.reshape_transform, cam.activations_and_grads.detach)
@@ -271,13 +270,13 @@ class PytorchGradCamAdapter(Adapter):
         eigen = bool(self.options.get("eigen_smooth", False))
         if method in PER_IMAGE:
             cam.batch_size = self.options.get("batch_size") or internal_batch(x)
-        if _config.OPTIMIZE and method in ("eigencam", "eigengradcam"):
+        if self.shortcuts and method in ("eigencam", "eigengradcam"):
             cam.get_cam_image = _eigen_cam_image(method)
         if not aug and not final:
             name = "compute_cam_per_layer" if method == "fullgrad" else "get_cam_image"
             inner = getattr(cam, name)
 
-            skip_rest = _config.OPTIMIZE
+            skip_rest = self.shortcuts
 
             def spy(*args: Any, **kwargs: Any) -> Any:
                 out = inner(*args, **kwargs)
@@ -288,7 +287,7 @@ class PytorchGradCamAdapter(Adapter):
 
             setattr(cam, name, spy)
         handle = None
-        if (_config.OPTIMIZE and cam.uses_gradients and not cam.compute_input_gradient and cam.detach
+        if (self.shortcuts and cam.uses_gradients and not cam.compute_input_gradient and cam.detach
                 and self.layer is not None):
             handle = self.layer.register_forward_hook(_leaf_at(self.layer), prepend=True)
         result = None
@@ -318,7 +317,7 @@ class PytorchGradCamAdapter(Adapter):
     def _guided_backprop(self, x: Tensor, targets: Tensor) -> Tensor:
         # pytorch-grad-cam's GuidedBackpropReLUModel swaps every nn.ReLU for its rule and puts fresh
         # ReLUs back; cnnlens swaps the same way and puts the very same objects back.
-        make = _pgc_relu if _config.OPTIMIZE else _toolkit_relu(GuidedBackpropReLUasModule())
+        make = _pgc_relu if self.shortcuts else _toolkit_relu(GuidedBackpropReLUasModule())
         with swapped_relus(self.model, make):
             inp = x.detach().requires_grad_(True)
             out = self.model(inp)
