@@ -5,20 +5,32 @@ train/eval flags, ``requires_grad``, ``.grad``, buffers) and restores it on exit
 call raises half-way. Toolkits leak hooks (FlashTorch never removes its own; pytorch-grad-cam leaks
 without ``with``), swap modules (pytorch-grad-cam's guided backprop replaces every ``nn.ReLU``) and
 call ``model.eval()``; none of that may survive a cnnlens call.
+
+It also holds in the situations real programs meet: TorchScript models (scripted or traced), several
+threads explaining one model (one at a time per model, by a per-model lock), Ctrl-C while the model is
+being restored (held back until the restore is complete, then delivered), models unpickled from
+another process (whose hook ids are above this process's counter) and models that are garbage: the
+guard keeps nothing alive.
 """
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import weakref
 from collections.abc import Callable
 from itertools import chain, repeat
-from operator import attrgetter, is_, itemgetter
+from operator import attrgetter, call, is_, itemgetter
+from types import FrameType
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules import module as _module_mod
 from torch.utils.hooks import RemovableHandle
+
+from cnnlens.errors import ModelError
 
 # Per-module dictionaries that hold hooks, keyed by handle id.
 MODULE_HOOK_DICTS = (
@@ -61,58 +73,90 @@ def hook_count(model: nn.Module) -> int:
     return n
 
 
-def _modules_of(model: nn.Module) -> list[nn.Module]:
-    """Every distinct module under ``model`` (breadth first): ``model.modules()`` without its
-    recursive generators and name strings, about half the cost on a 185-module network."""
+def is_scripted(model: nn.Module) -> torch.jit.ScriptModule | None:
+    """The first TorchScript module (``torch.jit.script`` or ``trace``) in ``model``'s tree, or None.
+
+    Module hooks registered on a TorchScript module never run (its compiled forward calls its
+    submodules in C++), so methods built on hooks cannot explain such a model.
+    """
+    for m in model.modules():
+        if isinstance(m, torch.jit.ScriptModule):
+            return m
+    return None
+
+
+def _children(m: nn.Module) -> Any:
+    # ``_modules`` of an eager module is in its __dict__; a traced module forwards the attribute
+    # to the script module it wraps.
+    d = m.__dict__.get("_modules")
+    return d if d is not None else m._modules
+
+
+def _modules_of(model: nn.Module) -> tuple[list[nn.Module], bool]:
+    """Every distinct module under ``model`` (breadth first), and whether any is a TorchScript module:
+    ``model.modules()`` without its recursive generators and name strings, about half the cost on a
+    185-module network."""
     out = [model]
     seen = {id(model)}
+    scripted = False
     i = 0
     while i < len(out):
-        for child in out[i]._modules.values():
+        m = out[i]
+        if isinstance(m, torch.jit.ScriptModule):
+            scripted = True
+        for child in _children(m).values():
             if child is not None and id(child) not in seen:
                 seen.add(id(child))
                 out.append(child)
         i += 1
-    return out
+    return out, scripted
 
 
-def _snapshot(tensors: list[torch.Tensor]) -> Callable[[int], torch.Tensor]:
-    """Copy ``tensors`` (one ``torch.cat`` per device and dtype); return ``i -> copy of tensors[i]``.
+class _BufferCopies:
+    """Copies of tensors (one ``torch.cat`` per device and dtype); ``copies(i)`` is tensor ``i``'s.
 
     One concatenation instead of a clone per buffer: on a GPU that is one kernel launch instead of
     ~160 for a ResNet-50's BatchNorm buffers, paid on every call. Non-strided tensors are cloned.
+    Holds only the copies, never the tensors themselves (they belong to the user's model).
     """
-    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    single: dict[int, torch.Tensor] = {}
-    for i, t in enumerate(tensors):
-        if t.layout == torch.strided:
-            groups.setdefault((t.device, t.dtype), []).append(i)
-        else:
-            single[i] = t.detach().clone()
-    where: dict[int, tuple[torch.Tensor, int]] = {}
-    for idx in groups.values():
-        flat = torch.cat([tensors[i].detach().reshape(-1) for i in idx])
-        offset = 0
-        for i in idx:
-            where[i] = (flat, offset)
-            offset += tensors[i].numel()
 
-    def copy_of(i: int) -> torch.Tensor:
-        if i in single:
-            return single[i]
-        flat, offset = where[i]
-        t = tensors[i]
-        return flat[offset : offset + t.numel()].view(t.shape)
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+        self.single: dict[int, torch.Tensor] = {}
+        for i, t in enumerate(tensors):
+            if t.layout == torch.strided:
+                groups.setdefault((t.device, t.dtype), []).append(i)
+            else:
+                self.single[i] = t.detach().clone()
+        self.where: dict[int, tuple[torch.Tensor, int, int, torch.Size]] = {}
+        for idx in groups.values():
+            flat = torch.cat([tensors[i].detach().reshape(-1) for i in idx])
+            offset = 0
+            for i in idx:
+                n = tensors[i].numel()
+                self.where[i] = (flat, offset, n, tensors[i].shape)
+                offset += n
 
-    return copy_of
+    def __call__(self, i: int) -> torch.Tensor:
+        if i in self.single:
+            return self.single[i]
+        flat, offset, n, shape = self.where[i]
+        return flat[offset : offset + n].view(shape)
 
 
 _VERSION = attrgetter("_version")
 _DATA_PTR = torch.Tensor.data_ptr
+_IS_INFERENCE = torch.Tensor.is_inference
+_DICT = attrgetter("__dict__")
 _SLOTS = itemgetter("_modules", "_parameters", "_buffers")
 _FLAGS = itemgetter("training", "_is_full_backward_hook")
 _HOOK_DICTS = itemgetter(*MODULE_HOOK_DICTS)
 _MISSING = object()
+_NONE = type(None)  # called, returns None: the "weak reference" kept for an empty (None) slot
+
+
+def _ref(obj: Any) -> Callable[[], Any]:
+    return _NONE if obj is None else weakref.ref(obj)
 
 
 def _flags_of(dicts: list[dict]) -> list[tuple[Any, Any]]:
@@ -133,79 +177,302 @@ def _values(dicts: list[dict]) -> list[Any]:
     return list(chain.from_iterable(map(dict.values, dicts)))
 
 
-class _Structure:
-    """A model's module tree, parameters and buffers, and copies to restore them from.
+def _keys(dicts: list[dict]) -> list[Any]:
+    return list(chain.from_iterable(dicts))
 
-    Kept between calls (weakly keyed by model) while the model is made of the very same objects:
-    walking ~200 modules and copying their dictionaries was half of the guard's cost, paid on every
-    explain(). :meth:`unchanged` checks that nothing changed since, with identity comparisons over flat
-    lists (C loops), and rebuilds otherwise, so a change the user makes between calls is never
-    reverted. Buffer values are copied once and reused while every buffer keeps its version counter
-    and storage (in-place writes bump ``_version``): one copy of the BatchNorm statistics stays alive
-    per live model (0.2 MB for resnet50).
+
+class _Structure:
+    """What is known about an eager model between calls: its modules, parameters and buffers.
+
+    Kept (weakly keyed by model) while the model is made of the very same objects: walking ~200
+    modules and copying their dictionaries was half of the guard's cost, paid on every explain().
+    :meth:`bind` checks that nothing changed since, with C loops over flat lists (the children,
+    parameters and buffers of every module, in one list): lengths and names by equality, values by
+    identity (``==`` on two tensors is element-wise and has no truth value). The structure is
+    rebuilt otherwise, so a change the user makes between calls is never reverted.
+
+    It holds weak references only: an entry that held the model, or anything that can reach it (a
+    submodule, a hook bound to the model), would keep every explained model alive. Buffer values are
+    copied once and reused while every buffer keeps its version counter and storage (in-place writes
+    bump ``_version``): one copy of the BatchNorm statistics stays alive per live model (0.2 MB for
+    resnet50).
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        self.modules = _modules_of(model)
-        self.dicts = [m.__dict__ for m in self.modules]
-        self.slots = list(chain.from_iterable(map(_SLOTS, self.dicts)))  # children, params, buffers per module
-        self.children = self.slots[0::3]
-        self.children_copies = list(map(dict.copy, self.children))
-        self.tensor_dicts = [d for i, d in enumerate(self.slots) if i % 3]
-        self.tensor_copies = list(map(dict.copy, self.tensor_dicts))
-        self.tensor_lens = list(map(len, self.tensor_dicts))
-        self.tensor_values = _values(self.tensor_dicts)
-        # model.parameters() / buffers() order, shared tensors once
-        self.params = [p for p in dict.fromkeys(_values(self.slots[1::3])) if p is not None]
-        self.buffers = [b for b in dict.fromkeys(_values(self.slots[2::3])) if b is not None]
-        self.buffer_copies: Callable[[int], torch.Tensor] | None = None
+    def __init__(self, modules: list[nn.Module], dicts: list[dict]) -> None:
+        self.module_refs = list(map(weakref.ref, modules))
+        slots = list(chain.from_iterable(map(_SLOTS, dicts)))  # children, params, buffers per module
+        values = _values(slots)
+        self.lens = list(map(len, slots))
+        self.keys = _keys(slots)
+        self.refs = list(map(_ref, values))
+        # A slot holding None has the reference _NONE; in effect so does a dead reference: the count
+        # of None values tells a slot set to None apart from the object that was there before.
+        self.nones = sum(map(is_, values, repeat(None)))
+        # model.parameters() / buffers() order, shared tensors once, as positions in ``values``
+        at = list(chain.from_iterable(repeat(k % 3, n) for k, n in enumerate(self.lens)))
+        self.param_at = self._unique(values, at, 1)
+        self.buffer_at = self._unique(values, at, 2)
+        tensors = [values[i] for i in self.param_at + self.buffer_at]
+        self.inference = any(map(_IS_INFERENCE, tensors))
+        # Hooks are told apart by handle id (ModelGuard._take); a model unpickled from another
+        # process brings that process's ids, maybe above this one's counter: move the counter past
+        # them, once per structure (hooks added later, in this process, have ids below it).
+        _move_hook_ids_past(dicts)
+        self.buffer_copies: _BufferCopies | None = None
         self.buffer_versions: list[int] = []
         self.buffer_ptrs: list[int] = []
 
-    def unchanged(self) -> bool:
-        """True while the model is made of the same modules, parameters and buffers as when built."""
-        slots = list(chain.from_iterable(map(_SLOTS, self.dicts)))
-        return (len(slots) == len(self.slots) and all(map(is_, slots, self.slots))
-                and self.children == self.children_copies  # values are modules: compared by identity
-                and list(map(len, self.tensor_dicts)) == self.tensor_lens
-                and all(map(is_, _values(self.tensor_dicts), self.tensor_values)))
+    @staticmethod
+    def _unique(values: list[Any], at: list[int], kind: int) -> list[int]:
+        first: dict[int, int] = {}
+        for i, (v, k) in enumerate(zip(values, at, strict=True)):
+            if k == kind and v is not None:
+                first.setdefault(id(v), i)
+        return list(first.values())
 
-    def restore_tree(self) -> None:
-        """Put back every module's children, parameters and buffers (by identity)."""
-        slots = list(chain.from_iterable(map(_SLOTS, self.dicts)))
-        if len(slots) != len(self.slots) or not all(map(is_, slots, self.slots)):
-            # a dictionary object replaced (Sequential.__delitem__ builds a new _modules)
-            for md, i in zip(self.dicts, range(0, len(self.slots), 3), strict=True):
-                md["_modules"], md["_parameters"], md["_buffers"] = self.slots[i : i + 3]
-        if self.children != self.children_copies:
-            for d, copy in zip(self.children, self.children_copies, strict=True):
-                if d != copy:
-                    d.clear()
-                    d.update(copy)
-        if list(map(len, self.tensor_dicts)) != self.tensor_lens or not all(
-                map(is_, _values(self.tensor_dicts), self.tensor_values)):
-            for d, copy in zip(self.tensor_dicts, self.tensor_copies, strict=True):
-                if len(d) != len(copy) or not all(map(is_, d.values(), copy.values())) or list(d) != list(copy):
-                    d.clear()
-                    d.update(copy)
+    def bind(self, model: nn.Module) -> _Eager | None:
+        """This call's view of ``model``, or None if it is no longer made of the same objects."""
+        modules = list(map(call, self.module_refs))
+        if modules[0] is not model or any(map(is_, modules, repeat(None))):
+            return None
+        dicts = list(map(_DICT, modules))
+        try:
+            slots = list(chain.from_iterable(map(_SLOTS, dicts)))
+        except KeyError:
+            return None
+        values = _values(slots)
+        if not (len(values) == len(self.refs) and list(map(len, slots)) == self.lens
+                and all(map(is_, values, map(call, self.refs))) and _keys(slots) == self.keys
+                and sum(map(is_, values, repeat(None))) == self.nones):
+            return None
+        return _Eager(self, modules, dicts, slots, values)
 
-    def copies_of_buffers(self, versions: list[int]) -> Callable[[int], torch.Tensor]:
-        ptrs = list(map(_DATA_PTR, self.buffers))
+    def copies_of_buffers(self, buffers: list[torch.Tensor], versions: list[int]) -> _BufferCopies:
+        ptrs = list(map(_DATA_PTR, buffers))
         if self.buffer_copies is None or versions != self.buffer_versions or ptrs != self.buffer_ptrs:
-            self.buffer_copies = _snapshot(self.buffers)
+            self.buffer_copies = _BufferCopies(buffers)
             self.buffer_versions, self.buffer_ptrs = versions, ptrs
         return self.buffer_copies
 
 
-#: model -> its _Structure from the last call
+def _move_hook_ids_past(dicts: list[dict]) -> None:
+    """Make the handle counter larger than every hook id these modules' ``__dict__`` hold."""
+    top = _top_hook_id(dicts)
+    if top >= RemovableHandle.next_id:
+        RemovableHandle.next_id = top + 1
+
+
+def _top_hook_id(dicts: list[dict]) -> int:
+    """The largest handle id among the hooks in these modules' ``__dict__`` (-1 if none)."""
+    try:
+        hooks = list(filter(None, chain.from_iterable(map(_HOOK_DICTS, dicts))))
+    except KeyError:  # a torch without one of these dictionaries
+        hooks = [d for md in dicts for name in MODULE_HOOK_DICTS if (d := md.get(name))]
+    if not hooks:
+        return -1
+    try:
+        return max(map(max, hooks))
+    except TypeError:  # a key that is not a handle id (put there by hand)
+        return max((k for d in hooks for k in d if isinstance(k, int)), default=-1)
+
+
+class _Eager:
+    """One call's view of an eager model: strong references to what was there on entry, so that
+    whatever a backend removes or replaces can be put back."""
+
+    def __init__(self, s: _Structure, modules: list[nn.Module], dicts: list[dict], slots: list[dict],
+                 values: list[Any]) -> None:
+        self.s = s
+        self.modules = modules
+        self.dicts = dicts
+        self.slots = slots
+        self.values = values
+        self.params = list(map(values.__getitem__, s.param_at))
+        self.buffers = list(map(values.__getitem__, s.buffer_at))
+        self.inference = s.inference
+
+    def flags(self) -> list[tuple[Any, Any]]:
+        return _flags_of(self.dicts)
+
+    def set_flags(self, flags: list[tuple[Any, Any]]) -> None:
+        for m, (training, full_bw) in zip(self.modules, flags, strict=True):
+            if m.__dict__.get("_is_full_backward_hook", _MISSING) is not full_bw:
+                m._is_full_backward_hook = full_bw
+            if m.__dict__.get("training", _MISSING) is not training:
+                m.training = training
+
+    def copies_of_buffers(self, versions: list[int]) -> _BufferCopies:
+        return self.s.copies_of_buffers(self.buffers, versions)
+
+    def restore_tree(self) -> None:
+        """Put back every module's children, parameters and buffers (by identity)."""
+        dicts, slots, values, s = self.dicts, self.slots, self.values, self.s
+        now = list(chain.from_iterable(map(_SLOTS, dicts)))
+        if len(now) != len(slots) or not all(map(is_, now, slots)):
+            # a dictionary object replaced (Sequential.__delitem__ builds a new _modules)
+            for md, i in zip(dicts, range(0, len(slots), 3), strict=True):
+                md["_modules"], md["_parameters"], md["_buffers"] = slots[i : i + 3]
+        current = _values(slots)
+        if (len(current) == len(values) and list(map(len, slots)) == s.lens
+                and all(map(is_, current, values)) and _keys(slots) == s.keys):
+            return
+        at = 0
+        for d, n in zip(slots, s.lens, strict=True):
+            keys, vals = s.keys[at : at + n], values[at : at + n]
+            at += n
+            if len(d) != n or list(d) != keys or not all(map(is_, d.values(), vals)):
+                d.clear()
+                d.update(zip(keys, vals, strict=True))
+
+
+class _Scripted:
+    """One call's view of a model that holds TorchScript modules, built on every call.
+
+    A TorchScript module keeps its parameters, buffers, submodules and ``training`` flag in C++,
+    behind wrappers that read them on every access, so the eager fast paths (``__dict__`` lookups,
+    dictionary copies) do not apply; everything here goes through the public accessors. Its tree
+    and tensors can only be reassigned, never added or removed, so a reassignment is undone.
+    """
+
+    def __init__(self, model: nn.Module, modules: list[nn.Module]) -> None:
+        self.modules = modules
+        self.dicts = list(map(_DICT, modules))
+        self.tensors = [(m, kind, list(getattr(m, kind).items())) for m in modules
+                        for kind in ("_modules", "_parameters", "_buffers")]
+        self.params = list(dict.fromkeys(p for _m, kind, items in self.tensors if kind == "_parameters"
+                                         for _n, p in items if p is not None))
+        self.buffers = list(dict.fromkeys(b for _m, kind, items in self.tensors if kind == "_buffers"
+                                          for _n, b in items if b is not None))
+        self.inference = any(map(_IS_INFERENCE, self.params + self.buffers))
+        _move_hook_ids_past(self.dicts)
+
+    def flags(self) -> list[tuple[Any, Any]]:
+        return [(m.training, m.__dict__.get("_is_full_backward_hook", _MISSING)) for m in self.modules]
+
+    def set_flags(self, flags: list[tuple[Any, Any]]) -> None:
+        for m, (training, full_bw) in zip(self.modules, flags, strict=True):
+            if m.__dict__.get("_is_full_backward_hook", _MISSING) is not full_bw:
+                m._is_full_backward_hook = full_bw
+            if m.training != training:
+                m.training = training
+
+    def copies_of_buffers(self, _versions: list[int]) -> _BufferCopies:
+        return _BufferCopies(self.buffers)
+
+    def restore_tree(self) -> None:
+        for m, kind, items in self.tensors:
+            d = getattr(m, kind)
+            now = list(d.items())
+            if len(now) == len(items) and all(a[0] == b[0] and a[1] is b[1] for a, b in zip(now, items, strict=True)):
+                continue
+            if isinstance(d, dict):  # an eager module inside the scripted tree
+                d.clear()
+                d.update(items)
+            else:
+                for name, value in items:
+                    if d[name] is not value:
+                        d[name] = value
+
+
+#: model -> its _Structure from the last call (eager models only)
 _STRUCTURES: weakref.WeakKeyDictionary[nn.Module, _Structure] = weakref.WeakKeyDictionary()
+#: model -> the lock held from ModelGuard.__enter__ to the end of its restore
+_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
 
 
-def _structure(model: nn.Module) -> _Structure:
+def _view(model: nn.Module) -> _Eager | _Scripted:
     s = _STRUCTURES.get(model)  # (torch's own module walks need hashable modules too)
-    if s is None or not s.unchanged():
-        s = _STRUCTURES[model] = _Structure(model)
-    return s
+    view = s.bind(model) if s is not None else None
+    if view is None:
+        modules, scripted = _modules_of(model)
+        if scripted:
+            _STRUCTURES.pop(model, None)
+            return _Scripted(model, modules)
+        s = _STRUCTURES[model] = _Structure(modules, list(map(_DICT, modules)))
+        view = s.bind(model)
+        assert view is not None
+    return view
+
+
+def _lock_of(model: nn.Module) -> threading.RLock:
+    lock = _LOCKS.get(model)
+    if lock is None:
+        with _LOCKS_LOCK:
+            lock = _LOCKS.get(model)
+            if lock is None:
+                lock = _LOCKS[model] = threading.RLock()
+    return lock
+
+
+# ------------------------------------------------------------------------------------------------
+# Ctrl-C while the model is being snapshot or restored
+# ------------------------------------------------------------------------------------------------
+
+_THIS_FILE = __file__
+
+
+class _Sigint:
+    """SIGINT handling for the main thread while a guard is active.
+
+    The user's handler is wrapped, not replaced: a Ctrl-C that arrives while this module's code is
+    on the stack (taking or restoring the snapshot, however deep inside torch) is held back, and
+    delivered to the user's handler when the outermost guard has finished restoring; one that arrives
+    anywhere else (the backend's work inside the block) goes to the user's handler at once. The test
+    is by stack frame, not by a flag set on entry to ``__exit__``: Python may run a pending handler
+    on a function's first instruction, before any statement of it has run.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.user: Any = None
+        self.pending = False
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        f = frame
+        while f is not None:
+            if f.f_code.co_filename == _THIS_FILE:
+                self.pending = True
+                return
+            f = f.f_back
+        self._deliver(signum, frame)
+
+    def _deliver(self, signum: int, frame: FrameType | None) -> None:
+        user = self.user
+        if callable(user):
+            user(signum, frame)
+        elif user == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    def enter(self) -> bool:
+        """Wrap the handler (main thread, outermost guard); True if this guard must call :meth:`leave`."""
+        if threading.current_thread() is not threading.main_thread():
+            return False  # Python runs signal handlers on the main thread only
+        if self.depth == 0:
+            user = signal.getsignal(signal.SIGINT)
+            if user is None:  # a handler installed outside Python: leave it alone
+                return False
+            self.user, self.pending = user, False
+            signal.signal(signal.SIGINT, self.handler)
+        self.depth += 1
+        return True
+
+    def leave(self) -> None:
+        """Unwrap (outermost guard), then deliver a held-back Ctrl-C to the user's handler (from a
+        nested guard it reaches the outer guard's block, whose exit restores in turn)."""
+        self.depth -= 1
+        user, pending = self.user, self.pending
+        self.pending = False
+        if not self.depth:
+            self.user = None
+            if signal.getsignal(signal.SIGINT) == self.handler:
+                signal.signal(signal.SIGINT, user)
+        if pending:
+            self._deliver(signal.SIGINT, sys._getframe())
+
+
+_SIGINT = _Sigint()
 
 
 class ModelGuard:
@@ -219,6 +486,14 @@ class ModelGuard:
             weight gradients, and skipping them is most of pytorch-grad-cam's excess cost.
         copy_params: Also copy every parameter's values and put them back (for backends that
             write into weights).
+
+    Raises:
+        ModelError: On entry, before anything is changed, if the model's parameters or buffers are
+            inference tensors (made under ``torch.inference_mode()``), which autograd cannot use.
+
+    Guards of one model run one at a time: a re-entrant lock per model (kept weakly) is held from
+    ``__enter__`` to the end of the restore, so threads sharing a model (a web app's workers) each
+    see, and leave, the user's model rather than another call's frozen, eval-mode one.
 
     The guard runs on every ``explain()``, and on a GPU, where a batch of 8 takes a few
     milliseconds that the CPU spends launching kernels, its cost adds in full. Hence the structure
@@ -235,16 +510,60 @@ class ModelGuard:
         self.copy_params = copy_params
 
     def __enter__(self) -> ModelGuard:
-        # Hooks need no snapshot: every torch API that adds one (module, global or tensor hooks)
-        # keys it by RemovableHandle.next_id, a process-wide counter, so a hook added during the block
-        # has a key >= this one, and none was added at all if the counter has not moved.
+        self._sigint = _SIGINT.enter()  # before anything else: from here a Ctrl-C waits for us
+        lock = self._lock = _lock_of(self.model)
+        lock.acquire()
+        try:
+            self._take()
+        except BaseException:
+            self._release()
+            raise
+        try:
+            self._change()
+        except BaseException:
+            self._exit()
+            raise
+        if self._sigint and _SIGINT.pending:  # Ctrl-C during the snapshot: undo, then deliver it
+            self._exit()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._exit()
+
+    def _exit(self) -> None:
+        try:
+            self.restore()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        try:
+            self._lock.release()
+        finally:
+            if self._sigint:
+                self._sigint = False
+                _SIGINT.leave()
+
+    def _take(self) -> None:
+        """Snapshot the model; changes nothing."""
+        s = self._s = _view(self.model)
+        if s.inference:
+            raise ModelError(
+                "the model's parameters are inference tensors (it was created or loaded under "
+                "torch.inference_mode()), which autograd cannot differentiate or restore; create or load "
+                "the model outside torch.inference_mode(), or make ordinary copies of its tensors first: "
+                "model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)"
+            )
+        # Hooks need no snapshot: every torch API that adds one (module, global or tensor hooks) keys
+        # it by RemovableHandle.next_id, a process-wide counter, so a hook added during the block has
+        # a key >= this one, and none was added at all if the counter has not moved. (The structure
+        # moved the counter past the ids that a model unpickled from another process brought along.)
         self._hook_id0 = RemovableHandle.next_id
-        s = self._s = _structure(self.model)
         # Toolkits park attributes on modules (Captum's LRP: rule, activations); new ones are dropped.
         # Names per module (exact, 35 us for 185 modules), then a cheap count + last-name check on exit.
         self._attr_keys = list(map(tuple, s.dicts))
         self._attrs = _attr_shape(s.dicts)
-        self._flags = _flags_of(s.dicts)
+        self._flags = s.flags()
         params = s.params
         self._requires_grad = [p.requires_grad for p in params]
         self._grads = [p.grad for p in params]
@@ -253,23 +572,18 @@ class ModelGuard:
         self._buffer_versions = list(map(_VERSION, s.buffers))
         self._buffer_copies = s.copies_of_buffers(self._buffer_versions)
         self._param_copies = [(p, p.detach().clone()) for p in params] if self.copy_params else []
-        try:
-            for p in params:
-                # Detach the user's .grad so a backend's backward() cannot accumulate into it.
-                p.grad = None
-                if self.freeze_params:
-                    p.requires_grad_(False)
-            # model.eval() walks the tree through nn.Module.__setattr__ (0.3 ms on resnet50 here);
-            # skip it when no module is in training mode, as in most inference code.
-            if self.eval_mode and any(f[0] for f in self._flags):
-                self.model.eval()
-        except BaseException:
-            self.restore()
-            raise
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.restore()
+    def _change(self) -> None:
+        """Detach the user's gradients, freeze the parameters and switch to eval mode for the block."""
+        for p in self._s.params:
+            # Detach the user's .grad so a backend's backward() cannot accumulate into it.
+            p.grad = None
+            if self.freeze_params:
+                p.requires_grad_(False)
+        # model.eval() walks the tree through nn.Module.__setattr__ (0.3 ms on resnet50 here);
+        # skip it when no module is in training mode, as in most inference code.
+        if self.eval_mode and any(f[0] for f in self._flags):
+            self.model.eval()
 
     def _remove_new_hooks(self) -> None:
         """Delete every hook registered since ``__enter__`` (handle ids >= the counter then)."""
@@ -299,12 +613,8 @@ class ModelGuard:
         s.restore_tree()
         if _attr_shape(s.dicts) != self._attrs:
             self._drop_new_attributes()
-        if _flags_of(s.dicts) != self._flags:
-            for m, (training, full_bw) in zip(s.modules, self._flags, strict=True):
-                if m.__dict__.get("_is_full_backward_hook", _MISSING) is not full_bw:
-                    m._is_full_backward_hook = full_bw
-                if m.__dict__.get("training", _MISSING) is not training:
-                    m.training = training
+        if s.flags() != self._flags:
+            s.set_flags(self._flags)
         if RemovableHandle.next_id != self._hook_id0:
             self._remove_new_hooks()
         with torch.no_grad():

@@ -187,10 +187,15 @@ class ProbeResult:
 
 
 def probe(model: nn.Module, x: Tensor) -> ProbeResult:
-    """Run one no-grad forward on ``x`` recording each module's output shape in execution order."""
+    """Run one no-grad forward on ``x`` recording each module's output shape in execution order.
+
+    TorchScript modules (``torch.jit.script`` / ``trace``) are run but not recorded: their compiled
+    forward calls submodules in C++, where module hooks never run (and a scripted module refuses
+    them), so ``order`` lists the eager modules only, and nothing for a fully scripted model.
+    """
     # With output=..., ``model`` is an OutputSelector: report names relative to the user's model.
     base = model.model if isinstance(model, OutputSelector) else model
-    names = {m: n for n, m in base.named_modules() if n}
+    names = {m: n for n, m in base.named_modules() if n and not isinstance(m, torch.jit.ScriptModule)}
     order: list[tuple[str, tuple[int, ...] | None]] = []
     handles = []
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from cnnlens import _post, _resolve, registry
-from cnnlens._guard import ModelGuard
+from cnnlens._guard import ModelGuard, is_scripted
 from cnnlens.errors import CnnlensError, ModelError
 from cnnlens.explanation import Explanation, Provenance
 
@@ -158,6 +158,15 @@ class Explainer:
             _resolve.resolve_layer(model, layer, None)  # fail early on a bad name
         self._layer_arg = layer
         self._adapter_cls = self.impl.load()
+        scripted = is_scripted(model) if self.impl.needs_hooks else None
+        if scripted is not None:
+            what = "is a TorchScript module" if scripted is model else "contains a TorchScript module"
+            free = ", ".join(dict.fromkeys(i.method for i in registry.REGISTRY.values() if not i.needs_hooks))
+            raise ModelError(
+                f"{self.method} ({self.backend}) needs module hooks, and the model {what} "
+                f"({type(scripted).__name__}), whose compiled forward never runs them; use the eager model, "
+                f"or a gradient/perturbation method on backend 'captum': {free}"
+            )
         self._probe_cache: dict[tuple[int, ...], _resolve.ProbeResult] = {}
         self._layer_cache: dict[int, tuple[_resolve.ProbeResult, nn.Module, str]] = {}
 

@@ -12,7 +12,8 @@ import importlib
 import importlib.util
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from types import MappingProxyType
+from typing import Any, ClassVar, Literal
 
 from cnnlens.errors import (
     BackendUnavailableError,
@@ -161,6 +162,22 @@ class Implementation:
     #: The toolkit stores one input/output per module, so a module called twice per forward gives
     #: silently wrong results (Captum's DeepLift family and LRP); refuse such models up front.
     refuses_reuse: bool = False
+
+    #: Per backend, the methods whose toolkit code only runs the model and differentiates (or
+    #: perturbs) its input: no module hooks, no module swaps.
+    _HOOK_FREE: ClassVar[Mapping[str, frozenset[str]]] = MappingProxyType({
+        "captum": frozenset({
+            "saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad",
+            "gradient_shap", "occlusion", "feature_ablation", "lime", "kernel_shap",
+        }),
+    })
+
+    @property
+    def needs_hooks(self) -> bool:
+        """True if the toolkit hooks or swaps modules (every CAM, the guided and DeepLIFT families,
+        LRP, every FlashTorch method), which a TorchScript model does not allow: module hooks on it
+        never run, so such a method is refused for it."""
+        return self.method not in self._HOOK_FREE.get(self.backend, frozenset())
 
     @property
     def spec(self) -> MethodSpec:
