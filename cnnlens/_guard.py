@@ -435,10 +435,10 @@ class _Sigint:
                 self.pending = True
                 return
             f = f.f_back
-        self._deliver(signum, frame)
+        self._deliver(self.user, signum, frame)
 
-    def _deliver(self, signum: int, frame: FrameType | None) -> None:
-        user = self.user
+    @staticmethod
+    def _deliver(user: Any, signum: int, frame: FrameType | None) -> None:
         if callable(user):
             user(signum, frame)
         elif user == signal.SIG_DFL:
@@ -458,18 +458,26 @@ class _Sigint:
         self.depth += 1
         return True
 
+    def deliver_pending(self, user: Any = _MISSING) -> None:
+        """Hand a held-back Ctrl-C to the user's handler now (which raises KeyboardInterrupt).
+
+        ``pending`` is cleared only right after it was read as set: the handler may set it between
+        any two instructions, and a Ctrl-C must never be lost (two may merge into one).
+        """
+        if self.pending:
+            self.pending = False
+            self._deliver(self.user if user is _MISSING else user, signal.SIGINT, sys._getframe())
+
     def leave(self) -> None:
         """Unwrap (outermost guard), then deliver a held-back Ctrl-C to the user's handler (from a
         nested guard it reaches the outer guard's block, whose exit restores in turn)."""
         self.depth -= 1
-        user, pending = self.user, self.pending
-        self.pending = False
+        user = self.user
         if not self.depth:
-            self.user = None
             if signal.getsignal(signal.SIGINT) == self.handler:
-                signal.signal(signal.SIGINT, user)
-        if pending:
-            self._deliver(signal.SIGINT, sys._getframe())
+                signal.signal(signal.SIGINT, user)  # from here a Ctrl-C goes straight to the user's handler
+            self.user = None
+        self.deliver_pending(user)
 
 
 _SIGINT = _Sigint()
@@ -523,8 +531,12 @@ class ModelGuard:
         except BaseException:
             self._exit()
             raise
-        if self._sigint and _SIGINT.pending:  # Ctrl-C during the snapshot: undo, then deliver it
-            self._exit()
+        if self._sigint and _SIGINT.pending:  # a Ctrl-C held back during the snapshot: deliver it
+            try:
+                _SIGINT.deliver_pending()
+            except BaseException:  # the usual KeyboardInterrupt: no block, so undo here
+                self._exit()
+                raise
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from cnnlens._guard import hook_count
 
-__all__ = ["TinyCNN", "assert_same_state", "hook_count", "snapshot", "tiny_cnn", "tiny_input"]
+__all__ = ["CountingHook", "TinyCNN", "assert_same_state", "hook_count", "snapshot", "tiny_cnn", "tiny_input"]
 
 
 class TinyCNN(nn.Module):
@@ -46,6 +46,16 @@ def tiny_cnn(num_classes: int = 5, seed: int = 0) -> TinyCNN:
                 m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
     model.cnnlens_categories = [f"class{i}" for i in range(num_classes)]
     return model.eval()
+
+
+class CountingHook:
+    """A forward hook that counts its calls; picklable, so it travels with a saved model."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, *_args: Any) -> None:
+        self.calls += 1
 
 
 def tiny_input(n: int = 2, size: int = 32, seed: int = 0) -> Tensor:
