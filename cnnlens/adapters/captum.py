@@ -1,23 +1,26 @@
 """Adapter for Captum.
 
-Every method is the Captum class of the same name, called with Captum's own argument names; no step
-of Captum's is replaced (``Explanation.provenance.substitutions`` stays empty). The adapter only
-translates: ``target`` becomes Captum's ``target``, image-level options become Captum's shapes
-(sliding windows, superpixel feature masks, baseline tensors, noise scales), and Captum's exceptions
-become cnnlens errors. ``saliency`` is called with ``abs=False`` and ``gradcam`` with
-``relu_attributions=False`` so that ``raw`` stays signed and the shared contract does the rest.
-``guided_backprop`` and ``deconvolution`` are ``captum.attr.GuidedBackprop`` / ``Deconvolution``
-themselves, with Captum's hooks on every ``nn.ReLU``.
+Every method runs the Captum class the registry names (``toolkit_name``), called as Captum documents
+it and with Captum's own argument names; no step of Captum's is replaced
+(``Explanation.provenance.substitutions`` stays empty). The adapter only translates: ``target``
+becomes Captum's ``target``, image-level options become Captum's shapes (sliding windows, superpixel
+feature masks, baseline tensors, noise scales), and Captum's exceptions become cnnlens errors.
+``saliency`` is called with ``abs=False`` and ``gradcam`` with ``relu_attributions=False`` so that
+``raw`` stays signed and the shared contract does the rest. ``guided_backprop`` and
+``deconvolution`` are ``captum.attr.GuidedBackprop`` / ``Deconvolution`` themselves, with Captum's
+own hooks on every ``nn.ReLU``.
 
 An image's result never depends on the other images of its batch. Options derived from the input
-(the noise scale ``stdevs``, DeepLIFT-SHAP's noisy baselines) come from each image alone, and the
-methods that draw random numbers (the SmoothGrad family, GradientSHAP, LIME, Kernel SHAP) call
-Captum one image at a time, each image drawn from the seed afresh (torch's and NumPy's global RNGs,
-inside the Explainer's seeded block, so the caller's RNG state is given back). An image's map alone
-and in any batch is then the same, and it is what Captum gives when called on that image after
-``torch.manual_seed(seed); np.random.seed(seed)``. Captum's ``NoiseTunnel`` takes one ``stdevs`` per
-input tensor, not per example, so a per-image scale needs a call per image anyway. Each such call is
-named in ``provenance.driven``.
+come from each image alone: the noise scale (``stdevs`` times that image's value range) and
+DeepLIFT-SHAP's noisy baselines (scaled by that image's standard deviation), so both methods are
+called once per image. The methods that draw random numbers (the SmoothGrad family, GradientSHAP,
+LIME, Kernel SHAP) are called one image at a time, and with a seed every image is drawn from it
+afresh (``torch.manual_seed`` and ``np.random.seed`` inside the Explainer's seeded block, which gives
+the caller's RNG state back): an image's map alone and in any batch is then bit-identical, and it is
+what Captum returns when called on that image after ``torch.manual_seed(seed); np.random.seed(seed)``.
+(Captum's ``NoiseTunnel`` and ``GradientShap`` take one ``stdevs`` per input tensor, not per example,
+so a per-image scale needs a call per image in any case; the noisy copies of one image still share
+the internal batches.) Each such loop is named in ``provenance.driven``.
 """
 
 from __future__ import annotations
