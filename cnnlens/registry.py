@@ -111,8 +111,10 @@ N_STEPS = Option(50, "integration steps", _pos_int, POS_INT)
 INTERNAL_BS = Option(None, "batch size of the internal forward passes (None: cnnlens picks one within memory)",
                      _pos_int, POS_INT + " or None")
 NT_SAMPLES = Option(10, "noisy samples per image", _pos_int, POS_INT)
-STDEVS = Option(0.15, "noise standard deviation, as a fraction of each image's value range", _nonneg_num, NONNEG)
-BASELINES = Option(0.0, "reference input: a number or a tensor broadcastable to the input",
+STDEVS = Option(0.15, "noise standard deviation, as a fraction of each image's own value range (max - min)",
+                _nonneg_num, NONNEG)
+BASELINES = Option(0.0, "reference input: a number, or a tensor broadcastable to the input (one row per image "
+                          "gives each image its own)",
                    lambda v: isinstance(v, (int, float)) or hasattr(v, "shape"), "a number or a tensor")
 WINDOW = Option(16, "occlusion window in pixels: an int or (h, w)", _window, "an int >= 1 or an (h, w) pair")
 STRIDE = Option(8, "occlusion stride in pixels", _window, "an int >= 1 or an (h, w) pair")
@@ -303,24 +305,26 @@ _IMPLS: list[Implementation] = [
     Implementation("guided_backprop", "captum", _CAPTUM, "GuidedBackprop", notes="overrides nn.ReLU modules only"),
     Implementation("guided_gradcam", "captum", _CAPTUM, "GuidedGradCam"),
     Implementation("saliency", "captum", _CAPTUM, "Saliency", notes="called with abs=False; cnnlens reduces"),
-    Implementation("deconvolution", "captum", _CAPTUM, "Deconvolution"),
+    Implementation("deconvolution", "captum", _CAPTUM, "Deconvolution", notes="overrides nn.ReLU modules only"),
     Implementation("input_x_gradient", "captum", _CAPTUM, "InputXGradient"),
     Implementation("integrated_gradients", "captum", _CAPTUM, "IntegratedGradients",
                    {"n_steps": N_STEPS, "internal_batch_size": INTERNAL_BS, "baselines": BASELINES}),
     *(
         Implementation(m, "captum", _CAPTUM, f"NoiseTunnel(Saliency, {m})",
-                       {"nt_samples": NT_SAMPLES, "stdevs": STDEVS, "nt_samples_batch_size": INTERNAL_BS})
+                       {"nt_samples": NT_SAMPLES, "stdevs": STDEVS, "nt_samples_batch_size": INTERNAL_BS},
+                       notes="one Captum call per image, each drawn from the seed afresh")
         for m in ("smoothgrad", "smoothgrad_sq", "vargrad")
     ),
     Implementation("gradient_shap", "captum", _CAPTUM, "GradientShap",
                    {"n_samples": Option(20, "samples per image", _pos_int, POS_INT), "stdevs": STDEVS,
-                    "baselines": BASELINES}),
+                    "baselines": BASELINES}, notes="one Captum call per image, each drawn from the seed afresh"),
     Implementation("deeplift", "captum", _CAPTUM, "DeepLift", {"baselines": BASELINES},
                    notes="refuses models that reuse a module within one forward", refuses_reuse=True),
     Implementation("deeplift_shap", "captum", _CAPTUM, "DeepLiftShap",
                    {"n_baselines": Option(4, "baselines drawn around `baselines`", _pos_int, POS_INT),
                     "baselines": BASELINES},
-                   notes="baselines are `baselines` plus n_baselines-1 fixed-seed noisy copies", refuses_reuse=True),
+                   notes="one Captum call per image; its baselines are `baselines` plus n_baselines-1 copies with "
+                         "fixed-seed noise of 0.1 x that image's standard deviation", refuses_reuse=True),
     Implementation("lrp", "captum", _CAPTUM, "LRP", notes="supports Conv2d, Linear, ReLU, pooling, BatchNorm only",
                    mutates_params=True, refuses_reuse=True),
     Implementation("occlusion", "captum", _CAPTUM, "Occlusion",
@@ -329,9 +333,11 @@ _IMPLS: list[Implementation] = [
     Implementation("feature_ablation", "captum", _CAPTUM, "FeatureAblation",
                    {"feature_grid": FEATURE_GRID, "baselines": BASELINES, "perturbations_per_eval": PER_EVAL}),
     Implementation("lime", "captum", _CAPTUM, "Lime",
-                   {"n_samples": N_SAMPLES, "feature_grid": FEATURE_GRID, "perturbations_per_eval": PER_EVAL}),
+                   {"n_samples": N_SAMPLES, "feature_grid": FEATURE_GRID, "perturbations_per_eval": PER_EVAL},
+                   notes="one Captum call per image, each drawn from the seed afresh"),
     Implementation("kernel_shap", "captum", _CAPTUM, "KernelShap",
-                   {"n_samples": N_SAMPLES, "feature_grid": FEATURE_GRID, "perturbations_per_eval": PER_EVAL}),
+                   {"n_samples": N_SAMPLES, "feature_grid": FEATURE_GRID, "perturbations_per_eval": PER_EVAL},
+                   notes="one Captum call per image, each drawn from the seed afresh"),
     Implementation("saliency", "flashtorch", _FLASH, "Backprop.calculate_gradients(guided=False)",
                    notes="fixed by cnnlens: honours target, batches, removes its hooks, finds the input layer"),
     Implementation("guided_backprop", "flashtorch", _FLASH, "Backprop.calculate_gradients(guided=True)",

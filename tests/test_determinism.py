@@ -88,6 +88,26 @@ def test_default_seed_is_reproducible() -> None:
     assert torch.equal(a.maps, b.maps)
 
 
+@pytest.mark.parametrize("method", ["smoothgrad", "gradient_shap"])
+def test_seed_none_draws_fresh_noise_for_every_image(method: str) -> None:
+    """seed=None is not turned into a fixed seed by the per-image calls: two calls differ, and so do
+    two copies of one image in one batch (each seeded image would get the same noise)."""
+    x = torch.cat([X[:1], X[:1]])
+    a, b = _explain_x(method, x, seed=None), _explain_x(method, x, seed=None)
+    assert not torch.equal(a.raw, b.raw)
+    assert not torch.equal(a.raw[0], a.raw[1])
+    seeded = _explain_x(method, x, seed=3)
+    assert torch.equal(seeded.raw[0], seeded.raw[1]), "with a seed, each image is drawn from it afresh"
+
+
+def _explain_x(method: str, x: torch.Tensor, seed: int | None) -> cnnlens.Explanation:
+    valid = registry.REGISTRY[(method, "captum")].all_options()
+    opts = {k: v for k, v in CHEAP.items() if k in valid}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cnnlens.explain(MODEL, x, method=method, backend="captum", target=[1, 1], seed=seed, **opts)
+
+
 # ------------------------------------------------------------------------------------------------
 # Filter visualization and the benchmark's random baselines
 # ------------------------------------------------------------------------------------------------

@@ -1,15 +1,26 @@
 """Adapter for Captum.
 
-Each method is the Captum class of the same name, called with Captum's own argument names. The
-adapter only translates: ``target`` becomes Captum's ``target``, image-level options become Captum's
-shapes (sliding windows, superpixel feature masks, baseline tensors), and Captum's exceptions become
-cnnlens errors. ``saliency`` is called with ``abs=False`` and ``gradcam`` with
-``relu_attributions=False`` so that ``raw`` stays signed and the shared contract does the rest.
+Every method runs the Captum class the registry names (``toolkit_name``), called as Captum documents
+it and with Captum's own argument names; no step of Captum's is replaced
+(``Explanation.provenance.substitutions`` stays empty). The adapter only translates: ``target``
+becomes Captum's ``target``, image-level options become Captum's shapes (sliding windows, superpixel
+feature masks, baseline tensors, noise scales), and Captum's exceptions become cnnlens errors.
+``saliency`` is called with ``abs=False`` and ``gradcam`` with ``relu_attributions=False`` so that
+``raw`` stays signed and the shared contract does the rest. ``guided_backprop`` and
+``deconvolution`` are ``captum.attr.GuidedBackprop`` / ``Deconvolution`` themselves, with Captum's
+own hooks on every ``nn.ReLU``.
 
-Guided backprop and deconvolution run Captum's rules without Captum's hook machinery (see
-:func:`captum_relu_rule`): the same operations on the same tensors, bit-identical to
-``captum.attr.GuidedBackprop`` / ``Deconvolution`` (tested); ``cnnlens.self.shortcuts = False``
-calls Captum's classes instead.
+An image's result never depends on the other images of its batch. Options derived from the input
+come from each image alone: the noise scale (``stdevs`` times that image's value range) and
+DeepLIFT-SHAP's noisy baselines (scaled by that image's standard deviation), so both methods are
+called once per image. The methods that draw random numbers (the SmoothGrad family, GradientSHAP,
+LIME, Kernel SHAP) are called one image at a time, and with a seed every image is drawn from it
+afresh (``torch.manual_seed`` and ``np.random.seed`` inside the Explainer's seeded block, which gives
+the caller's RNG state back): an image's map alone and in any batch is then bit-identical, and it is
+what Captum returns when called on that image after ``torch.manual_seed(seed); np.random.seed(seed)``.
+(Captum's ``NoiseTunnel`` and ``GradientShap`` take one ``stdevs`` per input tensor, not per example,
+so a per-image scale needs a call per image in any case; the noisy copies of one image still share
+the internal batches.) Each such loop is named in ``provenance.driven``.
 """
 
 from __future__ import annotations
@@ -17,13 +28,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from captum import attr as ca
-from torch import Tensor, nn
+from torch import Tensor
 
 from cnnlens._resolve import internal_batch
-from cnnlens.adapters.base import Adapter, RuleReLU, swapped_relus
+from cnnlens.adapters.base import Adapter
 from cnnlens.errors import CnnlensError, ModelError, OptionError
 
 NOISE = {"smoothgrad": "smoothgrad", "smoothgrad_sq": "smoothgrad_sq", "vargrad": "vargrad"}
@@ -33,42 +44,9 @@ SIMPLE = {
     "input_x_gradient": ca.InputXGradient,
     "lrp": ca.LRP,
 }
-
-
-
-def _guided_rule(grad: Tensor, out: Tensor) -> Tensor:
-    return torch.ops.aten.threshold_backward(grad, out, 0)  # ReLU's own backward, as autograd runs it
-
-
-def _guided_input(total: Tensor, _rule_result: Tensor) -> Tensor:
-    return F.relu(total)
-
-
-def _deconv_rule(grad: Tensor, _out: Tensor) -> Tensor:
-    return F.relu(grad)
-
-
-def _deconv_input(_total: Tensor, rule_result: Tensor) -> Tensor:
-    return rule_result
-
-
-def captum_relu_rule(method: str) -> Callable[[nn.ReLU], nn.Module]:
-    """Captum's guided-backprop / deconvolution rule as a module to put in place of each ``nn.ReLU``.
-
-    Captum (``ModifiedReluGradientAttribution``) puts a forward pre-hook on every ``nn.ReLU`` that
-    clones its input and hangs a tensor hook on the original; the hook replaces the input's total
-    gradient by ``F.relu(grad_input)`` (guided backprop: ReLU's own backward, then ``F.relu``) or by
-    ``F.relu(grad_output)`` (deconvolution). The clone (a copy of every activation, and an in-place
-    ReLU made out-of-place) costs about as much as the rule itself: resnet50, batch 8, 1.05-1.09x of
-    forward + input gradient against 1.01-1.03x here. :class:`RuleReLU` applies the same operations
-    to the same tensors in the same places (the input's total gradient for the ``F.relu`` of guided
-    backprop), without the clone; the only difference is that an in-place ReLU modifies its input as
-    the model itself does, where Captum's clone leaves it intact, which shows only in a model that
-    reads a tensor again after an in-place ReLU has overwritten it.
-    """
-    if method == "guided_backprop":
-        return lambda relu: RuleReLU(_guided_rule, relu.inplace, _guided_input)
-    return lambda relu: RuleReLU(_deconv_rule, relu.inplace, _deconv_input)
+#: Named in ``provenance.driven`` when Captum is called once per image.
+PER_IMAGE_SEEDED = "one Captum call per image, each image drawn from the seed afresh"
+PER_IMAGE_BASELINES = "one Captum call per image, with that image's own baseline distribution"
 
 
 def grid_mask(x: Tensor, cell: int) -> Tensor:
@@ -80,10 +58,33 @@ def grid_mask(x: Tensor, cell: int) -> Tensor:
     return (rows[:, None] * cols + colsi[None, :])[None, None]
 
 
+def noise_scale(stdevs: float, image: Tensor) -> float:
+    """Captum's ``stdevs`` for one image: ``stdevs`` as a fraction of that image's value range."""
+    return float(stdevs) * float(image.max() - image.min())
+
+
+def deeplift_shap_baselines(base: Tensor, image: Tensor, n_baselines: int) -> Tensor:
+    """``base`` and ``n_baselines - 1`` noisy copies, the noise 0.1 x the image's standard deviation.
+
+    The noise pattern comes from a fixed-seed generator, so DeepLIFT-SHAP stays deterministic; only
+    its scale depends on the image (one image, shape (1, C, H, W)).
+    """
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    noise = torch.randn((n_baselines - 1, *image.shape[1:]), generator=gen).to(image.device, image.dtype)
+    return torch.cat([base, base + 0.1 * float(image.std()) * noise])
+
+
 def _pair(v: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
     if isinstance(v, int):
         return (v, v)
     return (int(v[-2]), int(v[-1]))
+
+
+def _reseed(seed: int | None) -> None:
+    # The Explainer's seeded() block saves and restores both global RNGs around the whole call.
+    if seed is not None:
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
 
 
 class CaptumAdapter(Adapter):
@@ -107,14 +108,28 @@ class CaptumAdapter(Adapter):
             return b.to(device=x.device, dtype=x.dtype)
         return float(b)
 
+    def _baseline_of(self, x: Tensor, i: int) -> Tensor:
+        """Image ``i``'s baseline as a (1, C, H, W) tensor (a per-image tensor gives its own row)."""
+        b = self._baseline(x)
+        if isinstance(b, Tensor):
+            return torch.broadcast_to(b, x.shape)[i : i + 1].clone()
+        return torch.full_like(x[i : i + 1], b)
+
     @staticmethod
     def _per_eval(x: Tensor) -> int:
         # Occlusion and FeatureAblation forward every image of the batch for each perturbation, so a
         # forward holds N * perturbations_per_eval inputs; keep that near the internal batch.
         return max(1, internal_batch(x) // x.shape[0])
 
-    def _noise_scale(self, x: Tensor) -> float:
-        return float(self.options["stdevs"]) * float(x.max() - x.min())
+    def _each_image(self, x: Tensor, t: Tensor, call: Callable[[Tensor, Tensor, int], Tensor], how: str) -> Tensor:
+        """``call(x[i:i+1], t[i:i+1], i)`` for every image, each under a fresh draw from the seed."""
+        seed = self.options.get("seed") if self.impl.spec.stochastic else None
+        outs = []
+        for i in range(x.shape[0]):
+            _reseed(seed)
+            outs.append(call(x[i : i + 1], t[i : i + 1], i))
+        self.driven.append(how)
+        return torch.cat(outs)
 
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         m, o, model, t = self.method, self.options, self.model, targets
@@ -124,8 +139,6 @@ class CaptumAdapter(Adapter):
             out = ca.GuidedGradCam(model, self.layer).attribute(x, target=t)
         elif m == "saliency":
             out = ca.Saliency(model).attribute(x, target=t, abs=False)
-        elif m in ("guided_backprop", "deconvolution") and self.shortcuts:
-            out = self._modified_relu(x, t)
         elif m in SIMPLE:
             out = SIMPLE[m](model).attribute(x, target=t)
         elif m == "integrated_gradients":
@@ -134,24 +147,26 @@ class CaptumAdapter(Adapter):
                 internal_batch_size=o["internal_batch_size"] or internal_batch(x),
             )
         elif m in NOISE:
-            out = ca.NoiseTunnel(ca.Saliency(model)).attribute(
-                x, nt_type=NOISE[m], nt_samples=o["nt_samples"], stdevs=self._noise_scale(x),
-                nt_samples_batch_size=o["nt_samples_batch_size"] or max(1, internal_batch(x) // x.shape[0]),
-                target=t, abs=False,
-            )
+            # One image per call: the noisy copies of one image fill an internal batch.
+            per_batch = o["nt_samples_batch_size"] or min(o["nt_samples"], internal_batch(x))
+            nt = ca.NoiseTunnel(ca.Saliency(model))
+            out = self._each_image(x, t, lambda xi, ti, _i: nt.attribute(
+                xi, nt_type=NOISE[m], nt_samples=o["nt_samples"], nt_samples_batch_size=per_batch,
+                stdevs=noise_scale(o["stdevs"], xi), target=ti, abs=False,
+            ), PER_IMAGE_SEEDED)
         elif m == "gradient_shap":
-            base = torch.zeros_like(x[:1]) + self._baseline(x)
-            out = ca.GradientShap(model).attribute(
-                x, baselines=base, n_samples=o["n_samples"], stdevs=self._noise_scale(x), target=t
-            )
+            gs = ca.GradientShap(model)
+            out = self._each_image(x, t, lambda xi, ti, i: gs.attribute(
+                xi, baselines=self._baseline_of(x, i), n_samples=o["n_samples"],
+                stdevs=noise_scale(o["stdevs"], xi), target=ti,
+            ), PER_IMAGE_SEEDED)
         elif m == "deeplift":
             out = ca.DeepLift(model).attribute(x, baselines=self._baseline(x), target=t)
         elif m == "deeplift_shap":
-            base = torch.zeros_like(x[:1]) + self._baseline(x)
-            gen = torch.Generator(device="cpu").manual_seed(0)
-            noise = torch.randn((o["n_baselines"] - 1, *x.shape[1:]), generator=gen).to(x.device, x.dtype)
-            bases = torch.cat([base, base + 0.1 * float(x.std()) * noise])
-            out = ca.DeepLiftShap(model).attribute(x, baselines=bases, target=t)
+            dls = ca.DeepLiftShap(model)
+            out = self._each_image(x, t, lambda xi, ti, i: dls.attribute(
+                xi, baselines=deeplift_shap_baselines(self._baseline_of(x, i), xi, o["n_baselines"]), target=ti,
+            ), PER_IMAGE_BASELINES)
         elif m == "occlusion":
             wh, ww = _pair(o["sliding_window"])
             sh, sw = _pair(o["strides"])
@@ -166,33 +181,16 @@ class CaptumAdapter(Adapter):
                 perturbations_per_eval=o["perturbations_per_eval"] or self._per_eval(x),
             )
         elif m in ("lime", "kernel_shap"):
-            cls = ca.Lime if m == "lime" else ca.KernelShap
-            out = self._per_image(cls, x, t)
+            # Captum's Lime and KernelShap take one example at a time when a feature mask is shared.
+            explainer: Any = (ca.Lime if m == "lime" else ca.KernelShap)(model)
+            mask = grid_mask(x, o["feature_grid"])
+            per_eval = o["perturbations_per_eval"] or internal_batch(x)
+            out = self._each_image(x, t, lambda xi, ti, _i: explainer.attribute(
+                xi, target=ti, feature_mask=mask, n_samples=o["n_samples"], perturbations_per_eval=per_eval,
+            ), PER_IMAGE_SEEDED)
         else:  # the registry only routes methods listed above
             raise CnnlensError(f"captum adapter has no route for '{m}'")
         return out.detach()
-
-    def _modified_relu(self, x: Tensor, t: Tensor) -> Tensor:
-        # Captum's compute_gradients: grad of each image's target score w.r.t. the input.
-        with swapped_relus(self.model, captum_relu_rule(self.method)):
-            inp = x.detach().requires_grad_(True)
-            out = self.model(inp)
-            (grad,) = torch.autograd.grad(out.gather(1, t[:, None]).sum(), inp)
-        return grad
-
-    def _per_image(self, cls: Any, x: Tensor, t: Tensor) -> Tensor:
-        # Captum's Lime and KernelShap take one example at a time when a feature mask is shared.
-        o = self.options
-        mask = grid_mask(x, o["feature_grid"])
-        per_eval = o["perturbations_per_eval"] or internal_batch(x)
-        outs = [
-            cls(self.model).attribute(
-                x[i : i + 1], target=t[i : i + 1], feature_mask=mask, n_samples=o["n_samples"],
-                perturbations_per_eval=per_eval,
-            )
-            for i in range(x.shape[0])
-        ]
-        return torch.cat(outs)
 
     def translate(self, exc: Exception) -> CnnlensError | None:
         msg = str(exc)
