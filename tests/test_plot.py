@@ -16,8 +16,8 @@ from PIL import Image
 
 import cnnlens
 from cnnlens import plot
-from cnnlens.images import Images
 from cnnlens.errors import InputError, OptionError, OutputExistsError
+from cnnlens.images import Images
 from cnnlens.testing import tiny_cnn, tiny_input
 
 
