@@ -38,7 +38,7 @@ DEFAULT_COUNT = 4
 DISPLAY = {"saturation": 0.15, "brightness": 0.7}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FilterImages:
     """What :func:`filters` returns: one optimised input per filter, with what it is and how well it worked.
 
@@ -62,6 +62,9 @@ class FilterImages:
 
     def __len__(self) -> int:
         return int(self.tensor.shape[0])
+
+    def __repr__(self) -> str:
+        return f"FilterImages({len(self)} x {tuple(self.tensor.shape[1:])}, layer={self.layer!r}, filters={self.filters!r})"
 
     @property
     def shape(self) -> torch.Size:

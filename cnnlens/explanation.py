@@ -61,7 +61,8 @@ class Explanation:
         labels: Class names of the targets, when the model has categories.
         warnings: Caveats about this result (e.g. guided backprop on a model without nn.ReLU).
         provenance: Whose code computed the result, and any step cnnlens substituted.
-        images: Optional (N, H, W, 3) uint8 display images, for plotting.
+        images: (N, H, W, 3) uint8 display images, for plotting, when the input was an
+            :class:`~cnnlens.images.Images` (None for a plain tensor).
     """
 
     maps: Tensor

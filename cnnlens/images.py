@@ -30,7 +30,7 @@ MAX_FILE_PIXELS = 8192 * 8192
 MAX_ASPECT = 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Images:
     """A preprocessed image batch with what it was made from.
 
@@ -59,6 +59,10 @@ class Images:
 
     def __len__(self) -> int:
         return int(self.tensor.shape[0])
+
+    def __repr__(self) -> str:
+        t = self.tensor
+        return f"Images({len(self)} x {tuple(t.shape[1:])}, {t.dtype}, {t.device}, names={self.names!r})"
 
     def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> Images:
         """A sub-batch: a slice, a list or tensor of indices, or an int (a batch of one image)."""
