@@ -23,6 +23,7 @@ _LAZY: dict[str, str] = {
     "load_model": "cnnlens.models:load_model",
     "load_images": "cnnlens.images:load_images",
     "demo_images": "cnnlens.images:demo_images",
+    "Images": "cnnlens.images:Images",
     # Modules not named like the functions, so importing them cannot shadow the lazy names.
     "kernels": "cnnlens.conv_kernels:kernels",
     "Kernels": "cnnlens.conv_kernels:Kernels",
@@ -32,6 +33,7 @@ _LAZY: dict[str, str] = {
     # Not "cnnlens.filters": importing a submodule named like a lazy function would shadow it.
     "filters": "cnnlens.activmax:filters",
     "plot_filters": "cnnlens.activmax:plot_filters",
+    "FilterImages": "cnnlens.activmax:FilterImages",
     "errors": "cnnlens.errors",
     "CnnlensError": "cnnlens.errors:CnnlensError",
 }
@@ -41,6 +43,7 @@ __all__ = sorted(_LAZY)
 if TYPE_CHECKING:  # pragma: no cover
     from cnnlens import errors as errors
     from cnnlens import plot as plot
+    from cnnlens.activmax import FilterImages as FilterImages
     from cnnlens.activmax import filters as filters
     from cnnlens.activmax import plot_filters as plot_filters
     from cnnlens.conv_kernels import Kernels as Kernels
@@ -52,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cnnlens.explanation import Explanation as Explanation
     from cnnlens.featuremaps import FeatureMaps as FeatureMaps
     from cnnlens.featuremaps import capture as capture
+    from cnnlens.images import Images as Images
     from cnnlens.images import demo_images as demo_images
     from cnnlens.images import load_images as load_images
     from cnnlens.models import load_model as load_model

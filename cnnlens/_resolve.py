@@ -44,10 +44,54 @@ def internal_batch(x: Tensor) -> int:
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
+    """The first ``nn.Conv2d`` in *definition* order (for kernels; the one that runs first can differ)."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             return m
     return None
+
+
+def check_channels(model: nn.Module, x: Tensor) -> None:
+    """After a failed forward: refuse the input if the first convolution that *runs* rejects its channels.
+
+    Definition order says nothing about execution order (a CoordConv layer adding channels, an
+    RGB-to-gray wrapper, a head declared before the stem), so the model is run again on ``x`` with a
+    pre-hook on every ``nn.Conv2d`` that records the first one entered and stops the pass there. Only
+    a convolution that receives the input's own channel count and expects another blames the input;
+    any other failure is left to the caller's error about the forward pass.
+    """
+    base = model.model if isinstance(model, OutputSelector) else model
+    names = {m: n for n, m in base.named_modules() if isinstance(m, nn.Conv2d)}
+    if not names:
+        return
+    seen: list[tuple[str, int, int]] = []
+
+    class _Stop(Exception):
+        pass
+
+    def pre_hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        inp = args[0] if args else None
+        if isinstance(inp, Tensor) and inp.dim() >= 3:
+            seen.append((names[mod], int(inp.shape[-3]), int(mod.in_channels)))  # type: ignore[arg-type]
+        raise _Stop
+
+    handles = [m.register_forward_pre_hook(pre_hook) for m in names]
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception:  # _Stop, or the failure that happened before any convolution ran
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    if not seen:
+        return
+    name, got, expects = seen[0]
+    if got == x.shape[1] and got != expects:
+        raise InputError(
+            f"inputs have {got} channels but the model's first convolution to run ('{name}') expects {expects}; "
+            f"pass (N, {expects}, H, W) images" + (" (RGB)" if expects == 3 else "")
+        )
 
 
 def check_input(x: Any, model: nn.Module) -> Tensor:
@@ -57,6 +101,11 @@ def check_input(x: Any, model: nn.Module) -> Tensor:
             f"inputs must be a torch.Tensor of shape (N, 3, H, W), got {type(x).__name__}; "
             "use cnnlens.load_images(paths, model) to load image files"
         )
+    if x.layout != torch.strided:
+        raise InputError(
+            f"inputs are a {str(x.layout).removeprefix('torch.')} tensor; pass a dense (strided) tensor, "
+            "e.g. x.to_dense()"
+        )
     if x.dim() == 3:
         raise InputError(
             f"inputs must be a batch of shape (N, C, H, W), got a single image {tuple(x.shape)}; "
@@ -64,7 +113,7 @@ def check_input(x: Any, model: nn.Module) -> Tensor:
         )
     if x.dim() != 4:
         raise InputError(f"inputs must have 4 dimensions (N, C, H, W), got {x.dim()}: {tuple(x.shape)}")
-    n, c, h, w = x.shape
+    n, _c, h, w = x.shape
     if n == 0:
         raise InputError("inputs are an empty batch (N=0); pass at least one image")
     if h == 0 or w == 0:
@@ -74,12 +123,8 @@ def check_input(x: Any, model: nn.Module) -> Tensor:
             f"image of {h}x{w} pixels exceeds the limit of {MAX_PIXELS} pixels (4096x4096); resize it first, "
             "e.g. with cnnlens.load_images(..., size=224)"
         )
-    conv = first_conv(model)
-    if conv is not None and conv.in_channels != c and conv.groups == 1:
-        raise InputError(
-            f"inputs have {c} channels but the model's first convolution expects {conv.in_channels}; "
-            "pass (N, 3, H, W) RGB images"
-        )
+    # The channel count is checked against the convolution that runs first, by check_channels when
+    # the forward pass fails: the first one defined need not be the first one to run.
     if not x.is_floating_point():
         kind = "complex" if x.is_complex() else "boolean" if x.dtype == torch.bool else "integer"
         raise InputError(
@@ -237,6 +282,11 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None, probe_result:
     larger than 1x1: the last feature map before the classifier.
     """
     named = dict(model.named_modules())
+    if layer is model or (isinstance(model, OutputSelector) and layer is model.model):
+        raise LayerError(
+            "layer is the model itself; a layer is one of its submodules: pass one (e.g. its last "
+            "convolutional block) or its dotted name, or None for the last feature map (`cnnlens layers` lists them)"
+        )
     if isinstance(layer, nn.Module):
         for n, m in named.items():
             if m is layer:
@@ -319,8 +369,19 @@ def resolve_targets(
     if isinstance(target, (int, str)) and not isinstance(target, bool):
         items = [target] * n
     elif isinstance(target, Tensor):
-        if target.is_floating_point() or target.is_complex():
-            raise TargetError(f"target tensor must hold integer class indices, got dtype {target.dtype}")
+        if target.device.type == "meta":
+            raise TargetError(
+                "target tensor is on the 'meta' device and holds no values; pass class indices in a tensor on "
+                "'cpu' or the inputs' device, or a list of ints"
+            )
+        if target.layout != torch.strided:
+            raise TargetError(f"target tensor is {target.layout}; pass a dense tensor of class indices (target.to_dense())")
+        if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+            # A bool tensor would silently read as classes 1 and 0 (while a scalar True is refused).
+            raise TargetError(
+                f"target tensor must hold integer class indices, got dtype {target.dtype}; "
+                "e.g. torch.tensor([1, 0]) (torch.long)"
+            )
         if target.dim() == 0:
             items = [int(target)] * n
         elif target.dim() == 1:

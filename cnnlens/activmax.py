@@ -6,7 +6,7 @@ because importing a submodule called ``filters`` would shadow the lazy ``cnnlens
 This is not a heatmap over an input, so it has its own entry point rather than an
 :class:`~cnnlens.Explainer` method::
 
-    imgs = cnnlens.filters(model, layer="features.3", filters=[0, 5, 9], steps=30)
+    imgs = cnnlens.filters(model, layer="features.3", filters=[0, 5, 9], steps=30)  # a FilterImages
     cnnlens.plot_filters(imgs, "filters.png")
 
 The only toolkit of the three that does this is FlashTorch (``GradientAscent``); cnnlens runs it
@@ -17,6 +17,7 @@ accepts any layer by name, never moves the model, and is seeded.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,67 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_COUNT = 4
 #: FlashTorch's display recipe for optimised images (``GradientAscent._visualize_filters``).
 DISPLAY = {"saturation": 0.15, "brightness": 0.7}
+
+
+@dataclass(frozen=True, eq=False)
+class FilterImages:
+    """What :func:`filters` returns: one optimised input per filter, with what it is and how well it worked.
+
+    Attributes:
+        tensor: (F, 3, size, size) optimised inputs, in the model's input space, on its device.
+        images: (F, size, size, 3) uint8 display copies (FlashTorch's display recipe).
+        start: (F, 3, size, size) starting images (seeded grey noise).
+        filters: The filter index of each image.
+        layer: The layer's name.
+        activation: (F,) mean activation of each filter on its optimised image.
+        start_activation: (F,) the same on its starting image.
+    """
+
+    tensor: Tensor
+    images: Tensor
+    start: Tensor
+    filters: tuple[int, ...]
+    layer: str
+    activation: Tensor
+    start_activation: Tensor
+
+    def __len__(self) -> int:
+        return int(self.tensor.shape[0])
+
+    def __repr__(self) -> str:
+        return f"FilterImages({len(self)} x {tuple(self.tensor.shape[1:])}, layer={self.layer!r}, filters={self.filters!r})"
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of ``tensor``, (F, 3, size, size)."""
+        return self.tensor.shape
+
+    def __getitem__(self, index: int | slice) -> FilterImages:
+        """A subset, by a slice or one int (a set of one filter)."""
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            n = len(self)
+            if not -n <= int(index) < n:
+                raise IndexError(f"filter image index {int(index)} is out of range for {n} images")
+            index = slice(int(index) % n, int(index) % n + 1)
+        if not isinstance(index, slice):
+            raise IndexError(f"FilterImages is indexed by an int or a slice, got {type(index).__name__}")
+        return FilterImages(self.tensor[index], self.images[index], self.start[index], self.filters[index],
+                            self.layer, self.activation[index], self.start_activation[index])
+
+    @classmethod
+    def concat(cls, parts: Sequence[FilterImages]) -> FilterImages:
+        """Join the results of several :func:`filters` calls on one layer (e.g. one filter at a time)."""
+        parts = list(parts)
+        if not parts:
+            raise OptionError("FilterImages.concat needs at least one result")
+        layers = {p.layer for p in parts}
+        if len(layers) > 1:
+            raise OptionError(f"cannot join filter images of different layers ({', '.join(sorted(layers))})")
+        return FilterImages(
+            torch.cat([p.tensor for p in parts]), torch.cat([p.images for p in parts]),
+            torch.cat([p.start for p in parts]), tuple(f for p in parts for f in p.filters), parts[0].layer,
+            torch.cat([p.activation for p in parts]), torch.cat([p.start_activation for p in parts]),
+        )
 
 
 def start_image(seed: int, filter_idx: int, size: int, mean: Sequence[float], std: Sequence[float],
@@ -90,7 +152,7 @@ def filters(
     size: int | None = None,
     seed: int = 0,
     backend: str = "flashtorch",
-) -> Tensor:
+) -> FilterImages:
     """Visualise what filters of a layer respond to, by gradient ascent on the input (FlashTorch).
 
     Each filter's image starts from seeded grey noise and takes ``steps`` steps of FlashTorch's
@@ -110,10 +172,9 @@ def filters(
         backend: Only ``"flashtorch"`` implements filter visualization.
 
     Returns:
-        (F, 3, size, size) tensor of the optimised inputs, in the model's input space, on the model's
-        device. It also carries ``images`` (F, size, size, 3 uint8, FlashTorch's display recipe),
-        ``start`` (the F starting images), ``filters``, ``layer`` (its name), ``activation`` and
-        ``start_activation`` ((F,) mean activation of each filter on its image and on its start).
+        A :class:`FilterImages`: the (F, 3, size, size) optimised inputs as ``tensor`` (the model's
+        input space, on its device), their uint8 display copies, the starting images, the filter
+        indices, the layer's name and each filter's mean activation on its image and on its start.
         :func:`plot_filters` draws them as a grid.
 
     Raises:
@@ -166,13 +227,7 @@ def filters(
         start_t = torch.stack(starts)
         act = _filter_mean(ascent._net, result, chosen)
         act0 = _filter_mean(ascent._net, start_t, chosen)
-    result.images = display_images(result)  # type: ignore[attr-defined]
-    result.start = start_t  # type: ignore[attr-defined]
-    result.filters = list(chosen)  # type: ignore[attr-defined]
-    result.layer = name  # type: ignore[attr-defined]
-    result.activation = act  # type: ignore[attr-defined]
-    result.start_activation = act0  # type: ignore[attr-defined]
-    return result
+    return FilterImages(result, display_images(result), start_t, tuple(chosen), name, act, act0)
 
 
 def _choose(filters: int | Sequence[int] | None, channels: int, seed: int) -> list[int]:
@@ -203,12 +258,13 @@ def display_images(x: Tensor) -> Tensor:
     return (torch.stack(shown).permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
 
 
-def plot_filters(imgs: Tensor, path: str | Path | None = None, ncols: int = 4, title: str | None = None) -> Figure:
+def plot_filters(imgs: FilterImages | Tensor, path: str | Path | None = None, ncols: int = 4,
+                 title: str | None = None) -> Figure:
     """Draw filter images as a grid titled by filter index, as FlashTorch does; optionally save it.
 
     Args:
-        imgs: What :func:`filters` returned (its ``images`` are used when present), or any
-            (F, 3, H, W) tensor, which is shown with FlashTorch's display recipe.
+        imgs: What :func:`filters` returned, or any (F, 3, H, W) tensor, which is shown with
+            FlashTorch's display recipe.
         path: Write the figure there (PNG, PDF, SVG, by suffix).
         ncols: Images per row.
         title: Figure title; defaults to the layer name.
@@ -218,15 +274,14 @@ def plot_filters(imgs: Tensor, path: str | Path | None = None, ncols: int = 4, t
     """
     from matplotlib.figure import Figure
 
-    if not isinstance(imgs, Tensor) or imgs.dim() != 4 or imgs.shape[1] != 3:
+    if isinstance(imgs, FilterImages):
+        shown, idx, label, n = imgs.images, list(imgs.filters), imgs.layer, len(imgs)
+    elif isinstance(imgs, Tensor) and imgs.dim() == 4 and imgs.shape[1] == 3:
+        shown, idx, label, n = display_images(imgs), list(range(imgs.shape[0])), None, int(imgs.shape[0])
+    else:
         shape = tuple(imgs.shape) if isinstance(imgs, Tensor) else type(imgs).__name__
-        raise OptionError(f"plot_filters needs an (F, 3, H, W) tensor such as cnnlens.filters(...) returns, got {shape}")
+        raise OptionError(f"plot_filters needs what cnnlens.filters(...) returns or an (F, 3, H, W) tensor, got {shape}")
     ncols = _check_int("ncols", ncols, 1)
-    shown = getattr(imgs, "images", None)
-    if shown is None:
-        shown = display_images(imgs)
-    idx = getattr(imgs, "filters", None) or list(range(imgs.shape[0]))
-    n = imgs.shape[0]
     cols = min(ncols, n)
     rows = -(-n // cols)
     fig = Figure(figsize=(2.5 * cols, 2.5 * rows + 0.4), layout="constrained")
@@ -236,9 +291,11 @@ def plot_filters(imgs: Tensor, path: str | Path | None = None, ncols: int = 4, t
         if i < n:
             ax.imshow(shown[i].numpy())
             ax.set_title(f"filter {idx[i]}", fontsize=9)
-    label = title if title is not None else getattr(imgs, "layer", None)
+    label = title if title is not None else label
     if label:
         fig.suptitle(str(label))
     if path is not None:
-        fig.savefig(str(path), dpi=100)
+        from cnnlens.plot import save_figure
+
+        save_figure(fig, path, dpi=100)
     return fig

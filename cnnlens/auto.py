@@ -27,11 +27,49 @@ def _table() -> dict[str, Any]:
     for path in (user_table_path(), SHIPPED):
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except FileNotFoundError:
             continue
-        if isinstance(data, dict) and isinstance(data.get("methods"), dict):
-            return data
+        except (OSError, ValueError) as exc:
+            _ignored(path, f"it cannot be read as JSON ({type(exc).__name__}: {exc})")
+            continue
+        problem = _table_problem(data)
+        if problem:
+            _ignored(path, problem)
+            continue
+        return data  # type: ignore[no-any-return]
     return {"methods": {}}
+
+
+def _table_problem(data: Any) -> str | None:
+    """What makes ``data`` unusable as an auto table (None when it is a valid one).
+
+    A valid table is ``{"methods": {method: {"order": [backend, ...], ...}, ...}, ...}``.
+    """
+    if not isinstance(data, dict):
+        return f"it holds a JSON {type(data).__name__}, not an object"
+    methods = data.get("methods")
+    if not isinstance(methods, dict):
+        return f"its 'methods' is {type(methods).__name__ if 'methods' in data else 'missing'}, not an object"
+    for method, row in methods.items():
+        if not isinstance(row, dict):
+            return f"its entry for '{method}' is a {type(row).__name__}, not an object"
+        order = row.get("order", [])
+        if not isinstance(order, list) or not all(isinstance(b, str) for b in order):
+            return f"its 'order' for '{method}' is not a list of backend names"
+    return None
+
+
+def _ignored(path: Path, why: str) -> None:
+    import warnings
+
+    from cnnlens.explainer import CnnlensWarning
+
+    warnings.warn(
+        f"ignoring the auto-backend table '{path}': {why}; backend='auto' uses the next table or the built-in "
+        "preference. Delete the file or rewrite it with cnnlens.auto.refresh()",
+        CnnlensWarning,
+        stacklevel=4,
+    )
 
 
 def preferred_backends(method: str, have: list[str]) -> list[str]:
@@ -93,7 +131,8 @@ def refresh(
         torch.manual_seed(0)
         model = cnnlens.load_model("resnet18", weights=None)
     if inputs is None:
-        inputs = cnnlens.demo_images(model, names=["chelsea", "coffee"])
+        inputs = cnnlens.demo_images(model, names=["chelsea", "coffee"]).tensor
+    inputs = getattr(inputs, "tensor", inputs)  # an Images batch: its tensor (display copies are not needed)
     methods: dict[str, Any] = {}
     for method in registry.METHODS:
         have = [b for b in registry.backends_for(method) if registry.BACKENDS[b].installed]

@@ -15,7 +15,6 @@ import sys
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -28,6 +27,7 @@ from cnnlens.errors import (
     CnnlensError,
     ModelError,
     OptionError,
+    OutputError,
     UnknownMethodError,
     UnsupportedMethodError,
     close_matches,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
 
     from cnnlens.explanation import Explanation
+    from cnnlens.images import Images
 
 DEBUG_FLAG = "--debug"
 #: Exit code for bad input (usage errors and CnnlensError), as click uses for usage errors.
@@ -311,32 +312,6 @@ def _pairs(methods: Sequence[str], backends: Sequence[str] | None) -> tuple[list
     return pairs, notes
 
 
-def _concat(parts: Sequence[Explanation]) -> Explanation:
-    """Join the explanations of consecutive chunks of one batch."""
-    import torch
-
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    cat = lambda key: torch.cat([getattr(p, key) for p in parts])  # noqa: E731
-    labels = tuple(lab for p in parts for lab in (p.labels or ())) if first.labels else None
-    return replace(
-        first,
-        maps=cat("maps"),
-        raw=cat("raw"),
-        targets=cat("targets"),
-        seconds=sum(p.seconds for p in parts),
-        scores=cat("scores") if first.scores is not None else None,
-        labels=labels,
-        warnings=tuple(dict.fromkeys(w for p in parts for w in p.warnings)),
-        images=cat("images") if first.images is not None else None,
-    )
-
-
-def _chunk_target(target: Any, start: int, stop: int) -> Any:
-    return target[start:stop] if isinstance(target, list) else target
-
-
 def _warm_up(net: nn.Module, x: Tensor) -> None:
     """One untimed forward and input-gradient pass, so that one-time costs (the allocator's first
     blocks, kernel selection, lazy initialisation) do not land on whichever pair is timed first: on
@@ -357,7 +332,7 @@ def _warm_up(net: nn.Module, x: Tensor) -> None:
 
 def _run_pairs(
     model: nn.Module,
-    x: Tensor,
+    x: Images,
     pairs: Sequence[tuple[str, str]],
     *,
     layer: str | None,
@@ -369,11 +344,8 @@ def _run_pairs(
     """Explain ``x`` with every pair, in chunks of ``batch_size`` images, with a progress bar."""
     from cnnlens import registry
     from cnnlens.explainer import Explainer
+    from cnnlens.explanation import Explanation
 
-    if isinstance(target, list) and len(target) != x.shape[0]:
-        from cnnlens.errors import TargetError
-
-        raise TargetError(f"got {len(target)} targets for {x.shape[0]} images; give one per image, or one for all")
     used: set[str] = set()
     explainers = []
     for m, b in pairs:  # build every explainer first: bad options and layers fail before any work
@@ -391,22 +363,24 @@ def _run_pairs(
             f"unknown option(s) {', '.join(unused)} for {', '.join(f'{m}/{b}' for m, b in pairs)}"
             f"{f' (did you mean {hint}?)' if hint else ''}; valid options: {', '.join(valid) or 'none'}"
         )
-    n = x.shape[0]
-    chunks = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    n = len(x)
+    chunks = -(-n // batch_size)
     results = []
     with _progress() as bar:
-        task = bar.add_task("explaining", total=len(explainers) * len(chunks))
+        task = bar.add_task("explaining", total=len(explainers) * chunks)
         bar.update(task, description="warming up (one untimed forward and backward)")
-        _warm_up(explainers[0].net, x[: chunks[0][1]])
+        _warm_up(explainers[0].net, x.tensor[:batch_size])
         for ex in explainers:
             parts = []
-            for s, e in chunks:
-                bar.update(task, description=f"{ex.method} · {ex.backend} · images {s + 1}-{e} of {n}")
-                xs = x[s:e]
-                xs.images = x.images[s:e]  # type: ignore[attr-defined]
-                parts.append(ex.explain(xs, target=_chunk_target(target, s, e)))
+            bar.update(task, description=f"{ex.method} · {ex.backend} · images 1-{min(batch_size, n)} of {n}")
+            # The library chunks (and checks every target before the first chunk); the CLI shows progress.
+            for _start, stop, part in ex.explain_chunks(x, target=target, chunk_size=batch_size):
+                parts.append(part)
                 bar.advance(task)
-            results.append(_concat(parts))
+                if stop < n:
+                    bar.update(task, description=f"{ex.method} · {ex.backend} · images {stop + 1}-"
+                                                 f"{min(stop + batch_size, n)} of {n}")
+            results.append(Explanation.concat(parts))
     return results
 
 
@@ -466,6 +440,8 @@ def _explain_job(
 
     paths = img.demo_paths() if demo else img.expand(list(images))
     plot.prepare_out_file(out, overwrite, inputs=paths)
+    out_existed = out.exists()
+    save_existed = save is not None and save.exists()
     if save is not None:
         if any(Path(p).resolve().is_relative_to(save.resolve()) for p in paths):
             raise OptionError(f"--save folder '{save}' holds input images; choose a folder of its own")
@@ -476,15 +452,44 @@ def _explain_job(
     x = img.load_images(paths, net, size=size)
     expls = _run_pairs(net, x, pairs, layer=layer, target=_target(target), options=options, per_pair=per_pair,
                        batch_size=batch_size)
-    _print_results(net, x.image_names, expls)  # type: ignore[attr-defined]
-    fig = plot.comparison_grid(expls, x.images, names=x.image_names, cmap=cmap, alpha=alpha,  # type: ignore[attr-defined]
-                               title=title or _model_name(net))
+    _print_results(net, x.names, expls)
+    fig = plot.comparison_grid(expls, x, cmap=cmap, alpha=alpha, title=title or _model_name(net))
     _save_figure(fig, out, dpi, palette)
     if save is not None:
-        for e in expls:
-            e.save(save / f"{e.method}__{e.backend}", overwrite=overwrite)
+        try:
+            _save_all(expls, save, overwrite)
+        except OutputError:
+            # Leave nothing this run wrote that would make the rerun ask for --overwrite.
+            if not out_existed:
+                out.unlink(missing_ok=True)
+            if not save_existed:
+                with contextlib.suppress(OSError):
+                    save.rmdir()
+            raise
         _wrote(save, "overlays, maps and manifests")
-    _wrote(out, f"{len(expls)} explanation(s) of {x.shape[0]} image(s)")
+    _wrote(out, f"{len(expls)} explanation(s) of {len(x)} image(s)")
+
+
+def _save_all(expls: Sequence[Explanation], save: Path, overwrite: bool) -> None:
+    """Each explanation into its own folder under ``save``; on a failed write, remove the folders this
+    call created (``Explanation.save`` already removes its own partial files)."""
+    from cnnlens.explanation import _previous_files
+
+    created: list[Path] = []
+    try:
+        for e in expls:
+            folder = save / f"{e.method}__{e.backend}"
+            existed = folder.exists()
+            e.save(folder, overwrite=overwrite)
+            if not existed:
+                created.append(folder)
+    except OutputError:
+        for folder in created:
+            for name in _previous_files(folder):
+                (folder / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 ImagesArg = Annotated[list[str], typer.Argument(help="Image files, folders or glob patterns (JPEG, PNG, BMP, WebP, TIFF).")]
@@ -627,6 +632,8 @@ def kernels(
 
 def _default_feature_layers(net: nn.Module, x: Tensor) -> list[str]:
     """The first conv and the last feature map: the two ends of the tutorial's progression."""
+    from torch import nn
+
     from cnnlens import _resolve
 
     probe = _resolve.probe(net, x[:1])
@@ -636,8 +643,9 @@ def _default_feature_layers(net: nn.Module, x: Tensor) -> list[str]:
     # A module the model runs more than once per forward (a shared activation) has no single map.
     spatial = [n for n, s in probe.order
                if calls[n] == 1 and s is not None and len(s) == 4 and (s[2] > 1 or s[3] > 1)]
-    conv = _resolve.first_conv(net)
-    first = next((n for n, m in net.named_modules() if m is conv), None)
+    modules = dict(net.named_modules())
+    # The first convolution that runs (definition order can differ).
+    first = next((n for n, _s in probe.order if isinstance(modules.get(n), nn.Conv2d) and calls[n] == 1), None)
     picked = [n for n in (first, spatial[-1] if spatial else None) if n]
     if not picked:
         raise ModelError("the model has no layer with an (N, C, H, W) output; name layers with --layers")
@@ -671,21 +679,21 @@ def features(
     plot.prepare_out_file(out, overwrite, inputs=paths)
     net = _load_model(model, weights, arch, device)
     x = img.load_images(paths, net, size=size)
-    names = _csv(layers) or _default_feature_layers(net, x)
+    names = _csv(layers) or _default_feature_layers(net, x.tensor)
     parts = []
     with _progress() as bar, torch.no_grad():
-        task = bar.add_task("forward", total=x.shape[0])
-        for i in range(x.shape[0]):
-            bar.update(task, description=f"forward · image {i + 1} of {x.shape[0]}")
+        task = bar.add_task("forward", total=len(x))
+        for i in range(len(x)):
+            bar.update(task, description=f"forward · image {i + 1} of {len(x)}")
             with capture(net, names, device="cpu", inputs=False) as part:
-                net(x[i : i + 1])
+                net(x.tensor[i : i + 1])
             parts.append(part)
             bar.advance(task)
     fm = FeatureMaps.concat(parts)
-    fig = fm.plot(top=top, images=x.images, ncols=ncols, names=x.image_names)  # type: ignore[attr-defined]
+    fig = fm.plot(top=top, images=x, ncols=ncols)
     _save_figure(fig, out, dpi, palette)
     shapes = ", ".join(f"{n} {tuple(fm[n].shape[1:])}" for n in names)
-    _wrote(out, f"top {top} channels of {shapes} for {x.shape[0]} image(s)")
+    _wrote(out, f"top {top} channels of {shapes} for {len(x)} image(s)")
 
 
 @app.command()
@@ -707,13 +715,11 @@ def filters(
     palette: PaletteOpt = False,
 ) -> None:
     """Visualize what filters respond to, by gradient ascent on the input (FlashTorch)."""
-    import torch
-
     from cnnlens import plot
 
     try:
+        from cnnlens.activmax import FilterImages, plot_filters
         from cnnlens.activmax import filters as run_filters
-        from cnnlens.activmax import plot_filters
     except ImportError as exc:
         raise CnnlensError(f"filter visualization is not available in this cnnlens: {exc}") from exc
     plot.prepare_out_file(out, overwrite)
@@ -735,13 +741,10 @@ def filters(
                 bar.update(task, description=f"gradient ascent · filter {f}")
                 parts.append(run_filters(net, filters=[f], **kw))
                 bar.advance(task)
-        result = torch.cat(parts)
-        result.images = torch.cat([p.images for p in parts])  # type: ignore[attr-defined]
-        result.filters = [int(p.filters[0]) for p in parts]  # type: ignore[attr-defined]
-        result.layer = parts[0].layer  # type: ignore[attr-defined]
-    fig = plot_filters(result, None, ncols=ncols, title=f"{getattr(result, 'layer', layer)} · {steps} steps · seed {seed}")
+        result = FilterImages.concat(parts)
+    fig = plot_filters(result, None, ncols=ncols, title=f"{result.layer} · {steps} steps · seed {seed}")
     _save_figure(fig, out, dpi, palette)
-    _wrote(out, f"{result.shape[0]} filter image(s) of {getattr(result, 'layer', layer)}")
+    _wrote(out, f"{len(result)} filter image(s) of {result.layer}")
 
 
 def _check_filter_ids(net: nn.Module, layer: str | None, chosen: Sequence[int], size: int | None) -> int | None:

@@ -69,7 +69,11 @@ class SuiteError(CnnlensError):
     """A benchmark suite file is malformed or names something that does not exist."""
 
 
-class OutputExistsError(CnnlensError):
+class OutputError(CnnlensError):
+    """An output could not be written (read-only folder, full disk, a path through a file)."""
+
+
+class OutputExistsError(OutputError):
     """An output path exists and would be overwritten without ``overwrite=True``."""
 
 

@@ -16,8 +16,9 @@ from torch import Tensor, nn
 
 from cnnlens import _post, _resolve, registry
 from cnnlens._guard import ModelGuard, is_scripted
-from cnnlens.errors import CnnlensError, ModelError
+from cnnlens.errors import CnnlensError, ModelError, OptionError, TargetError
 from cnnlens.explanation import Explanation, Provenance
+from cnnlens.images import Images
 
 
 def _module_at(model: nn.Module, name: str) -> nn.Module | None:
@@ -184,8 +185,22 @@ class Explainer:
     def _probe(self, x: Tensor) -> _resolve.ProbeResult:
         key = tuple(x.shape[1:])
         if key not in self._probe_cache:
-            self._probe_cache[key] = _resolve.probe_or_fail(self.net, x[:1])
+            try:
+                probe = _resolve.probe_or_fail(self.net, x[:1])
+            except ModelError:
+                _resolve.check_channels(self.net, x[:1])  # the input's fault when the first conv to run refuses it
+                raise
+            self._check_categories(probe.num_classes)
+            self._probe_cache[key] = probe
         return self._probe_cache[key]
+
+    def _check_categories(self, num_classes: int) -> None:
+        """Refuse too few class names before any work: labelling the result would fail after it."""
+        if self.categories is not None and len(self.categories) < num_classes:
+            raise TargetError(
+                f"categories has {len(self.categories)} names but the model has {num_classes} classes; "
+                f"give one name per class ({num_classes}), or categories=None for class indices"
+            )
 
     def _layer(self, probe: _resolve.ProbeResult) -> tuple[nn.Module | None, str | None]:
         if self.method == "fullgrad" or (not self.spec.needs_layer and self._layer_arg is None):
@@ -213,17 +228,55 @@ class Explainer:
             "toolkit guides nn.ReLU only, so this result equals the plain gradient rule for those activations"
         )
 
-    def explain(self, inputs: Tensor, target: Any = None) -> Explanation:
+    def explain(self, inputs: Tensor | Images, target: Any = None, *, chunk_size: int | None = None) -> Explanation:
         """Explain ``inputs`` for ``target``.
 
         Args:
-            inputs: (N, C, H, W) float tensor, preprocessed for the model. It is not modified.
+            inputs: (N, C, H, W) float tensor, preprocessed for the model, or the
+                :class:`~cnnlens.images.Images` that :func:`cnnlens.load_images` returns (its display
+                copies then travel into the result). It is not modified.
             target: None (predicted class), an int or class name for every image, or a list/tensor
                 of N ints or names.
+            chunk_size: Images per backend call (bounds memory; the CLI's ``--batch-size``); None
+                explains the whole batch in one call. Every target is checked before the first call.
+                An image's result does not depend on the chunking. (Not ``batch_size``: that is
+                ScoreCAM's and AblationCAM's option for masked inputs per forward.)
 
         Returns:
-            An :class:`~cnnlens.Explanation` whose ``maps`` follow the output contract.
+            An :class:`~cnnlens.Explanation` whose ``maps`` follow the output contract (one for the
+            whole batch, whatever ``chunk_size``).
         """
+        if chunk_size is not None:
+            return Explanation.concat([e for _start, _stop, e in self.explain_chunks(inputs, target, chunk_size)])
+        images = None
+        if isinstance(inputs, Images):
+            inputs, images = inputs.tensor, inputs.images
+        return self._explain(inputs, target, images)
+
+    def explain_chunks(
+        self, inputs: Tensor | Images, target: Any = None, chunk_size: int = 8
+    ) -> Iterator[tuple[int, int, Explanation]]:
+        """Explain ``inputs`` ``chunk_size`` images at a time, yielding ``(start, stop, explanation)``.
+
+        What ``explain(..., chunk_size=...)`` joins with :meth:`Explanation.concat`; iterate it
+        directly to report progress. The inputs and every target are checked before the first
+        chunk is explained.
+        """
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise OptionError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        tensor = inputs.tensor if isinstance(inputs, Images) else inputs
+        first = _resolve.check_input(tensor[:1] if isinstance(tensor, Tensor) and tensor.dim() == 4 else tensor,
+                                     self.model)
+        n = int(tensor.shape[0])
+        if target is not None:
+            with ModelGuard(self.model):
+                probe = self._probe(first)
+            _resolve.resolve_targets(target, n, probe.num_classes, self.categories, None)
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            yield start, stop, self.explain(inputs[start:stop], target=_chunk_target(target, start, stop))
+
+    def _explain(self, inputs: Tensor, target: Any, images: Tensor | None) -> Explanation:
         x = _resolve.check_input(inputs, self.model)
         out_device = inputs.device
         device = x.device
@@ -311,19 +364,28 @@ class Explainer:
             scores=scores.detach().to(out_device) if scores is not None else None,
             labels=labels,
             warnings=tuple(warn_msgs),
-            images=getattr(inputs, "images", None),
+            images=images,
         )
+
+
+def _chunk_target(target: Any, start: int, stop: int) -> Any:
+    """The targets of images ``start:stop``: a per-image list or tensor is sliced, one for all is kept."""
+    if isinstance(target, (list, tuple)) or (isinstance(target, Tensor) and target.dim() == 1):
+        return target[start:stop]
+    return target
 
 
 def explain(
     model: nn.Module,
-    inputs: Tensor,
+    inputs: Tensor | Images,
     method: str = "gradcam",
     backend: str | None = "auto",
     layer: nn.Module | str | None = None,
     target: Any = None,
+    *,
+    chunk_size: int | None = None,
     **options: Any,
 ) -> Explanation:
-    """One-shot form of ``Explainer(model, method, backend, layer, **options).explain(inputs, target)``."""
+    """One-shot form of ``Explainer(model, method, backend, layer, **options).explain(inputs, target, chunk_size=)``."""
     with Explainer(model, method, backend=backend, layer=layer, **options) as ex:
-        return ex.explain(inputs, target=target)
+        return ex.explain(inputs, target=target, chunk_size=chunk_size)

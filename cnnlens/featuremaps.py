@@ -1,10 +1,11 @@
 """Feature maps: record what layers take in and give out, with forward hooks that never leak.
 
+    x = cnnlens.load_images("photos/", model)
     with cnnlens.capture(model, ["layer1", "layer4"]) as fm:
-        model(x)
+        model(x.tensor)
     fm["layer4"]                       # (N, 512, 7, 7): the last forward's output, detached
     fm.top_channels("layer4", k=16)    # channel indices ranked by mean activation, per image
-    fm.plot(images=x.images, out="fm.png")
+    fm.plot(images=x, out="fm.png")    # the display copies and names of the Images
 
 This is the classic tutorial's ``SaveFeatures`` hook class done right: hooks are removed when the
 block ends (also when ``forward`` raises), tensors are detached so no autograd graph is kept alive,

@@ -1,8 +1,9 @@
 """Image loading: files, folders and globs, preprocessed for a model, with display copies kept.
 
-The returned batch is an ordinary tensor with two extra attributes: ``images`` (N, H, W, 3) uint8
-after resize and crop, for plotting, and ``image_names`` (file stems; not ``names``, which is
-torch's named-tensor property before torch 2.14 and cannot hold file names there).
+:func:`load_images` and :func:`demo_images` return an :class:`Images`: the preprocessed batch
+(``tensor``) together with its display copies, names and source files. Slicing it keeps them
+together (``x[:2]`` has the pictures of the first two images), which attributes stuck onto a tensor
+could not do.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import glob as _glob
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +28,72 @@ DEMO = ("chelsea", "coffee", "rocket", "astronaut")
 MAX_FILE_PIXELS = 8192 * 8192
 #: Images more elongated than this are refused: the centre crop would keep a sliver of them.
 MAX_ASPECT = 20
+
+
+@dataclass(frozen=True, eq=False)
+class Images:
+    """A preprocessed image batch with what it was made from.
+
+    :meth:`cnnlens.Explainer.explain` accepts it in place of a tensor and then carries the display
+    copies into the :class:`~cnnlens.Explanation`, for plotting. Call the model on ``tensor``.
+
+    Attributes:
+        tensor: (N, 3, H, W) float batch, normalised as the model expects, on the chosen device.
+        images: (N, H, W, 3) uint8 display copies after the same resize and crop (CPU).
+        names: One name per image (the file stem).
+        paths: The source file of each image.
+    """
+
+    tensor: Tensor
+    images: Tensor
+    names: tuple[str, ...]
+    paths: tuple[Path, ...]
+
+    def __post_init__(self) -> None:
+        n = self.tensor.shape[0]
+        if self.images.shape[0] != n or len(self.names) != n or len(self.paths) != n:
+            raise ImageLoadError(
+                f"Images needs one display image, name and path per image: got {n} inputs, "
+                f"{self.images.shape[0]} display images, {len(self.names)} names, {len(self.paths)} paths"
+            )
+
+    def __len__(self) -> int:
+        return int(self.tensor.shape[0])
+
+    def __repr__(self) -> str:
+        t = self.tensor
+        return f"Images({len(self)} x {tuple(t.shape[1:])}, {t.dtype}, {t.device}, names={self.names!r})"
+
+    def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> Images:
+        """A sub-batch: a slice, a list or tensor of indices, or an int (a batch of one image)."""
+        if isinstance(index, bool):
+            raise IndexError("Images cannot be indexed by a bool; use an int, a slice or a list of ints")
+        if isinstance(index, (int, np.integer)):
+            n = len(self)
+            if not -n <= int(index) < n:
+                raise IndexError(f"image index {int(index)} is out of range for {n} images")
+            index = slice(int(index) % n, int(index) % n + 1)
+        if isinstance(index, slice):
+            return Images(self.tensor[index], self.images[index], tuple(self.names[index]), tuple(self.paths[index]))
+        if isinstance(index, Tensor) and index.dtype == torch.bool:
+            index = index.nonzero().flatten()
+        rows = [int(i) for i in (index.tolist() if isinstance(index, Tensor) else index)]
+        pick = torch.tensor(rows, dtype=torch.long)
+        return Images(self.tensor[pick.to(self.tensor.device)], self.images[pick],
+                      tuple(self.names[i] for i in rows), tuple(self.paths[i] for i in rows))
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of ``tensor``, (N, 3, H, W)."""
+        return self.tensor.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensor.device
+
+    def to(self, *args: Any, **kwargs: Any) -> Images:
+        """Move or convert ``tensor`` as :meth:`torch.Tensor.to` does; the display copies stay on the CPU."""
+        return Images(self.tensor.to(*args, **kwargs), self.images, self.names, self.paths)
 
 
 def demo_paths(names: Sequence[str] = DEMO) -> list[Path]:
@@ -141,7 +210,7 @@ def load_images(
     model: nn.Module | None = None,
     size: int | None = None,
     device: str | torch.device | None = None,
-) -> Tensor:
+) -> Images:
     """Load images as a preprocessed (N, 3, H, W) batch for ``model``.
 
     Args:
@@ -151,12 +220,13 @@ def load_images(
         device: Defaults to the model's device.
 
     Returns:
-        A tensor with attributes ``images`` (N, H, W, 3 uint8 display copies) and ``image_names``.
+        An :class:`Images`: the batch as ``tensor``, its uint8 display copies, names and paths.
     """
     from cnnlens.models import meta_of
 
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
         raise ImageLoadError(f"size must be an integer >= 8 (the crop side in pixels), got {size!r}")
+    target_device = _device(device) if device is not None else None  # before decoding anything
     paths = expand(sources)
     meta = meta_of(model) if model is not None else None
     mean = meta.mean if meta else (0.485, 0.456, 0.406)
@@ -173,23 +243,43 @@ def load_images(
                 f"'{p}' is {w}x{h} pixels, an aspect ratio above {MAX_ASPECT}:1; crop it to the region of interest first"
             )
     x, shows = preprocess(arrays, mean, std, resize, crop)
-    if device is None and model is not None:
-        for p in model.parameters():
-            device = p.device
+    if target_device is None and model is not None:
+        for prm in model.parameters():
+            target_device = prm.device
             break
-    if device is not None:
-        x = x.to(device)
-    x.images = shows  # type: ignore[attr-defined]
-    x.image_names = [p.stem for p in paths]  # type: ignore[attr-defined]
-    return x
+    if target_device is not None:
+        x = x.to(target_device)
+    return Images(x, shows, tuple(p.stem for p in paths), tuple(paths))
 
 
-def demo_images(model: nn.Module | None = None, names: Sequence[str] = DEMO, size: int | None = None) -> Tensor:
+def _device(device: str | torch.device) -> torch.device:
+    """Parse ``device=`` and check that it exists here, with an error naming what would work."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ImageLoadError(f"invalid device {device!r}: use 'cpu', 'cuda' or 'cuda:N' (or None for the model's)") from None
+    if dev.type == "meta":
+        raise ImageLoadError("device 'meta' holds no values; use 'cpu', 'cuda' or 'cuda:N'")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ImageLoadError(f"device '{dev}' was asked for but no CUDA GPU is available; use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ImageLoadError(
+                f"device '{dev}' does not exist: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                f"(cuda:0..cuda:{torch.cuda.device_count() - 1})"
+            )
+    return dev
+
+
+def demo_images(model: nn.Module | None = None, names: Sequence[str] = DEMO, size: int | None = None,
+                device: str | torch.device | None = None) -> Images:
     """The bundled demo photos (cat, coffee, rocket, astronaut) preprocessed for ``model``."""
+    if isinstance(names, str):
+        names = [names]
     unknown = [n for n in names if n not in DEMO]
     if unknown:
         raise ImageLoadError(f"unknown demo image(s) {', '.join(unknown)}; available: {', '.join(DEMO)}")
-    return load_images(demo_paths(names), model, size=size)
+    return load_images(demo_paths(names), model, size=size, device=device)
 
 
 def denormalize(x: Tensor, model: nn.Module | None = None) -> Tensor:

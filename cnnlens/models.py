@@ -25,7 +25,11 @@ EMBEDDED = "efficientnet_lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Suffixes that always mean "a file", whether or not it exists.
-MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".torchscript", ".jit", ".safetensors", ".onnx")
+MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".torchscript", ".jit", ".safetensors", ".onnx",
+                  ".pt2")
+#: What load_model accepts, for error messages.
+ACCEPTS = (f"load_model accepts '{EMBEDDED}', a torchvision model name, a state dict (.pt/.pth, with arch=) or "
+           "TorchScript file, or 'package.module:callable' returning an nn.Module")
 
 
 @dataclass
@@ -158,6 +162,19 @@ def _load_torchvision(name: str, weights: str | None, num_classes: int | None = 
     return _attach(model, meta)
 
 
+def _is_torch_export(path: Path) -> bool:
+    """A ``torch.export.save`` archive (an ExportedProgram): it has ``archive_format`` and ``models/*.json``."""
+    if not zipfile.is_zipfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/archive_format") or n == "archive_format" for n in names) and any(
+        "/models/" in n and n.endswith(".json") for n in names)
+
+
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
@@ -188,6 +205,12 @@ def _load_file(path: Path, arch: str | None, device: str | torch.device) -> nn.M
         raise ModelError(
             f"'{path.name}' is a {path.suffix} file, which cnnlens cannot load; save a PyTorch state dict "
             "(torch.save(model.state_dict(), path)) or a TorchScript file (torch.jit.save) instead"
+        )
+    if _is_torch_export(path):
+        raise ModelError(
+            f"'{path.name}' is a torch.export archive (an ExportedProgram), not a model cnnlens can load: explaining "
+            "needs an nn.Module whose layers can be hooked. Save the model with torch.jit.save or its state dict "
+            f"(torch.save(model.state_dict(), path)) instead; {ACCEPTS}"
         )
     if _is_torchscript(path):
         try:
@@ -246,16 +269,36 @@ def _load_file(path: Path, arch: str | None, device: str | torch.device) -> nn.M
 
 def _load_callable(spec: str) -> nn.Module:
     module_name, _, attr = spec.partition(":")
+    if not module_name or not attr or not all(p.isidentifier() for p in (*module_name.split("."), *attr.split("."))):
+        raise ModelError(f"'{spec}' is not 'package.module:callable' (e.g. 'torchvision.models:resnet18'); {ACCEPTS}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ModelError(f"could not import module '{module_name}' from '{spec}': {exc}") from exc
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise ModelError(f"module '{module_name}' has no attribute '{attr}'")
-    model = fn() if callable(fn) and not isinstance(fn, nn.Module) else fn
+    fn: Any = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ModelError(f"module '{module_name}' has no attribute '{attr}'")
+    if isinstance(fn, nn.Module):
+        model = fn
+    elif callable(fn):
+        try:
+            model = fn()
+        except TypeError as exc:
+            raise ModelError(
+                f"'{spec}' cannot be called without arguments ({' '.join(str(exc).split())}); name a function or "
+                "class that builds the model with no arguments, e.g. 'torchvision.models:resnet18'"
+            ) from None
+        except Exception as exc:
+            raise ModelError(f"calling '{spec}' failed: {type(exc).__name__}: {' '.join(str(exc).split())}") from exc
+    else:
+        model = fn
     if not isinstance(model, nn.Module):
-        raise ModelError(f"'{spec}' returned {type(model).__name__}, not a torch.nn.Module")
+        raise ModelError(
+            f"'{spec}' returned {type(model).__name__}, not a torch.nn.Module; name a callable that builds the "
+            "model (e.g. 'torchvision.models:resnet18')"
+        )
     if not isinstance(getattr(model, "cnnlens_meta", None), ModelMeta):
         model.cnnlens_meta = ModelMeta(spec, None, source=spec)
     return model
@@ -300,6 +343,8 @@ def load_model(
             model = _load_file(path, arch, device)
         elif ":" in s and not s.startswith(("/", ".")):
             model = _load_callable(s)
+        elif not s.strip():
+            raise ModelError(f"the model name is empty; {ACCEPTS}")
         else:
             model = _load_torchvision(s, weights)
     return model.to(device).eval()

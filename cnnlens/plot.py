@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cnnlens.errors import InputError, OptionError, OutputExistsError
+from cnnlens import _files
+from cnnlens.errors import InputError, OptionError, OutputError, OutputExistsError
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -63,7 +65,9 @@ def prepare_out_dir(path: str | Path, overwrite: bool = False) -> Path:
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputExistsError(f"cannot create output folder '{p}': {exc.strerror or exc}") from None
+        raise OutputError(f"cannot create output folder '{p}': {_files.why(exc)}") from None
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder '{p}' is not writable; choose a folder you can write to")
     return p
 
 
@@ -93,7 +97,9 @@ def prepare_out_file(path: str | Path, overwrite: bool = False, inputs: Sequence
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputExistsError(f"cannot create folder '{p.parent}': {exc.strerror or exc}") from None
+        raise OutputError(f"cannot create folder '{p.parent}': {_files.why(exc)}") from None
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"folder '{p.parent}' is not writable; choose a folder you can write to")
     return p
 
 
@@ -107,7 +113,8 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = DPI, palette: bool = F
         palette: For PNG, quantize to 256 dithered colours (about a third of the bytes; for READMEs).
     """
     p = Path(path)
-    try:
+
+    def write(tmp: Path) -> None:
         if palette and p.suffix.lower() == ".png":
             from PIL import Image
 
@@ -115,12 +122,12 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = DPI, palette: bool = F
                 rgb = im.convert("RGB")
                 # Dithering against an octree palette keeps photos free of banding.
                 palette_img = rgb.quantize(256, method=Image.Quantize.FASTOCTREE)
-                rgb.quantize(palette=palette_img, dither=Image.Dither.FLOYDSTEINBERG).save(p, optimize=True)
+                rgb.quantize(palette=palette_img, dither=Image.Dither.FLOYDSTEINBERG).save(tmp, format="PNG", optimize=True)
         else:
-            fig.savefig(str(p), dpi=dpi)
-    except OSError as exc:
-        raise OutputExistsError(f"cannot write '{p}': {exc.strerror or exc}") from None
-    return p
+            fig.savefig(str(tmp), dpi=dpi, format=p.suffix.lstrip(".").lower() or None)
+
+    # A temporary name, then a rename: a full disk leaves no truncated picture behind.
+    return _files.write_atomic(p, write)
 
 
 def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
@@ -260,8 +267,15 @@ def draw(explanation: Explanation, i: int, image: Any = None, cmap: str = "jet",
     return overlay(image, m, cmap, alpha, weighted=kind == "pixel")
 
 
+def _is_images(obj: Any) -> bool:
+    """``obj`` is a :class:`cnnlens.images.Images` (checked without importing torchvision's transforms)."""
+    from cnnlens.images import Images
+
+    return isinstance(obj, Images)
+
+
 def _images_of(explanations: Sequence[Explanation], images: Any) -> np.ndarray | None:
-    src = images
+    src = images.images if _is_images(images) else images
     if src is None:
         for e in explanations:
             if e.images is not None:
@@ -314,7 +328,8 @@ def comparison_grid(
 
     Args:
         explanations: Explanations of the same N images (e.g. one per method or backend).
-        images: (N, H, W, 3) uint8 display images; defaults to the explanations' own ``images``.
+        images: (N, H, W, 3) uint8 display images, or the :class:`~cnnlens.images.Images` that was
+            explained (its names then label the rows); defaults to the explanations' own ``images``.
             Without images the heatmaps are drawn alone.
         out: Also write the figure here (format by suffix; the file is replaced if it exists).
         names: Row labels (image names).
@@ -336,6 +351,8 @@ def comparison_grid(
     if any(len(e) != n for e in exps):
         sizes = ", ".join(f"{e.method}/{e.backend}: {len(e)}" for e in exps)
         raise InputError(f"explanations cover different numbers of images ({sizes}); explain the same batch")
+    if names is None and _is_images(images):
+        names = list(images.names)
     imgs = _images_of(exps, images)
     if imgs is not None and len(imgs) != n:
         raise InputError(f"got {len(imgs)} images for explanations of {n}; pass the batch that was explained")
@@ -374,12 +391,7 @@ def save_overlay(explanation: Explanation, i: int, path: str | Path, cmap: str =
     if not 0 <= i < len(explanation):
         raise InputError(f"image index {i} is out of range for an explanation of {len(explanation)} images")
     picture = draw(explanation, i, None, cmap, alpha)
-    p = Path(path)
-    try:
-        Image.fromarray(picture).save(p)
-    except OSError as exc:
-        raise OutputExistsError(f"cannot write '{p}': {exc.strerror or exc}") from None
-    return p
+    return _files.write_atomic(Path(path), lambda tmp: Image.fromarray(picture).save(tmp))
 
 
 #: ``Explanation._repr_png_`` draws at most this many images.
@@ -539,7 +551,8 @@ def feature_grid(
         maps: What :func:`cnnlens.capture` recorded.
         layers: Layers to draw (default: all captured).
         top: Channels per layer and image.
-        images: (N, H, W, 3) display images for the first column (e.g. ``x.images``).
+        images: (N, H, W, 3) display images for the first column, or the
+            :class:`~cnnlens.images.Images` that was captured (its names then label the images).
         out: Also write the figure here.
         ncols: Channels per row.
         call: Which forward pass to draw (default: the last).
@@ -558,6 +571,9 @@ def feature_grid(
     ranked = {name: maps.top_channels(name, top, call=call) for name in chosen}
     n = next(iter(ranked.values()))[0].shape[0] if ranked else 0
     imgs = None
+    if _is_images(images):
+        names = list(images.names) if names is None else names
+        images = images.images
     if images is not None:
         imgs = np.stack([as_uint8_image(i) for i in _numpy(images)])
         if len(imgs) != n:

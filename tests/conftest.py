@@ -22,14 +22,14 @@ def embedded():
 def demo(embedded):
     import cnnlens
 
-    return cnnlens.demo_images(embedded)
+    return cnnlens.demo_images(embedded).tensor
 
 
 @pytest.fixture(scope="session")
 def cat(embedded):
     import cnnlens
 
-    return cnnlens.demo_images(embedded, names=["chelsea"])
+    return cnnlens.demo_images(embedded, names=["chelsea"]).tensor
 
 
 @pytest.fixture()

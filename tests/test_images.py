@@ -124,9 +124,9 @@ def test_folders_globs_and_batches(tmp_path):
         _write(tmp_path, name)
     (tmp_path / "notes.txt").write_text("not an image")
     x = cnnlens.load_images(tmp_path, size=32)
-    assert tuple(x.shape) == (3, 3, 32, 32) and x.image_names == ["a", "b", "c"]
+    assert tuple(x.shape) == (3, 3, 32, 32) and x.names == ("a", "b", "c")
     assert x.images.dtype == torch.uint8 and tuple(x.images.shape) == (3, 32, 32, 3)
-    assert cnnlens.load_images(str(tmp_path / "*.png")).image_names == ["b"]
+    assert cnnlens.load_images(str(tmp_path / "*.png")).names == ("b",)
     assert tuple(cnnlens.load_images([tmp_path / "a.jpg", tmp_path / "c.bmp"]).shape) == (2, 3, 224, 224)
 
 
@@ -136,11 +136,11 @@ def test_preprocessing_follows_the_model(tmp_path, embedded):
     plain = cnnlens.load_images(path)  # ImageNet mean/std
     lite = cnnlens.load_images(path, embedded)  # EfficientNet-Lite: mean = std = 0.5
     assert tuple(lite.shape) == (1, 3, 224, 224)
-    assert float(lite.mean()) == pytest.approx((128 / 255 - 0.5) / 0.5, abs=1e-3)
-    assert float(plain[0, 0].mean()) == pytest.approx((128 / 255 - 0.485) / 0.229, abs=1e-3)
+    assert float(lite.tensor.mean()) == pytest.approx((128 / 255 - 0.5) / 0.5, abs=1e-3)
+    assert float(plain.tensor[0, 0].mean()) == pytest.approx((128 / 255 - 0.485) / 0.229, abs=1e-3)
     # the display copy is kept un-normalised
     assert int(lite.images[0, 100, 100, 0]) == 128
-    back = cnnlens.images.denormalize(lite, embedded)[0].permute(1, 2, 0) * 255
+    back = cnnlens.images.denormalize(lite.tensor, embedded)[0].permute(1, 2, 0) * 255
     assert torch.allclose(back, lite.images[0].float(), atol=1.0)
 
 
@@ -150,6 +150,6 @@ def test_demo_photos_and_their_licence():
     for name in DEMO:
         assert (DATA / f"{name}.jpg").is_file() and f"{name}.jpg" in licence
     x = cnnlens.demo_images(names=["chelsea"])
-    assert x.image_names == ["chelsea"]
+    assert x.names == ("chelsea",)
     with pytest.raises(ImageLoadError, match="available: chelsea"):
         cnnlens.demo_images(names=["dog"])

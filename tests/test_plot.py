@@ -17,14 +17,14 @@ from PIL import Image
 import cnnlens
 from cnnlens import plot
 from cnnlens.errors import InputError, OptionError, OutputExistsError
+from cnnlens.images import Images
 from cnnlens.testing import tiny_cnn, tiny_input
 
 
 @pytest.fixture(scope="module")
 def batch():
-    x = tiny_input(3, 32)
-    x.images = (torch.rand(3, 32, 32, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
-    return x
+    shown = (torch.rand(3, 32, 32, 3, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
+    return Images(tiny_input(3, 32), shown, ("a", "b", "c"), tuple(Path(f"{n}.png") for n in "abc"))
 
 
 @pytest.fixture(scope="module")

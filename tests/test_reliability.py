@@ -440,7 +440,7 @@ def test_image_with_alpha(files: dict[str, Path]) -> None:
 def test_16bit_png(files: dict[str, Path]) -> None:
     x = cnnlens.load_images(files["dir"] / "gray16.png", size=32)
     img = x.images[0].int()
-    assert x.shape == (1, 3, 32, 32) and torch.isfinite(x).all()
+    assert x.shape == (1, 3, 32, 32) and torch.isfinite(x.tensor).all()
     row = img[16, :, 0]
     # the ramp spans the range, stays gray, and increases left to right (no 8-bit wrap-around)
     assert row[0] < 40 and row[-1] > 215

@@ -454,7 +454,7 @@ def test_fix7_resnet18_measured_difference_from_captum(monkeypatch: pytest.Monke
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = cnnlens.load_model("resnet18", weights=None)
-    x = cnnlens.demo_images(model, names=["chelsea"])
+    x = cnnlens.demo_images(model, names=["chelsea"]).tensor
     ours = cnnlens.explain(model, x, "guided_backprop", backend="flashtorch")
     captum = cnnlens.explain(model, x, "guided_backprop", backend="captum", target=ours.targets)
     pgc = cnnlens.explain(model, x, "guided_backprop", backend="pytorch-grad-cam", target=ours.targets)
