@@ -263,10 +263,12 @@ def _read_only_uri(p: Path) -> str:
     folder_writable = os.access(p.absolute().parent, os.W_OK | os.X_OK)
     if folder_writable or shm.exists():
         return uri
-    if wal.exists() and wal.stat().st_size > 0:
-        raise StoreError(f"study database '{p}' is on read-only media with an unfinished write-ahead log "
-                         f"('{wal.name}' without its '-shm' index), which SQLite cannot read there; copy the "
-                         "folder to writable storage and run the command there")
+    journal = p.with_name(p.name + "-journal")
+    for log, what in ((wal, "write-ahead log"), (journal, "rollback journal")):
+        if log.exists() and log.stat().st_size > 0:
+            raise StoreError(f"study database '{p}' is on read-only media with an unfinished {what} "
+                             f"('{log.name}'), which SQLite cannot apply there; copy the folder to writable "
+                             "storage and run the command there")
     return uri + "&immutable=1"
 
 

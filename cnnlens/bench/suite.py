@@ -2,8 +2,9 @@
 
 A suite names models x images x methods x backends x options x batch sizes. Everything a suite
 names is checked when it is loaded (models, demo/scikit-image/files images, methods, backends,
-option names and values, measure settings), so a typo fails in a second with a
-:class:`~cnnlens.errors.SuiteError`, not an hour into a study.
+option names and values, measure settings, ``[[models]] layer``), so a typo fails in a second
+with a :class:`~cnnlens.errors.SuiteError`, not an hour into a study. Every number has bounds
+(stated in the error), so ``image_size = 100000`` or ``threads = 100000`` cannot exhaust the machine.
 
 The shipped suites (``smoke``, ``standard``, ``gpu``) live in ``cnnlens/bench/suites/`` as package
 data; ``benchmarks/suites/`` in the repository holds symlinks to the same files.
