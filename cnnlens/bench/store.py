@@ -106,22 +106,24 @@ def _tables(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
 
 
 def _check_schema(path: Path, tables: dict[str, tuple[str, ...]], allow_empty: bool) -> None:
-    """Refuse a database that is not a cnnlens study (before anything is written to it)."""
+    """Refuse a database that is not a cnnlens study (before anything is written to it).
+
+    A study has every table of :data:`COLUMNS` with at least those columns; tables a user added
+    for their own analysis are tolerated. An empty database is a study not yet started.
+    """
     user = {n: c for n, c in tables.items() if not n.startswith("sqlite_")}
     if not user and allow_empty:
         return
-    foreign = sorted(set(user) - set(COLUMNS))
-    wrong = sorted(n for n, cols in COLUMNS.items() if n in user and not set(cols) <= set(user[n]))
     missing = sorted(set(COLUMNS) - set(user))
-    if foreign or wrong or missing:
-        found = ", ".join(sorted(user)) or "no tables"
-        problems = [f"tables {', '.join(foreign)} are not a study's"] if foreign else []
-        problems += [f"table {n} lacks columns {', '.join(c for c in COLUMNS[n] if c not in user[n])}" for n in wrong]
-        if missing and not foreign and not wrong:
-            problems.append(f"tables {', '.join(missing)} are missing")
-        raise StoreError(
-            f"'{path}' is an SQLite database but not a cnnlens study ({'; '.join(problems)}; it has: {found}); "
-            "cnnlens leaves it untouched: move it away, or point to the .sqlite file `cnnlens bench` wrote")
+    wrong = sorted(n for n, cols in COLUMNS.items() if n in user and not set(cols) <= set(user[n]))
+    if not missing and not wrong:
+        return
+    problems = [f"missing tables {', '.join(missing)}"] if missing else []
+    problems += [f"table {n} lacks columns {', '.join(c for c in COLUMNS[n] if c not in user[n])}" for n in wrong]
+    found = ", ".join(sorted(user)) or "none"
+    raise StoreError(
+        f"'{path}' is an SQLite database but not a cnnlens study ({'; '.join(problems)}; its tables: {found}); "
+        "cnnlens leaves it untouched: move it away, or point to the .sqlite file `cnnlens bench` wrote")
 
 
 class Store:

@@ -328,6 +328,17 @@ def test_report_refuses_another_programs_database(tmp_path, results_table):
     assert db.read_bytes() == before
 
 
+def test_a_study_with_a_table_of_the_users_own_is_still_a_study(tiny_db, tmp_path):
+    db = tmp_path / "tiny.sqlite"
+    shutil.copy(tiny_db, db)
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE my_notes (metric TEXT, note TEXT)")
+    conn.commit()
+    conn.close()
+    pd.testing.assert_frame_equal(deterministic_table(db), deterministic_table(tiny_db))
+    store.Store(db, "tiny").close()
+
+
 @pytest.mark.parametrize("kind", ["text", "foreign"])
 def test_bench_refuses_a_foreign_file_where_its_study_goes_and_leaves_it_untouched(tiny_suite, tmp_path, kind):
     out = tmp_path / "out"
