@@ -900,7 +900,9 @@ def bench(
 ) -> None:
     """Run a benchmark study of the toolkits and write its SQLite database."""
     engine = _bench_module()
-    db = engine.run(suite, device=device, out=out, overwrite=overwrite, progress=True)
+    # The bar only on a terminal, as the other commands do: in a log or a pipe it is noise, and an
+    # error must stay the one line on stderr.
+    db = engine.run(suite, device=device, out=out, overwrite=overwrite, progress=sys.stderr.isatty())
     _wrote(Path(db), "study database")
 
 

@@ -77,6 +77,14 @@ class OutputExistsError(OutputError):
     """An output path exists and would be overwritten without ``overwrite=True``."""
 
 
+class OutputWriteError(CnnlensError):
+    """An output could not be written (full disk, read-only or forbidden folder); no partial file is left."""
+
+
+class StoreError(CnnlensError):
+    """A study database is corrupt, belongs to another program, or cannot be opened as asked."""
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
     """Format the closest candidate names for an error message ("" when none are close)."""
     pool = list(dict.fromkeys(candidates))

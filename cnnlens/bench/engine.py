@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import platform
+import sqlite3
 import subprocess
 import time
 import warnings
@@ -28,9 +29,10 @@ from torch import Tensor, nn
 
 from cnnlens.bench import metrics as M
 from cnnlens.bench import speed as S
-from cnnlens.bench.store import Row, Store
+from cnnlens.bench.files import writable, write_error
+from cnnlens.bench.store import Row, Store, sqlite_error
 from cnnlens.bench.suite import BASELINE_BACKEND, Suite, _match, load_suite
-from cnnlens.errors import CnnlensError, ModelError, OutputExistsError
+from cnnlens.errors import CnnlensError, ModelError, OutputExistsError, OutputWriteError
 
 KINDS = ("explain", "agreement", "crossmethod", "sanity", "speed")
 
@@ -467,6 +469,12 @@ def run(
 
     Returns:
         The path of the study's SQLite file.
+
+    Raises:
+        SuiteError: The suite is malformed or names something that does not exist.
+        StoreError: ``OUT/<study name>.sqlite`` is corrupt or another program's database.
+        OutputWriteError: The folder is read-only or the disk fills up; every finished cell is kept
+            (SQLite commits each cell whole), so the same call resumes once there is room.
     """
     s = load_suite(suite)
     try:
@@ -480,31 +488,45 @@ def run(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out '{out}' exists and is not a folder; choose a folder path")
+    if not writable(out):
+        raise OutputWriteError(f"study folder '{out}' cannot be written (read-only media or no permission); "
+                               "choose a writable folder (--out)")
     path = db_path(out, s)
     if overwrite:
         for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink(missing_ok=True)
+            except OSError as exc:
+                raise write_error(p, exc, "study database") from None
     store = Store(path, s.name)
     try:
-        old = store.meta().get("suite_digest")
-        if old is not None and old != s.digest():
-            raise OutputExistsError(
-                f"'{path}' holds a study of a different version of suite '{s.name}'; pass overwrite=True "
-                "(CLI: --overwrite) to start fresh, or choose another --out folder"
-            )
-        meta = run_metadata(s, dev)
-        store.set_meta(meta)  # the first run's metadata stays; later runs add their own entry
-        store.set_meta({f"run:{int(time.time())}": {k: meta[k] for k in ("git_revision", "versions", "device")}})
-        threads = torch.get_num_threads()
-        if s.threads:
-            torch.set_num_threads(s.threads)
-        try:
-            _run_study(s, dev, store, progress, max_cells)
-        finally:
-            torch.set_num_threads(threads)
+        _resume(s, dev, store, progress, max_cells)
+    except sqlite3.Error as exc:
+        raise sqlite_error(path, exc, writing=True) from None
     finally:
         store.close()
     return path
+
+
+def _resume(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None) -> None:
+    """Check that the store holds this suite's study (or none), record the run, run the pending cells."""
+    path = store.path
+    old = store.meta().get("suite_digest")
+    if old is not None and old != s.digest():
+        raise OutputExistsError(
+            f"'{path}' holds a study of a different version of suite '{s.name}'; pass overwrite=True "
+            "(CLI: --overwrite) to start fresh, or choose another --out folder"
+        )
+    meta = run_metadata(s, dev)
+    store.set_meta(meta)  # the first run's metadata stays; later runs add their own entry
+    store.set_meta({f"run:{int(time.time())}": {k: meta[k] for k in ("git_revision", "versions", "device")}})
+    threads = torch.get_num_threads()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    try:
+        _run_study(s, dev, store, progress, max_cells)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None) -> None:
@@ -554,8 +576,8 @@ def _run_cells(ctx: Context, cells: list[Cell], progress: bool, budget: list[int
                         rows, arts = run_crossmethod(ctx, cell.spec, ok)
                     else:
                         rows, arts = runners[cell.kind](ctx, cell.spec)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
+                except (KeyboardInterrupt, SystemExit, sqlite3.Error):
+                    raise  # a store failure (full disk) stops the study; it is not the method's result
                 except Exception as exc:  # a failing method is a result of the study, not a crash
                     status, error = "error", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
                     rows, arts = [], []

@@ -89,29 +89,36 @@ def _png(fig: Any, dpi: int = 90) -> bytes:
 
 
 def _load(db: Path) -> dict[str, Any]:
-    import pandas as pd
+    import sqlite3
 
-    from cnnlens.bench.store import open_existing
+    from cnnlens.bench.store import _query, open_existing, sqlite_error
 
     conn = open_existing(db)
     try:
-        res = pd.read_sql_query("SELECT model, image, method, backend, metric, value FROM results", conn)
-        cells = pd.read_sql_query("SELECT cell, kind, spec, status, error, seconds, finished FROM cells", conn)
-        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta").fetchall()}
-        images = pd.read_sql_query("SELECT model, image, position, source, target, label, box, png FROM images "
-                                   "ORDER BY model, position", conn)
-        arts = {}
-        for model, image, method, backend, data in conn.execute(
-                "SELECT model, image, method, backend, data FROM artifacts WHERE name = 'map'"):
-            arts[(model, image, method, backend)] = data
-        from cnnlens.bench.store import _array_from
-
-        raw_shapes = {}
-        for method, backend, data in conn.execute(
-                "SELECT method, backend, data FROM artifacts WHERE name = 'raw' GROUP BY method, backend"):
-            raw_shapes[(method, backend)] = "x".join(str(v) for v in _array_from(data).shape)
+        res = _query(db, conn, "SELECT model, image, method, backend, metric, value FROM results")
+        cells = _query(db, conn, "SELECT cell, kind, spec, status, error, seconds, finished FROM cells")
+        images = _query(db, conn, "SELECT model, image, position, source, target, label, box, png FROM images "
+                        "ORDER BY model, position")
+        try:
+            return _load_rest(db, conn, res, cells, images)
+        except sqlite3.Error as exc:
+            raise sqlite_error(db, exc, writing=False) from None
     finally:
         conn.close()
+
+
+def _load_rest(db: Path, conn: Any, res: Any, cells: Any, images: Any) -> dict[str, Any]:
+    from cnnlens.bench.store import _array_from
+
+    meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta").fetchall()}
+    arts = {}
+    for model, image, method, backend, data in conn.execute(
+            "SELECT model, image, method, backend, data FROM artifacts WHERE name = 'map'"):
+        arts[(model, image, method, backend)] = data
+    raw_shapes = {}
+    for method, backend, data in conn.execute(
+            "SELECT method, backend, data FROM artifacts WHERE name = 'raw' GROUP BY method, backend"):
+        raw_shapes[(method, backend)] = "x".join(str(v) for v in _array_from(data).shape)
     return {"res": res, "cells": cells, "meta": meta, "images": images, "maps": arts, "raw_shapes": raw_shapes}
 
 
@@ -666,25 +673,31 @@ def render_html(sections: list[Section], title: str, figs: dict[str, bytes]) -> 
 def write_report(db: Path | str, out_dir: Path | str | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` (figures in ``figures/``) and a self-contained ``report.html``.
 
+    Every file is written to a temporary name and renamed when complete, so a full disk or a
+    read-only folder leaves the previous report (or none), never a truncated file.
+
     Args:
-        db: The study's SQLite file.
+        db: The study's SQLite file (read-only media are fine).
         out_dir: Where to write (default: the database's folder). Existing report files there are
             replaced; nothing else is touched.
 
     Returns:
         (path of report.md, path of report.html).
+
+    Raises:
+        StoreError: ``db`` is missing, corrupt or not a cnnlens study.
+        OutputWriteError: The output folder is read-only or the disk is full.
     """
+    from cnnlens.bench.files import ensure_folder, write_atomic
+
     db = Path(db)
     out = Path(out_dir) if out_dir is not None else db.parent
-    out.mkdir(parents=True, exist_ok=True)
     sections, figs, meta = build_sections(db)
     title = f"cnnlens benchmark: {meta.get('suite_name', db.stem)}"
     fig_dir = out / "figures"
-    fig_dir.mkdir(exist_ok=True)
+    ensure_folder(fig_dir, "report folder")
     for name, data in figs.items():
-        (fig_dir / name).write_bytes(data)
-    md = out / "report.md"
-    md.write_text(render_md(sections, title, "figures"), encoding="utf-8")
-    page = out / "report.html"
-    page.write_text(render_html(sections, title, figs), encoding="utf-8")
+        write_atomic(fig_dir / name, data, "figure")
+    md = write_atomic(out / "report.md", render_md(sections, title, "figures"), "report")
+    page = write_atomic(out / "report.html", render_html(sections, title, figs), "report")
     return md, page

@@ -12,13 +12,19 @@ Tables:
 
 Every cell is written in one transaction together with its ``cells`` row, and every insert is
 ``INSERT OR IGNORE`` on a primary key, so a study killed at any moment resumes without losing or
-duplicating a row, and two processes running the same cell cannot double it.
+duplicating a row, and two processes running the same cell cannot double it: the first write of a
+cell stays, a second one (another worker, or a rerun that raced it) is a no-op instead of an error.
+
+The store refuses a file that is not a cnnlens study (another program's SQLite database, a corrupt
+file) with a :class:`~cnnlens.errors.StoreError` before writing anything to it, and reports open a
+study on read-only media read-only.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -27,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cnnlens.errors import CnnlensError, OutputWriteError, StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -51,6 +59,15 @@ CREATE TABLE IF NOT EXISTS images (
     PRIMARY KEY (study, model, image));
 """
 
+#: table -> its columns, as SCHEMA creates them (what a file must have to be read as a study).
+COLUMNS = {
+    "meta": ("study", "key", "value"),
+    "cells": ("study", "cell", "kind", "spec", "status", "error", "seconds", "host", "pid", "finished"),
+    "results": ("study", "cell", "model", "image", "method", "backend", "metric", "value", "deterministic"),
+    "artifacts": ("study", "cell", "model", "image", "method", "backend", "name", "data"),
+    "images": ("study", "model", "image", "position", "source", "target", "label", "box", "png"),
+}
+
 Row = tuple[str, str, str, str, str, "float | None", int]  # model, image, method, backend, metric, value, det
 
 
@@ -64,18 +81,82 @@ def _array_from(b: bytes) -> np.ndarray:
     return np.load(io.BytesIO(b), allow_pickle=False)
 
 
+def sqlite_error(path: Path, exc: sqlite3.Error, writing: bool) -> CnnlensError:
+    """Translate an SQLite failure on a study file into one clear cnnlens error."""
+    msg = str(exc)
+    low = msg.lower()
+    if "full" in low:
+        return OutputWriteError(f"could not write study database '{path}': the disk is full; free some space and "
+                                "run the same command again, which resumes (finished cells are kept)")
+    if "readonly" in low or "read-only" in low or (writing and "unable to open" in low):
+        return OutputWriteError(f"could not write study database '{path}': its folder is read-only or not writable "
+                                f"({msg}); choose a writable output folder (--out)")
+    if "locked" in low or "busy" in low:
+        return StoreError(f"study database '{path}' is locked by another process ({msg}); wait for it, or use "
+                          "another output folder")
+    if "not a database" in low or "malformed" in low or "corrupt" in low:
+        return StoreError(f"'{path}' is not a readable SQLite database ({msg}): the file is corrupt or is not a "
+                          "study; move it away, or point to the .sqlite file `cnnlens bench` wrote")
+    return StoreError(f"study database '{path}' could not be used ({type(exc).__name__}: {msg})")
+
+
+def _tables(conn: sqlite3.Connection) -> dict[str, tuple[str, ...]]:
+    names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {n: tuple(r[1] for r in conn.execute(f"PRAGMA table_info({json.dumps(n)})")) for n in names}
+
+
+def _check_schema(path: Path, tables: dict[str, tuple[str, ...]], allow_empty: bool) -> None:
+    """Refuse a database that is not a cnnlens study (before anything is written to it).
+
+    A study has every table of :data:`COLUMNS` with at least those columns; tables a user added
+    for their own analysis are tolerated. An empty database is a study not yet started.
+    """
+    user = {n: c for n, c in tables.items() if not n.startswith("sqlite_")}
+    if not user and allow_empty:
+        return
+    missing = sorted(set(COLUMNS) - set(user))
+    wrong = sorted(n for n, cols in COLUMNS.items() if n in user and not set(cols) <= set(user[n]))
+    if not missing and not wrong:
+        return
+    problems = [f"missing tables {', '.join(missing)}"] if missing else []
+    problems += [f"table {n} lacks columns {', '.join(c for c in COLUMNS[n] if c not in user[n])}" for n in wrong]
+    found = ", ".join(sorted(user)) or "none"
+    raise StoreError(
+        f"'{path}' is an SQLite database but not a cnnlens study ({'; '.join(problems)}; its tables: {found}); "
+        "cnnlens leaves it untouched: move it away, or point to the .sqlite file `cnnlens bench` wrote")
+
+
 class Store:
-    """A study's SQLite file. Safe to open from several processes (WAL, busy timeout)."""
+    """A study's SQLite file. Safe to open from several processes (WAL, busy timeout).
+
+    Raises:
+        StoreError: The file is corrupt or another program's SQLite database (it is not modified).
+        OutputWriteError: The folder cannot be written (read-only, full disk).
+    """
 
     def __init__(self, path: str | Path, study: str) -> None:
+        from cnnlens.bench.files import ensure_folder
+
         self.path = Path(path)
         self.study = study
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("PRAGMA busy_timeout=60000")
-        self.conn.executescript(SCHEMA)
+        ensure_folder(self.path.parent, "study folder")
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise sqlite_error(self.path, exc, writing=True) from None
+        try:
+            # Read before writing anything: a foreign or corrupt file must come out unchanged.
+            _check_schema(self.path, _tables(self.conn), allow_empty=True)
+            self.conn.execute("PRAGMA busy_timeout=60000")
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            self.conn.close()
+            raise sqlite_error(self.path, exc, writing=True) from None
+        except BaseException:
+            self.conn.close()
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -93,7 +174,10 @@ class Store:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            # SQLite rolls back by itself after some errors (SQLITE_FULL): a second ROLLBACK would
+            # fail and hide the error that matters.
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         else:
             self.conn.execute("COMMIT")
@@ -167,20 +251,66 @@ class Store:
         return _array_from(row[0]) if row else None
 
 
-def open_existing(path: str | Path) -> sqlite3.Connection:
-    """Open a study file read-only (for reports and exports); raises CnnlensError if it is not one."""
-    from cnnlens.errors import CnnlensError
+def _read_only_uri(p: Path) -> str:
+    """The URI that opens a study read-only, also where its folder cannot be written.
 
+    ``mode=ro`` still needs the WAL index (``-shm``) to exist or be creatable next to the file. On
+    read-only media, where it can be neither, a study that was closed cleanly (no ``-wal`` left) is
+    opened ``immutable``: nothing can change it there, so SQLite may skip locking and the index.
+    """
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(p.absolute()))}?mode=ro"
+    wal, shm = p.with_name(p.name + "-wal"), p.with_name(p.name + "-shm")
+    folder_writable = os.access(p.absolute().parent, os.W_OK | os.X_OK)
+    if folder_writable or shm.exists():
+        return uri
+    journal = p.with_name(p.name + "-journal")
+    for log, what in ((wal, "write-ahead log"), (journal, "rollback journal")):
+        if log.exists() and log.stat().st_size > 0:
+            raise StoreError(f"study database '{p}' is on read-only media with an unfinished {what} "
+                             f"('{log.name}'), which SQLite cannot apply there; copy the folder to writable "
+                             "storage and run the command there")
+    return uri + "&immutable=1"
+
+
+def open_existing(path: str | Path) -> sqlite3.Connection:
+    """Open a study file read-only (for reports and exports), also on read-only media.
+
+    Raises:
+        StoreError: The file does not exist, is corrupt, or is not a cnnlens study.
+    """
     p = Path(path)
     if not p.is_file():
-        raise CnnlensError(f"study database '{p}' does not exist; run `cnnlens bench` first")
-    conn = sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=60.0)
+        raise StoreError(f"study database '{p}' does not exist; run `cnnlens bench` first, or point to the "
+                         ".sqlite file it wrote")
+    uri = _read_only_uri(p)
     try:
-        conn.execute("SELECT 1 FROM results LIMIT 1")
-    except sqlite3.DatabaseError as exc:
+        conn = sqlite3.connect(uri, uri=True, timeout=60.0)
+    except sqlite3.Error as exc:
+        raise sqlite_error(p, exc, writing=False) from None
+    try:
+        _check_schema(p, _tables(conn), allow_empty=False)
+    except sqlite3.Error as exc:
         conn.close()
-        raise CnnlensError(f"'{p}' is not a cnnlens study database ({exc})") from None
+        raise sqlite_error(p, exc, writing=False) from None
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def _query(db: Path, conn: sqlite3.Connection, q: str, args: tuple[Any, ...] = ()) -> Any:
+    """pandas' read_sql_query, with SQLite failures (a page corrupt past the header) translated."""
+    import pandas as pd
+
+    try:
+        return pd.read_sql_query(q, conn, params=args)
+    except (sqlite3.Error, pd.errors.DatabaseError) as exc:
+        cause = exc.__cause__ if isinstance(exc.__cause__, sqlite3.Error) else exc
+        if isinstance(cause, sqlite3.Error):
+            raise sqlite_error(db, cause, writing=False) from None
+        raise StoreError(f"study database '{db}' could not be read ({exc})") from None
 
 
 def read_results(db: str | Path, study: str | None = None, deterministic_only: bool = False) -> Any:
@@ -191,8 +321,6 @@ def read_results(db: str | Path, study: str | None = None, deterministic_only: b
         study: Keep one study (a file normally holds one).
         deterministic_only: Drop timing and memory rows.
     """
-    import pandas as pd
-
     conn = open_existing(db)
     try:
         q = "SELECT study, model, image, method, backend, metric, value, deterministic, cell FROM results"
@@ -205,7 +333,7 @@ def read_results(db: str | Path, study: str | None = None, deterministic_only: b
             where.append("deterministic = 1")
         if where:
             q += " WHERE " + " AND ".join(where)
-        df = pd.read_sql_query(q, conn, params=args)
+        df = _query(Path(db), conn, q, args)
     finally:
         conn.close()
     return df.sort_values(["study", "model", "image", "method", "backend", "metric"]).reset_index(drop=True)
@@ -213,24 +341,21 @@ def read_results(db: str | Path, study: str | None = None, deterministic_only: b
 
 def read_table(db: str | Path, table: str) -> Any:
     """Any table of the study file (``cells``, ``meta``, ``images``) as a DataFrame."""
-    import pandas as pd
-
     if table not in ("cells", "meta", "images", "results"):
-        from cnnlens.errors import CnnlensError
-
-        raise CnnlensError(f"unknown table '{table}'; tables: cells, meta, images, results")
+        raise StoreError(f"unknown table '{table}'; tables: cells, meta, images, results")
     conn = open_existing(db)
     try:
-        return pd.read_sql_query(f"SELECT * FROM {table}", conn)
+        return _query(Path(db), conn, f"SELECT * FROM {table}")
     finally:
         conn.close()
 
 
 def export_csv(db: str | Path, path: str | Path | None = None) -> Path:
     """Write the results table to CSV (default: ``results.csv`` next to the database)."""
+    from cnnlens.bench.files import write_atomic
+
     out = Path(path) if path is not None else Path(db).with_name("results.csv")
-    read_results(db).drop(columns=["cell"]).to_csv(out, index=False)
-    return out
+    return write_atomic(out, read_results(db).drop(columns=["cell"]).to_csv(index=False), "results CSV")
 
 
 def summary(db: str | Path) -> Any:

@@ -2,8 +2,9 @@
 
 A suite names models x images x methods x backends x options x batch sizes. Everything a suite
 names is checked when it is loaded (models, demo/scikit-image/files images, methods, backends,
-option names and values, measure settings), so a typo fails in a second with a
-:class:`~cnnlens.errors.SuiteError`, not an hour into a study.
+option names and values, measure settings, ``[[models]] layer``), so a typo fails in a second
+with a :class:`~cnnlens.errors.SuiteError`, not an hour into a study. Every number has bounds
+(stated in the error), so ``image_size = 100000`` or ``threads = 100000`` cannot exhaust the machine.
 
 The shipped suites (``smoke``, ``standard``, ``gpu``) live in ``cnnlens/bench/suites/`` as package
 data; ``benchmarks/suites/`` in the repository holds symlinks to the same files.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,9 +287,25 @@ def _nums(sec: dict[str, Any], where: str, key: str, default: tuple[Any, ...], t
     return tuple(typ(i) for i in v)
 
 
-def _positive(where: str, v: int | float) -> None:
-    if v <= 0:
-        raise SuiteError(f"{where} must be > 0, got {v!r}")
+#: Bounds of every numeric suite value: large enough for any real study, small enough that a typo
+#: (``image_size = 100000``: a 58 GB batch) fails at load time instead of exhausting the machine.
+MAX_IMAGE_SIZE = 4096
+MAX_BATCH = 1024
+MAX_IMAGES = 10_000
+MAX_SEED = 2**32 - 1  # the widest seed every RNG the study feeds accepts (NumPy's legacy seed)
+#: Largest input batch the suite may ask for, in bytes (float32 images of ``image_size``).
+MAX_BATCH_BYTES = 4 * 2**30
+
+
+def _bounded(where: str, v: int | float, lo: int | float, hi: int | float, note: str = "") -> None:
+    """Refuse a value outside [lo, hi] (NaN included), naming the bounds."""
+    if not lo <= v <= hi:
+        raise SuiteError(f"{where} must be between {lo} and {hi}{note}, got {v!r}")
+
+
+def max_threads() -> int:
+    """The most torch threads a suite may ask for: this machine's CPUs (more only oversubscribes)."""
+    return os.cpu_count() or 1
 
 
 def parse(data: dict[str, Any], source: str = "") -> Suite:
@@ -306,9 +324,9 @@ def parse(data: dict[str, Any], source: str = "") -> Suite:
     if not name or any(c in name for c in "/\\"):
         raise SuiteError(f"study.name must be a plain name, got {name!r}")
     seed = _get(st, "study", "seed", int, 0)
+    _bounded("study.seed", seed, 0, MAX_SEED)
     threads = _get(st, "study", "threads", int, 0)
-    if threads < 0:
-        raise SuiteError(f"study.threads must be >= 0 (0: torch's default), got {threads}")
+    _bounded("study.threads", threads, 0, max_threads(), " (this machine's CPUs; 0: torch's default)")
 
     models = _parse_models(data.get("models"))
     images = _parse_images(data)
@@ -334,15 +352,13 @@ def parse(data: dict[str, Any], source: str = "") -> Suite:
         _get(fa, "faithfulness", "forward_batch", int, 32),
         _get(fa, "faithfulness", "images", int, 0),
     )
-    if faith.images < 0:
-        raise SuiteError("faithfulness.images must be >= 0 (0 means every image)")
-    _positive("faithfulness.steps", faith.steps)
-    _positive("faithfulness.forward_batch", faith.forward_batch)
-    _positive("faithfulness.blur_sigma", faith.blur_sigma)
-    if faith.blur_kernel < 1 or faith.blur_kernel % 2 == 0:
-        raise SuiteError(f"faithfulness.blur_kernel must be an odd integer >= 1, got {faith.blur_kernel}")
-    if faith.road_images < 0:
-        raise SuiteError("faithfulness.road_images must be >= 0")
+    _bounded("faithfulness.images", faith.images, 0, MAX_IMAGES, " (0 means every image)")
+    _bounded("faithfulness.steps", faith.steps, 1, 1000)
+    _bounded("faithfulness.forward_batch", faith.forward_batch, 1, MAX_BATCH)
+    _bounded("faithfulness.blur_sigma", faith.blur_sigma, 0.01, 1000.0)
+    if not 1 <= faith.blur_kernel <= 255 or faith.blur_kernel % 2 == 0:
+        raise SuiteError(f"faithfulness.blur_kernel must be an odd integer between 1 and 255, got {faith.blur_kernel}")
+    _bounded("faithfulness.road_images", faith.road_images, 0, MAX_IMAGES)
     for p in faith.road_percentiles:
         if not 0 < p < 100:
             raise SuiteError(f"faithfulness.road_percentiles are percentages in (0, 100), got {p}")
@@ -351,9 +367,8 @@ def parse(data: dict[str, Any], source: str = "") -> Suite:
     sanity = SanitySpec(_get(sa, "sanity", "enabled", bool, True), _get(sa, "sanity", "images", int, 2),
                         _get(sa, "sanity", "max_steps", int, 6), _strs(sa, "sanity", "include", ("*",)),
                         _strs(sa, "sanity", "exclude", ()))
-    _positive("sanity.images", sanity.images)
-    if sanity.max_steps < 2:
-        raise SuiteError(f"sanity.max_steps must be >= 2, got {sanity.max_steps}")
+    _bounded("sanity.images", sanity.images, 1, MAX_IMAGES)
+    _bounded("sanity.max_steps", sanity.max_steps, 2, 100)
 
     sp = _section(data, "speed", {"enabled", "batch_sizes", "repeats", "warmup", "include", "exclude", "slow",
                                   "slow_repeats"})
@@ -361,12 +376,11 @@ def parse(data: dict[str, Any], source: str = "") -> Suite:
                       _get(sp, "speed", "repeats", int, 5), _get(sp, "speed", "warmup", int, 1),
                       _strs(sp, "speed", "include", ("*",)), _strs(sp, "speed", "exclude", ()),
                       _strs(sp, "speed", "slow", ()), _get(sp, "speed", "slow_repeats", int, 2))
-    _positive("speed.slow_repeats", speed.slow_repeats)
+    _bounded("speed.slow_repeats", speed.slow_repeats, 1, 1000)
     for b in speed.batch_sizes:
-        _positive("speed.batch_sizes", b)
-    _positive("speed.repeats", speed.repeats)
-    if speed.warmup < 0:
-        raise SuiteError("speed.warmup must be >= 0")
+        _bounded("speed.batch_sizes", b, 1, MAX_BATCH)
+    _bounded("speed.repeats", speed.repeats, 1, 1000)
+    _bounded("speed.warmup", speed.warmup, 0, 100)
 
     lo = _section(data, "localization", {"enabled"})
     loc = LocalizationSpec(_get(lo, "localization", "enabled", bool, True))
@@ -375,11 +389,31 @@ def parse(data: dict[str, Any], source: str = "") -> Suite:
                         ("speed", speed.include + speed.exclude + speed.slow)):
         _check_method_patterns(where, pats)
 
+    _check_batch_bytes(models, images, speed, faith)
     suite = Suite(name, _get(st, "study", "description", str, ""), seed, models, images, methods, agreement,
                   faith, sanity, speed, loc, source, threads=threads)
     if not suite.pairs():
         raise SuiteError("the suite selects no (method, backend) pair; check [methods] include/exclude/backends")
     return suite
+
+
+def _check_batch_bytes(models: tuple[ModelSpec, ...], images: ImagesSpec, speed: SpeedSpec,
+                       faith: FaithSpec) -> None:
+    """Refuse a suite whose largest input batch alone would not fit a machine's memory.
+
+    Each bound above is sensible on its own; their product (1024 images of 4096 x 4096) is not.
+    Models without ``image_size`` use their own (small) crop and are not checked here.
+    """
+    batch = max(images.batch, *speed.batch_sizes, faith.forward_batch if faith.enabled else 1)
+    for m in models:
+        if m.image_size is None:
+            continue
+        need = batch * 3 * m.image_size**2 * 4
+        if need > MAX_BATCH_BYTES:
+            raise SuiteError(
+                f"model '{m.id}': a batch of {batch} images of {m.image_size}x{m.image_size} needs "
+                f"{need / 2**30:.1f} GiB as float32, more than the {MAX_BATCH_BYTES // 2**30} GiB a suite may ask for; "
+                "lower image_size or the batch sizes (images.batch, speed.batch_sizes, faithfulness.forward_batch)")
 
 
 def _parse_models(raw: Any) -> tuple[ModelSpec, ...]:
@@ -401,13 +435,16 @@ def _parse_models(raw: Any) -> tuple[ModelSpec, ...]:
             raise SuiteError(f"{where}.weights must be a string, got {weights!r}")
         size = _get(m, where, "image_size", int, None)
         if size is not None:
-            _positive(f"{where}.image_size", size)
+            _bounded(f"{where}.image_size", size, 8, MAX_IMAGE_SIZE)
         mid = _get(m, where, "id", str, spec.replace("/", "_").replace(":", "_"))
         if mid in seen:
             raise SuiteError(f"model id '{mid}' appears twice; give each [[models]] entry a distinct id")
         seen.add(mid)
         _check_model_spec(where, spec, weights)
-        out.append(ModelSpec(mid, spec, weights if weights != "none" else None, size, _get(m, where, "layer", str, None)))
+        layer = _get(m, where, "layer", str, None)
+        if layer is not None:
+            _check_layer(where, spec, layer)
+        out.append(ModelSpec(mid, spec, weights if weights != "none" else None, size, layer))
     return tuple(out)
 
 
@@ -449,6 +486,38 @@ def _check_model_spec(where: str, spec: str, weights: str | None) -> None:
         members = get_model_weights(spec).__members__
         if weights.split(".")[-1] not in members:
             raise SuiteError(f"{where}.weights: unknown weights '{weights}' for {spec}; valid: DEFAULT, {', '.join(members)}")
+
+
+def _check_layer(where: str, spec: str, layer: str) -> None:
+    """Check that ``layer`` names a module of the model, by building its architecture (no weights).
+
+    torchvision architectures are built on the ``meta`` device (no memory, no initialisation cost);
+    others (the embedded model, files, ``module:callable``) are loaded as the study will load them.
+    """
+    import torch
+
+    from cnnlens.models import EMBEDDED, _torchvision_names, load_model
+
+    net = None
+    if spec not in (EMBEDDED, "embedded", "default") and spec in _torchvision_names():
+        from torchvision.models import get_model_builder
+
+        try:
+            with torch.device("meta"):
+                net = get_model_builder(spec)(weights=None)
+        except Exception:  # an architecture whose __init__ needs real tensors: build it normally
+            net = None
+    try:
+        if net is None:
+            net = load_model(spec, weights=None)
+    except CnnlensError as exc:
+        raise SuiteError(f"{where}.spec: {exc}") from None
+    names = [n for n, _m in net.named_modules() if n]
+    if layer not in names:
+        hint = close_matches(layer, names)
+        extra = f"; close matches: {hint}" if hint else ""
+        raise SuiteError(f"{where}.layer: layer '{layer}' is not a module of '{spec}'{extra} "
+                         f"(`cnnlens layers --model {spec}` lists them)")
 
 
 def _parse_images(data: dict[str, Any]) -> ImagesSpec:
@@ -507,10 +576,10 @@ def _parse_images(data: dict[str, Any]) -> ImagesSpec:
     if keep not in ("correct", "all"):
         raise SuiteError(f"images.paste.keep must be 'correct' or 'all', got {keep!r}")
     mx = _get(pa, "images.paste", "max", int, 8)
-    _positive("images.paste.max", mx)
+    _bounded("images.paste.max", mx, 1, MAX_IMAGES)
     paste = PasteSpec(objects, scales, tuple((float(a), float(b)) for a, b in pos), bgs, keep, mx)
     batch = _get(im, "images", "batch", int, 4)
-    _positive("images.batch", batch)
+    _bounded("images.batch", batch, 1, MAX_BATCH)
     spec = ImagesSpec(demo, _get(im, "images", "flips", bool, False), sk, files, paste, batch)
     if not (demo or sk or files or objects):
         raise SuiteError("[images] selects no image; give demo, skimage, files or paste.objects")
@@ -570,7 +639,7 @@ def _parse_methods(data: dict[str, Any]) -> MethodsSpec:
         if method not in registry.METHODS:
             hint = close_matches(method, registry.METHODS)
             raise SuiteError(f"methods.max_images: unknown method '{method}'{f' (did you mean {hint}?)' if hint else ''}")
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise SuiteError(f"methods.max_images.{method} must be an integer >= 1, got {n!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_IMAGES:
+            raise SuiteError(f"methods.max_images.{method} must be an integer between 1 and {MAX_IMAGES}, got {n!r}")
     return MethodsSpec(include, exclude, backends, _get(me, "methods", "baselines", bool, True),
                        {k: dict(v) for k, v in opts.items()}, dict(mx))

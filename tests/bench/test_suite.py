@@ -75,7 +75,7 @@ BAD = {
     "unknown paste object": (MINI + '[images.paste]\nobjects = ["unicorn"]\n', "unknown object 'unicorn'"),
     "wrong type": (MINI + "[faithfulness]\nsteps = 'ten'\n", "faithfulness.steps must be int"),
     "even blur kernel": (MINI + "[faithfulness]\nblur_kernel = 10\n", "odd integer"),
-    "bad batch size": (MINI + "[speed]\nbatch_sizes = [0]\n", "speed.batch_sizes must be > 0"),
+    "bad batch size": (MINI + "[speed]\nbatch_sizes = [0]\n", "speed.batch_sizes must be between 1 and 1024"),
     "unknown key": (MINI + "[speed]\nrepeat = 3\n", "unknown key 'repeat' in [speed]"),
     "sanity pattern": (MINI + '[sanity]\nexclude = ["scorecamm"]\n', "matches no method"),
     "no images": ("[[models]]\nspec = 'cnnlens.testing:tiny_cnn'\n[images]\ndemo = []\n", "selects no image"),
