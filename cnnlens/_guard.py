@@ -454,6 +454,8 @@ class _Sigint:
             user = signal.getsignal(signal.SIGINT)
             if user is None:  # a handler installed outside Python: leave it alone
                 return False
+            if user == self.handler:  # (left installed by an interrupted unwrap)
+                user = signal.default_int_handler
             self.user, self.pending = user, False
             signal.signal(signal.SIGINT, self.handler)
         self.depth += 1
@@ -520,8 +522,14 @@ class ModelGuard:
 
     def __enter__(self) -> ModelGuard:
         self._sigint = _SIGINT.enter()  # before anything else: from here a Ctrl-C waits for us
-        lock = self._lock = _lock_of(self.model)
-        lock.acquire()
+        self._lock = _lock_of(self.model)
+        try:
+            self._acquire()
+        except BaseException:  # Ctrl-C while another thread held the model: nothing to undo
+            if self._sigint:
+                self._sigint = False
+                _SIGINT.leave()
+            raise
         try:
             self._take()
         except BaseException:
@@ -542,6 +550,14 @@ class ModelGuard:
 
     def __exit__(self, *exc: Any) -> None:
         self._exit()
+
+    def _acquire(self) -> None:
+        """Take the model's lock; while another thread holds it, a Ctrl-C is delivered at once."""
+        if not self._sigint:
+            self._lock.acquire()
+            return
+        while not self._lock.acquire(timeout=0.05):
+            _SIGINT.deliver_pending()
 
     def _exit(self) -> None:
         try:

@@ -383,6 +383,40 @@ def _explains_in_another_thread(ex: cnnlens.Explainer, x: torch.Tensor) -> None:
     assert done, "another thread could not explain the model (its lock is still held)"
 
 
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
+def test_ctrl_c_while_another_thread_explains_the_model_interrupts_at_once() -> None:
+    import _thread
+    import time
+
+    model = _used_model()
+    before = snapshot(model)
+    handler = signal.getsignal(signal.SIGINT)
+    inside, leave = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with _guard.ModelGuard(model):
+            inside.set()
+            leave.wait(timeout=60)
+
+    t = threading.Thread(target=holder)
+    t.start()
+    assert inside.wait(timeout=30)
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(KeyboardInterrupt), _guard.ModelGuard(model):
+            pytest.fail("entered while another thread held the model")
+        assert time.perf_counter() - t0 < 10
+    finally:
+        leave.set()
+        t.join(timeout=60)
+        timer.cancel()
+    assert_same_state(before, model)
+    assert signal.getsignal(signal.SIGINT) is handler
+    _explains_in_another_thread(cnnlens.Explainer(model, "saliency", backend="captum"), tiny_input(n=2, size=32))
+
+
 # ------------------------------------------------------------------------------------------------
 # torch.inference_mode()
 # ------------------------------------------------------------------------------------------------
