@@ -19,7 +19,6 @@ import signal
 import sys
 import threading
 import weakref
-from collections.abc import Callable
 from itertools import chain, repeat
 from operator import attrgetter, call, is_, itemgetter
 from types import FrameType
@@ -155,10 +154,6 @@ _MISSING = object()
 _NONE = type(None)  # called, returns None: the "weak reference" kept for an empty (None) slot
 
 
-def _ref(obj: Any) -> Callable[[], Any]:
-    return _NONE if obj is None else weakref.ref(obj)
-
-
 def _flags_of(dicts: list[dict]) -> list[tuple[Any, Any]]:
     """(training, _is_full_backward_hook) of each module, from its ``__dict__``."""
     try:
@@ -199,19 +194,24 @@ class _Structure:
     """
 
     def __init__(self, modules: list[nn.Module], dicts: list[dict]) -> None:
-        self.module_refs = list(map(weakref.ref, modules))
+        # Any object of the structure that dies makes it stale: its id may be reused, and a dead
+        # reference reads None, like an empty slot.
+        stale = self.stale = [False]
+
+        def died(_ref: weakref.ref, stale: list[bool] = stale) -> None:
+            stale[0] = True
+
+        self.module_refs = [weakref.ref(m, died) for m in modules]
         slots = list(chain.from_iterable(map(_SLOTS, dicts)))  # children, params, buffers per module
-        values = _values(slots)
+        full = list(filter(None, slots))
+        values = _values(full)
         self.lens = list(map(len, slots))
-        self.keys = _keys(slots)
-        self.refs = list(map(_ref, values))
-        # A slot holding None has the reference _NONE; in effect so does a dead reference: the count
-        # of None values tells a slot set to None apart from the object that was there before.
-        self.nones = sum(map(is_, values, repeat(None)))
+        self.keys = _keys(full)
+        self.refs = [_NONE if v is None else weakref.ref(v, died) for v in values]
         # model.parameters() / buffers() order, shared tensors once, as positions in ``values``
-        at = list(chain.from_iterable(repeat(k % 3, n) for k, n in enumerate(self.lens)))
-        self.param_at = self._unique(values, at, 1)
-        self.buffer_at = self._unique(values, at, 2)
+        kinds = list(chain.from_iterable(repeat(k % 3, n) for k, n in enumerate(self.lens)))
+        self.param_at = self._unique(values, kinds, 1)
+        self.buffer_at = self._unique(values, kinds, 2)
         tensors = [values[i] for i in self.param_at + self.buffer_at]
         self.inference = any(map(_IS_INFERENCE, tensors))
         # Hooks are told apart by handle id (ModelGuard._take); a model unpickled from another
@@ -233,17 +233,18 @@ class _Structure:
     def bind(self, model: nn.Module) -> _Eager | None:
         """This call's view of ``model``, or None if it is no longer made of the same objects."""
         modules = list(map(call, self.module_refs))
-        if modules[0] is not model or any(map(is_, modules, repeat(None))):
+        if self.stale[0] or modules[0] is not model:
             return None
         dicts = list(map(_DICT, modules))
         try:
             slots = list(chain.from_iterable(map(_SLOTS, dicts)))
         except KeyError:
             return None
-        values = _values(slots)
-        if not (len(values) == len(self.refs) and list(map(len, slots)) == self.lens
-                and all(map(is_, values, map(call, self.refs))) and _keys(slots) == self.keys
-                and sum(map(is_, values, repeat(None))) == self.nones):
+        if list(map(len, slots)) != self.lens:
+            return None
+        full = list(filter(None, slots))  # the same positions are empty, as the lengths are equal
+        values = _values(full)
+        if not (all(map(is_, values, map(call, self.refs))) and _keys(full) == self.keys):
             return None
         return _Eager(self, modules, dicts, slots, values)
 
@@ -312,10 +313,10 @@ class _Eager:
             # a dictionary object replaced (Sequential.__delitem__ builds a new _modules)
             for md, i in zip(dicts, range(0, len(slots), 3), strict=True):
                 md["_modules"], md["_parameters"], md["_buffers"] = slots[i : i + 3]
-        current = _values(slots)
-        if (len(current) == len(values) and list(map(len, slots)) == s.lens
-                and all(map(is_, current, values)) and _keys(slots) == s.keys):
-            return
+        if list(map(len, slots)) == s.lens:
+            full = list(filter(None, slots))
+            if all(map(is_, _values(full), values)) and _keys(full) == s.keys:
+                return
         at = 0
         for d, n in zip(slots, s.lens, strict=True):
             keys, vals = s.keys[at : at + n], values[at : at + n]
@@ -453,6 +454,8 @@ class _Sigint:
             user = signal.getsignal(signal.SIGINT)
             if user is None:  # a handler installed outside Python: leave it alone
                 return False
+            if user == self.handler:  # (left installed by an interrupted unwrap)
+                user = signal.default_int_handler
             self.user, self.pending = user, False
             signal.signal(signal.SIGINT, self.handler)
         self.depth += 1
@@ -519,8 +522,14 @@ class ModelGuard:
 
     def __enter__(self) -> ModelGuard:
         self._sigint = _SIGINT.enter()  # before anything else: from here a Ctrl-C waits for us
-        lock = self._lock = _lock_of(self.model)
-        lock.acquire()
+        self._lock = _lock_of(self.model)
+        try:
+            self._acquire()
+        except BaseException:  # Ctrl-C while another thread held the model: nothing to undo
+            if self._sigint:
+                self._sigint = False
+                _SIGINT.leave()
+            raise
         try:
             self._take()
         except BaseException:
@@ -541,6 +550,14 @@ class ModelGuard:
 
     def __exit__(self, *exc: Any) -> None:
         self._exit()
+
+    def _acquire(self) -> None:
+        """Take the model's lock; while another thread holds it, a Ctrl-C is delivered at once."""
+        if not self._sigint:
+            self._lock.acquire()
+            return
+        while not self._lock.acquire(timeout=0.05):
+            _SIGINT.deliver_pending()
 
     def _exit(self) -> None:
         try:
