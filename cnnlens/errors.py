@@ -77,9 +77,6 @@ class OutputExistsError(OutputError):
     """An output path exists and would be overwritten without ``overwrite=True``."""
 
 
-class OutputWriteError(CnnlensError):
-    """An output could not be written (full disk, read-only or forbidden folder); no partial file is left."""
-
 
 class StoreError(CnnlensError):
     """A study database is corrupt, belongs to another program, or cannot be opened as asked."""

@@ -534,7 +534,7 @@ def test_cli_save_on_a_full_disk_then_rerun(photo: Path, tmp_path: Path) -> None
     args = ["explain", photo, *TINY, "-m", "saliency,input_x_gradient", "-b", "captum", "--out", out, "--save", save]
     with warnings.catch_warnings(), full_disk(save, 6000):
         warnings.simplefilter("ignore")
-        _one_line(_cli(*args), "cannot write", "disk is full")
+        _one_line(_cli(*args), "could not write", "disk is full")
     assert not out.exists() and not save.exists()
     result = _cli(*args)  # no --overwrite needed
     assert result.exit_code == 0, result.output

@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 import warnings
 
+import direct as _direct_pkg  # tests/direct: tests/ is on sys.path (pytest's rootdir-less test folder)
 import pytest
 import torch
 
@@ -18,8 +19,6 @@ import cnnlens
 from cnnlens import _post
 from cnnlens.registry import BACKENDS, REGISTRY
 from cnnlens.testing import tiny_cnn, tiny_input
-
-import direct as _direct_pkg  # tests/direct: tests/ is on sys.path (pytest's rootdir-less test folder)
 
 DIRECT: dict = {}
 for _info in pkgutil.iter_modules(_direct_pkg.__path__):

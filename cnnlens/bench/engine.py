@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cnnlens._files import output_error, writable
 from cnnlens.bench import metrics as M
 from cnnlens.bench import speed as S
-from cnnlens.bench.files import writable, write_error
 from cnnlens.bench.store import Row, Store, sqlite_error
 from cnnlens.bench.suite import BASELINE_BACKEND, Suite, _match, load_suite
-from cnnlens.errors import CnnlensError, ModelError, OutputExistsError, OutputWriteError
+from cnnlens.errors import CnnlensError, ModelError, OutputError, OutputExistsError
 
 KINDS = ("explain", "agreement", "crossmethod", "sanity", "speed")
 
@@ -473,7 +473,7 @@ def run(
     Raises:
         SuiteError: The suite is malformed or names something that does not exist.
         StoreError: ``OUT/<study name>.sqlite`` is corrupt or another program's database.
-        OutputWriteError: The folder is read-only or the disk fills up; every finished cell is kept
+        OutputError: The folder is read-only or the disk fills up; every finished cell is kept
             (SQLite commits each cell whole), so the same call resumes once there is room.
     """
     s = load_suite(suite)
@@ -489,7 +489,7 @@ def run(
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out '{out}' exists and is not a folder; choose a folder path")
     if not writable(out):
-        raise OutputWriteError(f"study folder '{out}' cannot be written (read-only media or no permission); "
+        raise OutputError(f"study folder '{out}' cannot be written (read-only media or no permission); "
                                "choose a writable folder (--out)")
     path = db_path(out, s)
     if overwrite:
@@ -497,7 +497,7 @@ def run(
             try:
                 p.unlink(missing_ok=True)
             except OSError as exc:
-                raise write_error(p, exc, "study database") from None
+                raise output_error(p, exc, "study database", "--out") from None
     store = Store(path, s.name)
     try:
         _resume(s, dev, store, progress, max_cells)

@@ -686,18 +686,18 @@ def write_report(db: Path | str, out_dir: Path | str | None = None) -> tuple[Pat
 
     Raises:
         StoreError: ``db`` is missing, corrupt or not a cnnlens study.
-        OutputWriteError: The output folder is read-only or the disk is full.
+        OutputError: The output folder is read-only or the disk is full.
     """
-    from cnnlens.bench.files import ensure_folder, write_atomic
+    from cnnlens._files import ensure_folder, write_atomic
 
     db = Path(db)
     out = Path(out_dir) if out_dir is not None else db.parent
     sections, figs, meta = build_sections(db)
     title = f"cnnlens benchmark: {meta.get('suite_name', db.stem)}"
     fig_dir = out / "figures"
-    ensure_folder(fig_dir, "report folder")
+    ensure_folder(fig_dir, "report folder", "--out")
     for name, data in figs.items():
-        write_atomic(fig_dir / name, data, "figure")
-    md = write_atomic(out / "report.md", render_md(sections, title, "figures"), "report")
-    page = write_atomic(out / "report.html", render_html(sections, title, figs), "report")
+        write_atomic(fig_dir / name, data, "figure", "--out")
+    md = write_atomic(out / "report.md", render_md(sections, title, "figures"), "report", "--out")
+    page = write_atomic(out / "report.html", render_html(sections, title, figs), "report", "--out")
     return md, page

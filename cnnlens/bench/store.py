@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnlens.errors import CnnlensError, OutputWriteError, StoreError
+from cnnlens.errors import CnnlensError, OutputError, StoreError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -86,10 +86,10 @@ def sqlite_error(path: Path, exc: sqlite3.Error, writing: bool) -> CnnlensError:
     msg = str(exc)
     low = msg.lower()
     if "full" in low:
-        return OutputWriteError(f"could not write study database '{path}': the disk is full; free some space and "
+        return OutputError(f"could not write study database '{path}': the disk is full; free some space and "
                                 "run the same command again, which resumes (finished cells are kept)")
     if "readonly" in low or "read-only" in low or (writing and "unable to open" in low):
-        return OutputWriteError(f"could not write study database '{path}': its folder is read-only or not writable "
+        return OutputError(f"could not write study database '{path}': its folder is read-only or not writable "
                                 f"({msg}); choose a writable output folder (--out)")
     if "locked" in low or "busy" in low:
         return StoreError(f"study database '{path}' is locked by another process ({msg}); wait for it, or use "
@@ -131,15 +131,15 @@ class Store:
 
     Raises:
         StoreError: The file is corrupt or another program's SQLite database (it is not modified).
-        OutputWriteError: The folder cannot be written (read-only, full disk).
+        OutputError: The folder cannot be written (read-only, full disk).
     """
 
     def __init__(self, path: str | Path, study: str) -> None:
-        from cnnlens.bench.files import ensure_folder
+        from cnnlens._files import ensure_folder
 
         self.path = Path(path)
         self.study = study
-        ensure_folder(self.path.parent, "study folder")
+        ensure_folder(self.path.parent, "study folder", "--out")
         try:
             self.conn = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
         except sqlite3.Error as exc:
@@ -352,7 +352,7 @@ def read_table(db: str | Path, table: str) -> Any:
 
 def export_csv(db: str | Path, path: str | Path | None = None) -> Path:
     """Write the results table to CSV (default: ``results.csv`` next to the database)."""
-    from cnnlens.bench.files import write_atomic
+    from cnnlens._files import write_atomic
 
     out = Path(path) if path is not None else Path(db).with_name("results.csv")
     return write_atomic(out, read_results(db).drop(columns=["cell"]).to_csv(index=False), "results CSV")

@@ -32,11 +32,12 @@ from bench_helpers import assert_no_duplicates, deterministic_table
 from typer.testing import CliRunner
 
 import cnnlens.bench as bench
+from cnnlens import _files as files
 from cnnlens import cli
-from cnnlens.bench import files, store
+from cnnlens.bench import store
 from cnnlens.bench import suite as suite_mod
 from cnnlens.bench.suite import load_suite
-from cnnlens.errors import CnnlensError, OutputWriteError, StoreError, SuiteError
+from cnnlens.errors import CnnlensError, OutputError, StoreError, SuiteError
 
 #: A study of a few seconds: two methods on the tiny CNN, deletion/insertion, no sanity or speed.
 TINY = """
@@ -385,7 +386,7 @@ def test_report_reads_a_study_on_read_only_media(tiny_db, tiny_report, tmp_path)
         assert md.read_text() == (tiny_report / "report.md").read_text().replace(str(tiny_db), str(db))
         pd.testing.assert_frame_equal(deterministic_table(db), deterministic_table(tiny_db))
         # next to the database is the default output: read-only there, so a clear error and exit 2
-        with pytest.raises(OutputWriteError, match="read-only file system"):
+        with pytest.raises(OutputError, match="read-only file system"):
             bench.report(db)
         _one_line_error(_cli("report", db), "read-only", "--out")
         assert sorted(p.name for p in ro.iterdir()) == ["tiny.sqlite"]
@@ -426,7 +427,7 @@ def test_bench_into_a_read_only_folder_is_one_clear_error(tiny_suite, tiny_db, t
     shutil.copy(tiny_db, src / "tiny.sqlite")  # a finished study: even a no-op resume must not write
     with read_only_view(src, tmp_path / "ro") as ro:
         for out in (ro, ro / "new-sub-folder"):
-            with pytest.raises(OutputWriteError, match="cannot be written"):
+            with pytest.raises(OutputError, match="cannot be written"):
                 bench.run(tiny_suite, out=out, progress=False)
             _one_line_error(_cli("bench", "--suite", tiny_suite, "--out", out), "cannot be written", "--out")
 
@@ -437,7 +438,7 @@ def test_bench_checks_the_folder_is_writable_first(tiny_suite, tmp_path, monkeyp
     out.mkdir()
     real = os.access
     monkeypatch.setattr(files.os, "access", lambda p, mode: False if Path(p) == out else real(p, mode))
-    with pytest.raises(OutputWriteError, match=f"'{out}' cannot be written"):
+    with pytest.raises(OutputError, match=f"'{out}' cannot be written"):
         bench.run(tiny_suite, out=out, progress=False)
     assert list(out.iterdir()) == []
 
@@ -449,7 +450,7 @@ def test_bench_checks_the_folder_is_writable_first(tiny_suite, tmp_path, monkeyp
 
 def test_bench_on_a_full_disk_stops_clearly_and_the_rerun_resumes(tiny_suite, tiny_db, tmp_path):
     with small_disk(tmp_path / "disk", kib=200) as disk:
-        with pytest.raises(OutputWriteError, match=r"disk is full.*resumes"):
+        with pytest.raises(OutputError, match=r"disk is full.*resumes"):
             bench.run(tiny_suite, out=disk, progress=False)
         db = disk / "tiny.sqlite"
         kept = len(bench.read_table(db, "cells"))
@@ -471,7 +472,7 @@ def test_bench_when_sqlite_finds_the_disk_full_keeps_what_it_finished(tiny_suite
 
     monkeypatch.setattr(store.Store, "__init__", capped)
     out = tmp_path / "out"
-    with pytest.raises(OutputWriteError, match="disk is full"):
+    with pytest.raises(OutputError, match="disk is full"):
         bench.run(tiny_suite, out=out, progress=False)
     _one_line_error(_cli("bench", "--suite", tiny_suite, "--out", tmp_path / "out2"), "disk is full")
     monkeypatch.setattr(store.Store, "__init__", real_init)
@@ -489,7 +490,7 @@ def test_report_on_a_full_disk_leaves_no_truncated_file(tiny_db, tiny_report, tm
     room = sum(v for k, v in sizes.items() if k != "report.html") + 48 * 1024  # not room for the HTML too
     assert sizes["report.html"] > 64 * 1024
     with small_disk(tmp_path / "disk", kib=room // 1024) as disk:
-        with pytest.raises(OutputWriteError, match=r"report.html.*disk is full"):
+        with pytest.raises(OutputError, match=r"report.html.*disk is full"):
             bench.report(tiny_db, disk)
         left = _report_files(disk)
         assert "report.html" not in left and not [k for k in left if k.endswith(".tmp")], sorted(left)
@@ -516,7 +517,7 @@ def test_report_interrupted_by_enospc_keeps_the_previous_report(tiny_db, tmp_pat
         return real_write(fd, data)
 
     monkeypatch.setattr(files.os, "write", full_disk)
-    with pytest.raises(OutputWriteError, match=r"report.html.*disk is full"):
+    with pytest.raises(OutputError, match=r"report.html.*disk is full"):
         bench.report(tiny_db, out)
     assert _report_files(out) == before  # the old report.html is whole, and no temporary file is left
 
@@ -528,7 +529,7 @@ def test_export_csv_on_a_full_disk_leaves_no_truncated_csv(tiny_db, tmp_path, mo
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(files.os, "write", no_space)
-    with pytest.raises(OutputWriteError, match="disk is full"):
+    with pytest.raises(OutputError, match="disk is full"):
         bench.export_csv(tiny_db, out)
     assert list(tmp_path.iterdir()) == []
 
@@ -604,4 +605,4 @@ def test_two_studies_racing_on_one_store_give_the_single_runs_table(tiny_suite, 
 
 
 def test_store_errors_are_cnnlens_errors():
-    assert issubclass(StoreError, CnnlensError) and issubclass(OutputWriteError, CnnlensError)
+    assert issubclass(StoreError, CnnlensError) and issubclass(OutputError, CnnlensError)
