@@ -161,6 +161,20 @@ class Implementation:
     #: The toolkit stores one input/output per module, so a module called twice per forward gives
     #: silently wrong results (Captum's DeepLift family and LRP); refuse such models up front.
     refuses_reuse: bool = False
+    #: Steps of the toolkit that cnnlens may replace when ``Explainer(shortcuts=True)`` (the
+    #: default): the name an adapter puts in ``Explanation.provenance.substitutions``, mapped to the
+    #: speed-up measured side by side by ``benchmarks/substitutions.py``. Each one is tested against
+    #: the toolkit called directly; ``shortcuts=False`` runs the toolkit's own code throughout.
+    substitutions: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def described(self) -> str:
+        """:attr:`notes`, followed by the substitutions this pair may apply and their measured gain."""
+        subs = "; ".join(f"{name} ({gain})" for name, gain in self.substitutions.items())
+        if not subs:
+            return self.notes
+        head = f"{self.notes}; " if self.notes else ""
+        return f"{head}with shortcuts=True, substituted: {subs}"
 
     @property
     def spec(self) -> MethodSpec:
@@ -217,7 +231,7 @@ METHODS: dict[str, MethodSpec] = {
         _m("scorecam", "cam", True, True, False, "Score-CAM: activation maps weighted by the score of the masked input"),
         _m("ablationcam", "cam", True, True, False, "Ablation-CAM: score drop when each channel is zeroed"),
         _m("fullgrad", "cam", False, False, False, "FullGrad: input-gradient plus bias-gradients of every layer"),
-        _m("kpca_cam", "cam", True, True, False, "KPCA-CAM: kernel PCA of the activations"),
+        _m("kpca_cam", "cam", True, True, True, "KPCA-CAM: kernel PCA of the activations (random ARPACK start: seeded)"),
         _m("shapleycam", "cam", True, True, False, "ShapleyCAM: gradient and Hessian-vector product weights"),
         _m("fem", "cam", True, False, False, "FEM: k-sigma feature explanation (no target)"),
         _m("guided_backprop", "pixel", False, True, False, "Guided backpropagation (Springenberg 2015)"),
@@ -261,6 +275,13 @@ _PGC_CAMS = {
     "shapleycam": "ShapleyCAM",
     "fem": "FEM",
 }
+
+
+#: pytorch-grad-cam steps cnnlens may replace (``Explainer(shortcuts=True)``); the adapter names them so.
+PGC_ECONOMY_SVD = ("Eigen-CAM's SVD at economy size (numpy.linalg.svd full_matrices=False, images side by side "
+                   "with single-threaded BLAS) instead of pytorch-grad-cam's get_2d_projection")
+PGC_EARLY_STOP = ("backward stopped at the CAM layer (parameters frozen, the layer output made the graph's leaf) "
+                  "instead of pytorch-grad-cam's loss.backward() through the whole network")
 
 
 def _pgc_options(method: str) -> dict[str, Option]:
@@ -368,7 +389,7 @@ def methods(pattern: str = "*", backend: str | None = None, installed_only: bool
         spec = impl.spec
         rows.append(MethodInfo(m, b, impl.toolkit_name, ok, spec.kind, spec.needs_layer, spec.signed,
                                spec.stochastic, {k: o.default for k, o in impl.all_options().items()},
-                               impl.notes))
+                               impl.described))
     return rows
 
 

@@ -14,6 +14,10 @@ from torch import Tensor, nn
 from cnnlens.errors import BackendError, CnnlensError
 from cnnlens.registry import Implementation
 
+#: Named in ``Explanation.provenance.driven`` when the model guard froze the parameters for a call.
+FROZEN_PARAMS = ("parameters frozen for the call (requires_grad=False, restored after): the toolkit's backward "
+                 "computes no weight gradient, which no method reads")
+
 
 class Adapter(abc.ABC):
     """Wraps one toolkit. Instantiated per call, inside the model guard.
