@@ -295,14 +295,35 @@ def _pgc_options(method: str) -> dict[str, Option]:
     return opts
 
 
+#: Measured by ``benchmarks/substitutions.py`` (shortcuts=True against shortcuts=False, batch 8 at
+#: 224 px, 2 torch threads, EfficientNet-Lite0 and resnet50; medians of per-round ratios).
+_PGC_EARLY_STOP_GAIN = "EARLY_STOP_GAIN"
+_PGC_SVD_GAIN = "SVD_GAIN"
+
+
+def _pgc_substitutions(method: str) -> dict[str, str]:
+    subs: dict[str, str] = {}
+    if method in ("eigencam", "eigengradcam"):
+        subs[PGC_ECONOMY_SVD] = _PGC_SVD_GAIN
+    if method in ("gradcam", "gradcam_plusplus", "hirescam", "xgradcam", "layercam", "eigengradcam",
+                  "gradcam_elementwise"):
+        subs[PGC_EARLY_STOP] = _PGC_EARLY_STOP_GAIN
+    return subs
+
+
 _IMPLS: list[Implementation] = [
-    *(Implementation(m, "pytorch-grad-cam", _PGC, cls, _pgc_options(m), freeze_params=m != "shapleycam")
+    *(Implementation(m, "pytorch-grad-cam", _PGC, cls, _pgc_options(m), freeze_params=m != "shapleycam",
+                     substitutions=_pgc_substitutions(m),
+                     notes="cnnlens records the CAM before pytorch-grad-cam's ReLU, scaling and resize, and stops "
+                           "the call there" + ("; one image per call" if m in ("scorecam", "ablationcam") else ""))
       for m, cls in _PGC_CAMS.items()),
     Implementation("guided_backprop", "pytorch-grad-cam", _PGC, "GuidedBackpropReLUModel",
-                   notes="guides nn.ReLU modules only; batched by cnnlens, pytorch-grad-cam's GuidedBackpropReLU "
-                         "rule run by an allocation-free, bit-identical equivalent"),
+                   notes="guides nn.ReLU modules only; pytorch-grad-cam's own GuidedBackpropReLUModel, called by "
+                         "cnnlens one image at a time (it explains image 0), the model's own ReLU modules put back"),
     Implementation("guided_gradcam", "pytorch-grad-cam", _PGC, "GuidedBackpropReLUModel x GradCAM",
-                   notes="pytorch-grad-cam's recipe: guided backprop times the upsampled Grad-CAM"),
+                   substitutions={PGC_EARLY_STOP: _PGC_EARLY_STOP_GAIN},
+                   notes="pytorch-grad-cam's recipe: its GuidedBackpropReLUModel (one image per call) times its "
+                         "GradCAM image (after ReLU, scaling and resize)"),
     Implementation("gradcam", "captum", _CAPTUM, "LayerGradCam"),
     Implementation("guided_backprop", "captum", _CAPTUM, "GuidedBackprop", notes="overrides nn.ReLU modules only"),
     Implementation("guided_gradcam", "captum", _CAPTUM, "GuidedGradCam"),
@@ -337,10 +358,15 @@ _IMPLS: list[Implementation] = [
     Implementation("kernel_shap", "captum", _CAPTUM, "KernelShap",
                    {"n_samples": N_SAMPLES, "feature_grid": FEATURE_GRID, "perturbations_per_eval": PER_EVAL}),
     Implementation("saliency", "flashtorch", _FLASH, "Backprop.calculate_gradients(guided=False)",
-                   notes="fixed by cnnlens: honours target, batches, removes its hooks, finds the input layer"),
+                   notes="FlashTorch's own code, fixed at the boundary by cnnlens: the target honoured (a wrapper "
+                         "returning the target logits' sum), batched, the input gradient recorded on a private "
+                         "leaf copy of the input (not at the first Conv2d), its hooks removed"),
     Implementation("guided_backprop", "flashtorch", _FLASH, "Backprop.calculate_gradients(guided=True)",
                    notes="FlashTorch's own variant: clamp(grad_out, 0) * relu_output instead of "
-                         "clamp(grad_out, 0) * (input > 0); nn.ReLU modules only"),
+                         "clamp(grad_out, 0) * (input > 0); nn.ReLU modules only; FlashTorch's own ReLU hooks, "
+                         "registered as full backward hooks (in-place ReLUs run out of place); fixed at the "
+                         "boundary as for saliency: the target honoured, batched, the input gradient recorded on "
+                         "a private leaf copy, its hooks removed"),
 ]
 
 REGISTRY: dict[tuple[str, str], Implementation] = {(i.method, i.backend): i for i in _IMPLS}

@@ -71,7 +71,7 @@ DRIVEN: tuple[str, ...] = (
     "batched: one call for the whole batch, each image's gradient of its own logit (FlashTorch takes one image)",
     "input gradient recorded on a private leaf copy of the input (FlashTorch reads grad_in of the first Conv2d, "
     "zeros when that conv does not receive the raw input, and needs the caller's tensor to require grad)",
-    "every hook FlashTorch registers removed after the call (FlashTorch never removes them)",
+    "hooks removed: every hook FlashTorch registers is removed after the call (FlashTorch never removes them)",
 )
 DRIVEN_GUIDED: tuple[str, ...] = (
     *DRIVEN,

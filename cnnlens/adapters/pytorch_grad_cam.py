@@ -1,22 +1,34 @@
 """Adapter for pytorch-grad-cam (PyPI ``grad-cam``).
 
-Every CAM runs through the toolkit's own class and ``__call__``. The adapter only:
+Every result is computed by pytorch-grad-cam's own classes, called as its README shows: each CAM
+through its class and ``__call__`` with one ``ClassifierOutputTarget`` per image, guided backprop
+through ``GuidedBackpropReLUModel``, Guided Grad-CAM by its recipe (that gradient times the Grad-CAM
+image). cnnlens drives them, and names how in ``Explanation.provenance.driven``:
 
-* passes targets as ``ClassifierOutputTarget`` objects, one per image (never truncated);
-* records the CAM *before* pytorch-grad-cam's ReLU, min-max scaling and OpenCV resize, by wrapping
-  ``get_cam_image`` on the instance it created, so that the shared output contract is applied to the
-  same thing for every backend (``raw``);
-* avoids work the method never reads: parameters are frozen by the model guard, and for gradient CAMs
-  the target layer's output becomes the leaf of the backward graph, so ``.backward()`` stops at the
-  layer instead of running through the whole network (pytorch-grad-cam's output is unchanged);
-* computes Eigen-CAM's and Eigen-Grad-CAM's projection with NumPy's own SVD at economy size, the
-  images side by side with single-threaded BLAS: pytorch-grad-cam asks for the full (C x C) right
-  singular matrix and reads only its first row (bit-identical; tested);
-* runs ScoreCAM and AblationCAM one image at a time with a bounded internal batch, because
+* the CAM is recorded *before* pytorch-grad-cam's ReLU, min-max scaling and OpenCV resize, by
+  wrapping ``get_cam_image`` on the instance it created (``compute_cam_per_layer`` for FullGrad), so
+  that the shared output contract is applied to the same thing for every backend (``raw``); the call
+  stops right there (:class:`_Captured`), since the final image it would build is discarded;
+* ScoreCAM and AblationCAM run one image at a time with a bounded internal batch, because
   pytorch-grad-cam materialises every masked input of the whole batch at once;
-* batches guided backprop, which pytorch-grad-cam's ``GuidedBackpropReLUModel`` limits to image 0,
-  applying the toolkit's ``GuidedBackpropReLU`` rule through an allocation-free equivalent
-  (:func:`pgc_guided_rule` in :class:`~cnnlens.adapters.base.RuleReLU`; bit-identical, tested).
+* ``GuidedBackpropReLUModel`` explains image 0 of what it is given, so it is called one image at a
+  time; its (H, W, C) NumPy result is transposed back to cnnlens's (N, C, H, W) signed gradient, and
+  the model's own ``nn.ReLU`` modules are put back after each call (it puts fresh ones back);
+* with ``shortcuts`` the model guard freezes the parameters, so no backward computes weight gradients.
+
+Two steps may be *substituted* (``shortcuts=True``, the default; each named in
+``Explanation.provenance.substitutions`` and registered with its measured speed-up in
+``Implementation.substitutions``; ``shortcuts=False`` runs pytorch-grad-cam's code throughout):
+
+* :data:`~cnnlens.registry.PGC_EARLY_STOP`: for gradient CAMs the target layer's output becomes the
+  leaf of the backward graph (:func:`_leaf_at`, with parameters frozen), so pytorch-grad-cam's
+  ``loss.backward()`` stops at the layer instead of running through the whole network;
+* :data:`~cnnlens.registry.PGC_ECONOMY_SVD`: Eigen-CAM's and Eigen-Grad-CAM's projection with NumPy's
+  own SVD at economy size, the images side by side with single-threaded BLAS: pytorch-grad-cam asks
+  for the full (C x C) right singular matrix and reads only its first row (bit-identical; tested).
+
+Both are tested against pytorch-grad-cam called directly on EfficientNet-Lite0
+(``tests/test_perf_equivalence.py``).
 """
 
 from __future__ import annotations
