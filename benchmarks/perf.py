@@ -48,7 +48,7 @@ from cnnlens.registry import REGISTRY
 START = time.perf_counter()
 
 GRAD_CAMS = ["gradcam", "gradcam_plusplus", "xgradcam", "hirescam", "layercam", "eigengradcam", "gradcam_elementwise"]
-GRADIENTS = ["saliency", "guided_backprop", "input_x_gradient", "deconvolution"]
+GRADIENTS = ["saliency", "guided_backprop", "input_x_gradient", "deconvolution", "guided_gradcam"]
 MANY = ["scorecam", "ablationcam", "integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad", "occlusion",
         "lime", "kernel_shap"]
 #: many-forward methods that take an input gradient at every forward
@@ -261,6 +261,18 @@ def direct_call(method: str, backend: str, model: nn.Module, layer: nn.Module, x
                 return [g(x[i : i + 1].clone(), target_category=int(t[i])) for i in range(x.shape[0])]
 
             return gb
+        if method == "guided_gradcam":
+            from pytorch_grad_cam import GradCAM, GuidedBackpropReLUModel
+
+            def ggc() -> object:  # pytorch-grad-cam's README recipe: guided backprop x the Grad-CAM image
+                m = copy.deepcopy(model)
+                g = GuidedBackpropReLUModel(m)
+                gb = [g(x[i : i + 1].clone(), target_category=int(t[i])) for i in range(x.shape[0])]
+                with GradCAM(model, target_layers=[layer]) as c:
+                    cams = c(input_tensor=x, targets=[ClassifierOutputTarget(int(i)) for i in t])
+                return [cams[i][:, :, None] * gb[i] for i in range(x.shape[0])]
+
+            return ggc
         if method not in CLASSES:
             return None
         cls = getattr(pgc, CLASSES[method])
@@ -277,6 +289,8 @@ def direct_call(method: str, backend: str, model: nn.Module, layer: nn.Module, x
                   "deconvolution": ca.Deconvolution}
         if method == "gradcam":
             return lambda: ca.LayerGradCam(model, layer).attribute(x, target=t)
+        if method == "guided_gradcam":
+            return lambda: ca.GuidedGradCam(model, layer).attribute(x, target=t)
         if method in simple:
             kw = {"abs": False} if method == "saliency" else {}
             return lambda: simple[method](model).attribute(x, target=t, **kw)

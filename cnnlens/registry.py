@@ -204,6 +204,20 @@ class Implementation:
     #: The toolkit stores one input/output per module, so a module called twice per forward gives
     #: silently wrong results (Captum's DeepLift family and LRP); refuse such models up front.
     refuses_reuse: bool = False
+    #: Steps of the toolkit that cnnlens may replace when ``Explainer(shortcuts=True)`` (the
+    #: default): the name an adapter puts in ``Explanation.provenance.substitutions``, mapped to the
+    #: speed-up measured side by side by ``benchmarks/substitutions.py``. Each one is tested against
+    #: the toolkit called directly; ``shortcuts=False`` runs the toolkit's own code throughout.
+    substitutions: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def described(self) -> str:
+        """:attr:`notes`, followed by the substitutions this pair may apply and their measured gain."""
+        subs = "; ".join(f"{name} ({gain})" for name, gain in self.substitutions.items())
+        if not subs:
+            return self.notes
+        head = f"{self.notes}; " if self.notes else ""
+        return f"{head}with shortcuts=True, substituted: {subs}"
 
     #: Per backend, the methods whose toolkit code only runs the model and differentiates (or
     #: perturbs) its input: no module hooks, no module swaps.
@@ -276,7 +290,7 @@ METHODS: dict[str, MethodSpec] = {
         _m("scorecam", "cam", True, True, False, "Score-CAM: activation maps weighted by the score of the masked input"),
         _m("ablationcam", "cam", True, True, False, "Ablation-CAM: score drop when each channel is zeroed"),
         _m("fullgrad", "cam", False, False, False, "FullGrad: input-gradient plus bias-gradients of every layer"),
-        _m("kpca_cam", "cam", True, True, False, "KPCA-CAM: kernel PCA of the activations"),
+        _m("kpca_cam", "cam", True, True, True, "KPCA-CAM: kernel PCA of the activations (random ARPACK start: seeded)"),
         _m("shapleycam", "cam", True, True, False, "ShapleyCAM: gradient and Hessian-vector product weights"),
         _m("fem", "cam", True, False, False, "FEM: k-sigma feature explanation (no target)"),
         _m("guided_backprop", "pixel", False, True, False, "Guided backpropagation (Springenberg 2015)"),
@@ -322,6 +336,13 @@ _PGC_CAMS = {
 }
 
 
+#: pytorch-grad-cam steps cnnlens may replace (``Explainer(shortcuts=True)``); the adapter names them so.
+PGC_ECONOMY_SVD = ("Eigen-CAM's SVD at economy size (numpy.linalg.svd full_matrices=False, images side by side "
+                   "with single-threaded BLAS) instead of pytorch-grad-cam's get_2d_projection")
+PGC_EARLY_STOP = ("backward stopped at the CAM layer (parameters frozen, the layer output made the graph's leaf) "
+                  "instead of pytorch-grad-cam's loss.backward() through the whole network")
+
+
 def _pgc_options(method: str) -> dict[str, Option]:
     opts: dict[str, Option] = dict(_CAM_OPTS)
     if method in ("scorecam", "ablationcam"):
@@ -333,14 +354,35 @@ def _pgc_options(method: str) -> dict[str, Option]:
     return opts
 
 
+#: Measured by ``benchmarks/substitutions.py`` (shortcuts=True against shortcuts=False, batch 8 at
+#: 224 px, 2 torch threads, EfficientNet-Lite0 and resnet50; medians of per-round ratios).
+_PGC_EARLY_STOP_GAIN = "EARLY_STOP_GAIN"
+_PGC_SVD_GAIN = "SVD_GAIN"
+
+
+def _pgc_substitutions(method: str) -> dict[str, str]:
+    subs: dict[str, str] = {}
+    if method in ("eigencam", "eigengradcam"):
+        subs[PGC_ECONOMY_SVD] = _PGC_SVD_GAIN
+    if method in ("gradcam", "gradcam_plusplus", "hirescam", "xgradcam", "layercam", "eigengradcam",
+                  "gradcam_elementwise"):
+        subs[PGC_EARLY_STOP] = _PGC_EARLY_STOP_GAIN
+    return subs
+
+
 _IMPLS: list[Implementation] = [
-    *(Implementation(m, "pytorch-grad-cam", _PGC, cls, _pgc_options(m), freeze_params=m != "shapleycam")
+    *(Implementation(m, "pytorch-grad-cam", _PGC, cls, _pgc_options(m), freeze_params=m != "shapleycam",
+                     substitutions=_pgc_substitutions(m),
+                     notes="cnnlens records the CAM before pytorch-grad-cam's ReLU, scaling and resize, and stops "
+                           "the call there" + ("; one image per call" if m in ("scorecam", "ablationcam") else ""))
       for m, cls in _PGC_CAMS.items()),
     Implementation("guided_backprop", "pytorch-grad-cam", _PGC, "GuidedBackpropReLUModel",
-                   notes="guides nn.ReLU modules only; batched by cnnlens, pytorch-grad-cam's GuidedBackpropReLU "
-                         "rule run by an allocation-free, bit-identical equivalent"),
+                   notes="guides nn.ReLU modules only; pytorch-grad-cam's own GuidedBackpropReLUModel, called by "
+                         "cnnlens one image at a time (it explains image 0), the model's own ReLU modules put back"),
     Implementation("guided_gradcam", "pytorch-grad-cam", _PGC, "GuidedBackpropReLUModel x GradCAM",
-                   notes="pytorch-grad-cam's recipe: guided backprop times the upsampled Grad-CAM"),
+                   substitutions={PGC_EARLY_STOP: _PGC_EARLY_STOP_GAIN},
+                   notes="pytorch-grad-cam's recipe: its GuidedBackpropReLUModel (one image per call) times its "
+                         "GradCAM image (after ReLU, scaling and resize)"),
     Implementation("gradcam", "captum", _CAPTUM, "LayerGradCam"),
     Implementation("guided_backprop", "captum", _CAPTUM, "GuidedBackprop", notes="overrides nn.ReLU modules only"),
     Implementation("guided_gradcam", "captum", _CAPTUM, "GuidedGradCam"),
@@ -379,10 +421,15 @@ _IMPLS: list[Implementation] = [
                    {"n_samples": N_SAMPLES, "feature_grid": FEATURE_GRID, "perturbations_per_eval": PER_EVAL},
                    notes="one Captum call per image, each drawn from the seed afresh"),
     Implementation("saliency", "flashtorch", _FLASH, "Backprop.calculate_gradients(guided=False)",
-                   notes="fixed by cnnlens: honours target, batches, removes its hooks, finds the input layer"),
+                   notes="FlashTorch's own code, fixed at the boundary by cnnlens: the target honoured (a wrapper "
+                         "returning the target logits' sum), batched, the input gradient recorded on a private "
+                         "leaf copy of the input (not at the first Conv2d), its hooks removed"),
     Implementation("guided_backprop", "flashtorch", _FLASH, "Backprop.calculate_gradients(guided=True)",
                    notes="FlashTorch's own variant: clamp(grad_out, 0) * relu_output instead of "
-                         "clamp(grad_out, 0) * (input > 0); nn.ReLU modules only"),
+                         "clamp(grad_out, 0) * (input > 0); nn.ReLU modules only; FlashTorch's own ReLU hooks, "
+                         "registered as full backward hooks (in-place ReLUs run out of place); fixed at the "
+                         "boundary as for saliency: the target honoured, batched, the input gradient recorded on "
+                         "a private leaf copy, its hooks removed"),
 ]
 
 REGISTRY: dict[tuple[str, str], Implementation] = {(i.method, i.backend): i for i in _IMPLS}
@@ -431,7 +478,7 @@ def methods(pattern: str = "*", backend: str | None = None, installed_only: bool
         spec = impl.spec
         rows.append(MethodInfo(m, b, impl.toolkit_name, ok, spec.kind, spec.needs_layer, spec.signed,
                                spec.stochastic, {k: o.default for k, o in impl.all_options().items()},
-                               impl.notes))
+                               impl.described))
     return rows
 
 

@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import abc
-import contextlib
 import warnings
-from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from cnnlens.errors import BackendError, CnnlensError
 from cnnlens.registry import Implementation
+
+#: Warnings the toolkits raise about cnnlens's own calls to them, not about the user's model or
+#: code; silenced at the adapter boundary (only these messages, only from these packages). Every
+#: other warning, torch's included, reaches the caller; cnnlens reports real caveats in
+#: ``Explanation.warnings``.
+TOOLKIT_CHATTER: tuple[str, ...] = (
+    # Captum, when the input it is given does not require grad (cnnlens hands over a private copy)
+    r"Input Tensor \d+ did not already require gradients, required_grads has been set automatically",
+    # Captum's GuidedBackprop / Deconvolution, on every call
+    r"Setting backward hooks on ReLU activations",
+    # Captum's DeepLift family and LRP, on every call
+    r"Setting forward, backward hooks and attributes on non-linear",
+    # FlashTorch, when the target is not the top-1 class (cnnlens's one-output wrapper avoids the case)
+    r"The predicted class index \d+ does not",
+)
+TOOLKIT_MODULES = r"(captum|pytorch_grad_cam|flashtorch)(\.|$)"
+
+#: Named in ``Explanation.provenance.driven`` when the model guard froze the parameters for a call.
+FROZEN_PARAMS = ("parameters frozen for the call (requires_grad=False, restored after): the toolkit's backward "
+                 "computes no weight gradient, which no method reads")
 
 
 class Adapter(abc.ABC):
@@ -63,10 +80,8 @@ class Adapter(abc.ABC):
         """Call :meth:`attribute`, translating every backend exception at this boundary."""
         try:
             with warnings.catch_warnings():
-                # Toolkit chatter ("Input Tensor 0 did not already require gradients", "Setting backward
-                # hooks on ReLU activations", deprecated-hook FutureWarnings) is about the adapter's own
-                # calls, not the user's code; cnnlens reports real caveats in Explanation.warnings.
-                warnings.filterwarnings("ignore", module=r"(captum|pytorch_grad_cam|flashtorch|torch)(\.|$)")
+                for message in TOOLKIT_CHATTER:
+                    warnings.filterwarnings("ignore", message=message, module=TOOLKIT_MODULES)
                 return self.attribute(x, targets)
         except CnnlensError:
             raise
@@ -79,87 +94,3 @@ class Adapter(abc.ABC):
                     f"{type(exc).__name__}: {first}"
                 )
             raise mapped from exc
-
-
-#: A guided-backprop rule: ``rule(grad_output, relu_output) -> grad_input`` of one ReLU call.
-Rule = Callable[[Tensor, Tensor], Tensor]
-#: Applied to the total gradient of a ReLU's input (``hook(total, rule_result) -> new gradient``).
-InputHook = Callable[[Tensor, Tensor], Tensor]
-
-
-class _RuleReLUFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, rule: Rule, inplace: bool, cell: list[Tensor] | None) -> Tensor:
-        out = x.relu_() if inplace else torch.relu(x)
-        if inplace:
-            ctx.mark_dirty(out)
-        ctx.save_for_backward(out)
-        ctx.rule, ctx.cell = rule, cell
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None, None]:
-        (out,) = ctx.saved_tensors
-        result = ctx.rule(grad, out)
-        if ctx.cell is not None:
-            ctx.cell.append(result)
-        return result, None, None, None
-
-
-class RuleReLU(nn.Module):
-    """A ReLU whose backward is a toolkit's guided rule, put in place of an ``nn.ReLU`` for one call.
-
-    The toolkits apply their rules through module and tensor hooks (Captum also clones every ReLU
-    input to make room for them, FlashTorch lets ReLU's own backward run and throws it away); here the
-    rule *is* the backward, so only the rule's own operations run. The forward is the original
-    module's ReLU, in place where the original is (so an in-place ReLU stays in place and the forward
-    allocates nothing more than the model's own); the values are the same either way.
-
-    Args:
-        rule: ``rule(grad_output, relu_output)``, the gradient passed to the ReLU's input.
-        inplace: The original module's ``inplace`` flag.
-        input_hook: For rules that a toolkit applies to the *total* gradient of the ReLU's input (a
-            tensor hook on it, as Captum does): called as ``input_hook(total, rule_result)`` and
-            returns the gradient the input gets. With a single consumer, ``total`` is ``rule_result``.
-    """
-
-    def __init__(self, rule: Rule, inplace: bool = False, input_hook: InputHook | None = None) -> None:
-        super().__init__()
-        self.rule, self.inplace, self.input_hook = rule, inplace, input_hook
-
-    def forward(self, x: Tensor) -> Tensor:
-        # In place only on an intermediate result that is no view: never on a leaf (autograd forbids
-        # it for one that requires grad) or on memory another tensor shares.
-        inplace = self.inplace and x.grad_fn is not None and x._base is None
-        cell: list[Tensor] | None = None
-        if self.input_hook is not None and x.requires_grad:
-            cell = []
-            hook = self.input_hook
-
-            def on_input(total: Tensor, cell: list[Tensor] = cell) -> Tensor:
-                return hook(total, cell.pop() if cell else total)
-
-            x.register_hook(on_input)
-        return _RuleReLUFn.apply(x, self.rule, inplace, cell)
-
-
-@contextlib.contextmanager
-def swapped_relus(model: nn.Module, make: Callable[[nn.ReLU], nn.Module]) -> Iterator[None]:
-    """Put ``make(relu)`` wherever ``model`` holds an ``nn.ReLU``; the very same ReLU objects go back.
-
-    The guided-backprop rules of every toolkit run as modules in place of the ReLUs (the model guard
-    would also restore the tree, but guided Grad-CAM runs a CAM pass in between). ``make`` is called
-    once per distinct ReLU module (a module called several times in forward gets one replacement).
-    """
-    originals = [(parent, name, child) for parent in model.modules()
-                 for name, child in parent._modules.items() if isinstance(child, nn.ReLU)]
-    made: dict[int, nn.Module] = {}
-    try:
-        for parent, name, child in originals:
-            if id(child) not in made:
-                made[id(child)] = make(child)
-            parent._modules[name] = made[id(child)]
-        yield
-    finally:
-        for parent, name, child in originals:
-            parent._modules[name] = child

@@ -1,32 +1,42 @@
 """Adapter for FlashTorch (PyPI ``flashtorch`` 0.1.3): saliency, guided backprop, filter visualization.
 
 FlashTorch is unmaintained since 2020 and is broken or wrong on torch 2.x. Each result below still
-comes from FlashTorch's own code: ``Backprop.calculate_gradients`` drives every gradient (eval,
-``zero_grad``, forward, ``backward``, guided ReLU hooks with FlashTorch's own closures), and
-``GradientAscent._register_forward_hooks`` plus ``GradientAscent._ascent`` drive every filter
-visualization. cnnlens subclasses the two classes and replaces only the parts that are wrong:
+comes from FlashTorch's own code: ``Backprop.calculate_gradients`` computes every gradient (eval,
+``zero_grad``, forward, ``backward``, and for guided backprop the ReLU hooks with FlashTorch's own
+closures ``_record_output`` and ``_clip_gradients``), and ``GradientAscent._register_forward_hooks``
+plus ``GradientAscent._ascent`` compute every filter visualization. cnnlens subclasses the two
+classes and drives or fixes them at the boundary only; none of this replaces a FlashTorch
+computation, and each is named in ``Explanation.provenance.driven`` (:data:`DRIVEN`) and in the
+registry notes:
 
 1. ``target_class`` was ignored (FlashTorch always backpropagates the top-1 logit). FlashTorch sees a
    wrapper of the model that returns one number, the sum of each image's target logit, so it takes
    its own one-output branch and calls ``output.backward()`` on exactly the score asked for.
 2. Batch size 1 only (a ``(1, classes)`` gradient seed, and ``[0]`` on the result). The same sum
    gives image ``i`` the gradient of its own logit, because images do not interact in eval mode; the
-   full ``(N, C, H, W)`` gradient is read from ``self.gradients``.
+   full ``(N, C, H, W)`` gradient is read from the input.
 3. Hooks were never removed. Every hook is registered through a handle and removed when the call
    ends, even when it raises.
 4. The gradient was read from ``grad_in`` of the first ``nn.Conv2d``, which is all zeros without a
-   word when that conv does not receive the raw input (EfficientNet-Lite's padded stem). It is read
-   from the input tensor itself, and a call whose gradient never arrives raises instead.
+   word when that conv does not receive the raw input (EfficientNet-Lite's padded stem). It is
+   recorded on the input tensor itself (where FlashTorch's hook would put it: ``self.gradients``),
+   and a call whose gradient never arrives raises instead.
 5. Inputs had to require grad. A private leaf copy is made; the caller's tensor is never touched.
 6. The deprecated ``register_backward_hook`` (a FutureWarning each call, and an API torch is
    removing) is replaced by ``register_full_backward_hook``. FlashTorch's own ReLU closures are kept:
-   only the registration call they go through is redirected.
-7. Guided backprop keeps FlashTorch's own rule on purpose, see :class:`CnnlensBackprop`. By default
-   the rule runs in :func:`flash_guided_rule` modules swapped in for the call (the same two
-   operations on the same tensors, bit-identical, without FlashTorch's hook machinery, which costs
-   a discarded ReLU backward plus hook wrappers around every ReLU); ``cnnlens.self.shortcuts =
-   False`` runs FlashTorch's own closures through the registration of point 6.
+   only the registration call they go through is redirected (:func:`_modern_registration`), and
+   in-place ``nn.ReLU`` modules run out of place for the call (full backward hooks forbid in-place
+   outputs; the values are the same).
+7. Guided backprop keeps FlashTorch's own rule on purpose, see :class:`CnnlensBackprop`.
 8. Filter visualization: see :class:`CnnlensGradientAscent`.
+
+Removed on purpose: an earlier ``guarded=`` mode skipped FlashTorch's per-call ``model.eval()`` and
+``model.zero_grad()`` (turning the wrapper's ``train`` and ``zero_grad`` into no-ops) and fed its
+closing ``self.gradients.detach().cpu()[0]`` a placeholder instead of the gradient. That made three
+of FlashTorch's own statements do something else than they say, for a gain of about a millisecond
+on calls that take hundreds on the CPU, far below the 1.5x a substitution must earn; it was not
+driving either (it changed what FlashTorch's code does, not how it is called). FlashTorch's code now
+runs as written; the model is still given back as it was (:func:`_call_state` and the model guard).
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from cnnlens._resolve import model_device
-from cnnlens.adapters.base import Adapter, RuleReLU, swapped_relus
+from cnnlens.adapters.base import FROZEN_PARAMS, Adapter
 from cnnlens.errors import BackendError, CnnlensError, LayerError, ModelError, OptionError, TargetError
 
 #: What FlashTorch's guided backprop computes, for docs and :func:`cnnlens.methods`.
@@ -51,6 +61,22 @@ GUIDED_RULE = (
     "FlashTorch's own guided rule: grad_in = clamp(grad_out, 0) * relu_output, where the standard rule "
     "(Springenberg 2015; Captum, pytorch-grad-cam) is clamp(grad_out, 0) * (relu_input > 0); FlashTorch "
     "also scales each gradient by the ReLU's activation, and guides nn.ReLU modules only"
+)
+
+
+#: How cnnlens drives FlashTorch's ``Backprop`` (``Explanation.provenance.driven``): the fixes above.
+DRIVEN: tuple[str, ...] = (
+    "target honoured: FlashTorch's model is a wrapper returning the sum of each image's target logit, so its own "
+    "one-output branch backpropagates that score (FlashTorch backpropagates the top-1 logit)",
+    "batched: one call for the whole batch, each image's gradient of its own logit (FlashTorch takes one image)",
+    "input gradient recorded on a private leaf copy of the input (FlashTorch reads grad_in of the first Conv2d, "
+    "zeros when that conv does not receive the raw input, and needs the caller's tensor to require grad)",
+    "hooks removed: every hook FlashTorch registers is removed after the call (FlashTorch never removes them)",
+)
+DRIVEN_GUIDED: tuple[str, ...] = (
+    *DRIVEN,
+    "FlashTorch's own ReLU closures registered as full backward hooks (it calls the deprecated "
+    "register_backward_hook), in-place nn.ReLU modules run out of place for the call",
 )
 
 
@@ -72,17 +98,13 @@ class _InputGradient:
         self.owner = owner
         self.grad: Tensor | None = None
         self._tensor_handle: RemovableHandle | None = None
-        #: What owner.gradients gets instead of the gradient, when set. Backprop.calculate_gradients
-        #: ends with ``self.gradients.detach().cpu()[0]``, a copy of the whole batch's gradient to the
-        #: host (a synchronisation on a GPU) that CnnlensBackprop discards: it returns ``self.grad``.
-        self.placeholder: Tensor | None = None
 
     def _record(self, grad: Tensor) -> None:
         # Where FlashTorch's own hooks put it: owner.gradients, which its code then reads. A copy,
         # because autograd keeps passing this very tensor down the chain, and FlashTorch's ascent
         # divides self.gradients in place.
         self.grad = grad.detach().clone()
-        self.owner.gradients = self.grad if self.placeholder is None else self.placeholder
+        self.owner.gradients = self.grad
 
     def _pre_hook(self, _module: nn.Module, args: tuple[Any, ...]) -> None:
         self.release()
@@ -100,13 +122,14 @@ class _InputGradient:
 
 
 @contextlib.contextmanager
-def _call_state(model: nn.Module) -> Iterator[None]:
-    """Run one FlashTorch call in eval mode with frozen parameters, then give everything back.
+def _call_state(model: nn.Module, freeze_params: bool = True) -> Iterator[None]:
+    """Run one FlashTorch call in eval mode, then give every flag and ``.grad`` back.
 
     FlashTorch calls ``model.eval()`` and leaves it so, calls ``model.zero_grad()`` (which drops the
     user's ``.grad``), and backpropagates into every parameter. No method here reads a weight
-    gradient, so parameters are frozen for the call and their flags and ``.grad`` restored after.
-    torch also sets ``_is_full_backward_hook`` when a hook is registered and never clears it.
+    gradient, so with ``freeze_params`` parameters are frozen for the call; their flags and
+    ``.grad`` are restored after either way. torch also sets ``_is_full_backward_hook`` when a hook
+    is registered and never clears it.
     """
     modules = list(model.modules())
     flags = [(m, m.training, m._is_full_backward_hook) for m in modules]
@@ -115,7 +138,8 @@ def _call_state(model: nn.Module) -> Iterator[None]:
         model.eval()
         for p, _, _ in params:
             p.grad = None
-            p.requires_grad_(False)
+            if freeze_params:
+                p.requires_grad_(False)
         yield
     finally:
         for m, training, full in flags:
@@ -165,23 +189,6 @@ def _modern_registration(modules: Sequence[nn.Module], handles: list[RemovableHa
             m.__dict__.pop("register_forward_hook", None)
 
 
-def flash_guided_rule(grad: Tensor, out: Tensor) -> Tensor:
-    """FlashTorch's guided ReLU without its hook machinery; the same numbers bit for bit.
-
-    FlashTorch records each ReLU's output in a forward hook, lets ReLU's own backward run, then
-    throws that result away in a backward hook that returns ``grad_out.clamp(0.0).mul(output)``
-    (three passes over every activation gradient, hook wrappers around every ReLU, and in-place
-    ReLUs made out-of-place). As the backward of :class:`~cnnlens.adapters.base.RuleReLU` the same
-    two operations run in the same order on the same tensors, with the output saved by autograd
-    instead of a stack (tested equal with ``cnnlens.self.shortcuts = False``).
-    """
-    return grad.clamp(0.0).mul(out)
-
-
-def _flash_relu(relu: nn.Module) -> nn.Module:
-    return RuleReLU(flash_guided_rule, relu.inplace)
-
-
 @contextlib.contextmanager
 def _no_inplace_relu(model: nn.Module) -> Iterator[None]:
     """Full backward hooks forbid in-place ops on the hooked module; in-place is a memory choice only."""
@@ -214,25 +221,13 @@ class _TargetScore(nn.Module):
     no image's logits depend on another image.
     """
 
-    def __init__(self, model: nn.Module, guarded: bool = False) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        self.guarded = guarded
         self.targets: Tensor | None = None
         #: the targets on the CPU, to range-check them without a GPU synchronisation between the
         #: forward and the backward (None for targets taken from the model's own argmax)
         self.targets_cpu: Tensor | None = None
-
-    def train(self, mode: bool = True) -> _TargetScore:
-        # FlashTorch calls model.eval() in every Backprop(); inside cnnlens's model guard every module
-        # is in eval mode already, and the walk through every module costs ~0.5 ms per call.
-        return self if self.guarded else super().train(mode)
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        # FlashTorch calls model.zero_grad() in every call; inside the guard no parameter can hold a
-        # gradient (frozen, .grad detached), and the walk through every parameter is wasted.
-        if not self.guarded:
-            super().zero_grad(set_to_none)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.model(x)
@@ -285,25 +280,20 @@ class CnnlensBackprop(Backprop):  # type: ignore[misc]
 
     Args:
         model: A classifier returning ``(N, classes)`` scores.
-        guarded: The caller already runs the model in eval mode with every parameter frozen and no
-            ``.grad`` (cnnlens's model guard, as ``Explainer.explain`` does), and gives everything
-            back afterwards. Then the per-call walks that re-establish this (``_call_state``,
-            FlashTorch's ``model.eval()`` and ``model.zero_grad()``) are skipped, and FlashTorch's
-            discarded copy of the batch's gradient to the host is avoided. Same numbers.
+        freeze_params: Freeze the parameters for each call (their flags come back after it): no
+            method here reads a weight gradient, so FlashTorch's ``backward()`` then computes none.
+            ``False`` lets it backpropagate into every parameter, as plain FlashTorch does.
     """
 
-    def __init__(self, model: nn.Module, guarded: bool = False) -> None:
+    def __init__(self, model: nn.Module, freeze_params: bool = True) -> None:
         self.user_model = model
-        self.guarded = guarded
-        self._net = _TargetScore(model, guarded)
+        self.freeze_params = freeze_params
+        self._net = _TargetScore(model)
         self._grad = _InputGradient(self)
         self._handles: list[RemovableHandle] = []
         self.leftover_relu_outputs = 0
-        with self._state(model):
+        with _call_state(model, freeze_params):
             super().__init__(self._net)  # FlashTorch: model.eval(), then _register_conv_hook()
-
-    def _state(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext() if self.guarded else _call_state(model)
 
     # -- FlashTorch's private interface, fixed --------------------------------------------------
 
@@ -314,8 +304,6 @@ class CnnlensBackprop(Backprop):  # type: ignore[misc]
             self._handles.append(self._grad.register(self._net))
 
     def _register_relu_hooks(self) -> None:
-        if getattr(self, "_lean_guided", False):
-            return  # the rule runs in RuleReLU modules swapped in for this call
         relus = [m for m in self._net.modules() if isinstance(m, nn.ReLU)]
         with _modern_registration(relus, self._handles):
             super()._register_relu_hooks()  # FlashTorch's _record_output and _clip_gradients
@@ -346,10 +334,7 @@ class CnnlensBackprop(Backprop):  # type: ignore[misc]
         model = self.user_model
         device = model_device(model)
         x = input_.detach().to(device).clone().requires_grad_(True)  # a private leaf (fix 5)
-        # Guarded: FlashTorch's closing `self.gradients.detach().cpu()[0]` reads a one-element CPU
-        # tensor instead of copying the batch's gradient to the host; its result is discarded.
-        self._grad.placeholder = torch.zeros(1, 1) if self.guarded else None
-        with self._state(self._net):
+        with _call_state(self._net, self.freeze_params):
             targets = _as_targets(target_class, x.shape[0], device)
             self._net.targets_cpu = None if targets is None else targets.cpu()
             if targets is None:
@@ -361,24 +346,16 @@ class CnnlensBackprop(Backprop):  # type: ignore[misc]
             try:
                 self._register_conv_hook()
                 # With a one-element output FlashTorch neither picks the top-1 class nor warns.
-                self._lean_guided = False  # FlashTorch's own ReLU closures (see FlashTorchAdapter)
-                if self._lean_guided:
-                    guide: contextlib.AbstractContextManager[None] = swapped_relus(self._net, _flash_relu)
-                elif guided:
-                    guide = _no_inplace_relu(self._net)
-                else:
-                    guide = contextlib.nullcontext()
+                guide = _no_inplace_relu(self._net) if guided else contextlib.nullcontext()
                 with guide:
                     super().calculate_gradients(x, None, take_max=False, guided=guided, use_gpu=False)
                 self.leftover_relu_outputs = len(getattr(self, "relu_outputs", []) or [])
             finally:
                 self._calling = False
-                self._lean_guided = False
                 _remove_all(self._handles)
                 self._grad.release()
                 self._net.targets = self._net.targets_cpu = None
                 self.relu_outputs = []
-                self._grad.placeholder = None
         grad = self._grad.grad
         if grad is None or grad.shape != x.shape:
             raise BackendError(
@@ -399,9 +376,11 @@ class FlashTorchAdapter(Adapter):
     backend = "flashtorch"
 
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
-        # Inside Explainer.explain's model guard (eval mode, parameters frozen with
-        # self.shortcuts): no per-call walks of the model, no discarded host copy.
-        bp = CnnlensBackprop(self.model, guarded=self.shortcuts and self.impl.freeze_params)
+        freeze = self.shortcuts and self.impl.freeze_params  # as the Explainer's model guard decided
+        if freeze:
+            self.driven.append(FROZEN_PARAMS)
+        self.driven.extend(DRIVEN_GUIDED if self.method == "guided_backprop" else DRIVEN)
+        bp = CnnlensBackprop(self.model, freeze_params=freeze)
         grad = bp.calculate_gradients(x, targets, guided=self.method == "guided_backprop")
         if bp.leftover_relu_outputs:
             self.warnings.append(

@@ -1,22 +1,34 @@
 """Adapter for pytorch-grad-cam (PyPI ``grad-cam``).
 
-Every CAM runs through the toolkit's own class and ``__call__``. The adapter only:
+Every result is computed by pytorch-grad-cam's own classes, called as its README shows: each CAM
+through its class and ``__call__`` with one ``ClassifierOutputTarget`` per image, guided backprop
+through ``GuidedBackpropReLUModel``, Guided Grad-CAM by its recipe (that gradient times the Grad-CAM
+image). cnnlens drives them, and names how in ``Explanation.provenance.driven``:
 
-* passes targets as ``ClassifierOutputTarget`` objects, one per image (never truncated);
-* records the CAM *before* pytorch-grad-cam's ReLU, min-max scaling and OpenCV resize, by wrapping
-  ``get_cam_image`` on the instance it created, so that the shared output contract is applied to the
-  same thing for every backend (``raw``);
-* avoids work the method never reads: parameters are frozen by the model guard, and for gradient CAMs
-  the target layer's output becomes the leaf of the backward graph, so ``.backward()`` stops at the
-  layer instead of running through the whole network (pytorch-grad-cam's output is unchanged);
-* computes Eigen-CAM's and Eigen-Grad-CAM's projection with NumPy's own SVD at economy size, the
-  images side by side with single-threaded BLAS: pytorch-grad-cam asks for the full (C x C) right
-  singular matrix and reads only its first row (bit-identical; tested);
-* runs ScoreCAM and AblationCAM one image at a time with a bounded internal batch, because
+* the CAM is recorded *before* pytorch-grad-cam's ReLU, min-max scaling and OpenCV resize, by
+  wrapping ``get_cam_image`` on the instance it created (``compute_cam_per_layer`` for FullGrad), so
+  that the shared output contract is applied to the same thing for every backend (``raw``); the call
+  stops right there (:class:`_Captured`), since the final image it would build is discarded;
+* ScoreCAM and AblationCAM run one image at a time with a bounded internal batch, because
   pytorch-grad-cam materialises every masked input of the whole batch at once;
-* batches guided backprop, which pytorch-grad-cam's ``GuidedBackpropReLUModel`` limits to image 0,
-  applying the toolkit's ``GuidedBackpropReLU`` rule through an allocation-free equivalent
-  (:func:`pgc_guided_rule` in :class:`~cnnlens.adapters.base.RuleReLU`; bit-identical, tested).
+* ``GuidedBackpropReLUModel`` explains image 0 of what it is given, so it is called one image at a
+  time; its (H, W, C) NumPy result is transposed back to cnnlens's (N, C, H, W) signed gradient, and
+  the model's own ``nn.ReLU`` modules are put back after each call (it puts fresh ones back);
+* with ``shortcuts`` the model guard freezes the parameters, so no backward computes weight gradients.
+
+Two steps may be *substituted* (``shortcuts=True``, the default; each named in
+``Explanation.provenance.substitutions`` and registered with its measured speed-up in
+``Implementation.substitutions``; ``shortcuts=False`` runs pytorch-grad-cam's code throughout):
+
+* :data:`~cnnlens.registry.PGC_EARLY_STOP`: for gradient CAMs the target layer's output becomes the
+  leaf of the backward graph (:func:`_leaf_at`, with parameters frozen), so pytorch-grad-cam's
+  ``loss.backward()`` stops at the layer instead of running through the whole network;
+* :data:`~cnnlens.registry.PGC_ECONOMY_SVD`: Eigen-CAM's and Eigen-Grad-CAM's projection with NumPy's
+  own SVD at economy size, the images side by side with single-threaded BLAS: pytorch-grad-cam asks
+  for the full (C x C) right singular matrix and reads only its first row (bit-identical; tested).
+
+Both are tested against pytorch-grad-cam called directly on EfficientNet-Lite0
+(``tests/test_perf_equivalence.py``).
 """
 
 from __future__ import annotations
@@ -31,14 +43,15 @@ import numpy as np
 import pytorch_grad_cam as pgc
 import threadpoolctl
 import torch
-from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
-from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUasModule
+from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from cnnlens._resolve import internal_batch
-from cnnlens.adapters.base import Adapter, RuleReLU, swapped_relus
+from cnnlens.adapters.base import FROZEN_PARAMS, Adapter
 from cnnlens.errors import CnnlensError, LayerError
+from cnnlens.registry import PGC_EARLY_STOP as EARLY_STOP
+from cnnlens.registry import PGC_ECONOMY_SVD as ECONOMY_SVD
 
 CLASSES: dict[str, str] = {
     "gradcam": "GradCAM",
@@ -58,7 +71,16 @@ CLASSES: dict[str, str] = {
 }
 PER_IMAGE = {"scorecam", "ablationcam"}
 
-
+#: How cnnlens drives pytorch-grad-cam (``Explanation.provenance.driven``); none replaces its code.
+CAPTURED_DRIVE = ("CAM recorded as get_cam_image returns it (before pytorch-grad-cam's ReLU, scaling and "
+                  "resize), and the call stopped there: the final image it would build is not used")
+CAPTURED_DRIVE_FULLGRAD = ("FullGrad's per-layer maps recorded as compute_cam_per_layer returns them, and the "
+                           "call stopped there: the aggregated image it would build is not used")
+PER_IMAGE_DRIVE = ("one image per call, with a bounded internal batch_size (pytorch-grad-cam builds every "
+                   "masked input of the whole batch at once)")
+GUIDED_DRIVE = ("GuidedBackpropReLUModel called one image at a time (it returns image 0 only), its (H, W, C) "
+                "NumPy result transposed back to (C, H, W), the model's own nn.ReLU modules put back after "
+                "each call (it puts fresh nn.ReLU() objects back)")
 
 
 @contextlib.contextmanager
@@ -113,28 +135,6 @@ def _eigen_cam_image(method: str) -> Callable[..., np.ndarray]:
     return get_cam_image
 
 
-def pgc_guided_rule(grad: Tensor, out: Tensor) -> Tensor:
-    """pytorch-grad-cam's ``GuidedBackpropReLU`` backward without its temporaries.
-
-    pytorch-grad-cam computes ``addcmul(zeros, x, x > 0)`` forward and
-    ``addcmul(zeros, addcmul(zeros, grad, x > 0), grad > 0)`` backward, allocating a zero tensor and
-    two float masks per ReLU each way (1.3x the gradient limit on resnet50 and vgg11). The values are
-    the same bit for bit: ReLU forward, ``grad * (x > 0) * (grad > 0)`` backward, where
-    ``x > 0`` is ``relu(x) > 0`` (tested against the toolkit's own function with
-    ``cnnlens.self.shortcuts = False``). ``threshold_backward`` is ReLU's own fused backward.
-    """
-    return torch.ops.aten.threshold_backward(grad.clamp(min=0), out, 0)
-
-
-def _pgc_relu(relu: nn.Module) -> nn.Module:
-    return RuleReLU(pgc_guided_rule, relu.inplace)
-
-
-def _toolkit_relu(module: nn.Module) -> Callable[[nn.Module], nn.Module]:
-    """pytorch-grad-cam's own ``GuidedBackpropReLUasModule`` in place of every ReLU (OPTIMIZE off)."""
-    return lambda _relu: module
-
-
 def _leaf_at(layer: nn.Module) -> Callable[[nn.Module, Any, Any], Any]:
     """Forward hook making the layer output the start of the backward graph.
 
@@ -155,84 +155,21 @@ class _Captured(Exception):
     cnnlens discards (the shared output contract is applied to the recorded CAM instead)."""
 
 
-class _OnDeviceActivations(ActivationsAndGradients):  # type: ignore[misc]
-    """pytorch-grad-cam's recorder, without a device-to-host copy inside the forward and backward.
-
-    pytorch-grad-cam copies the layer's activation to the CPU in a forward hook and its gradient in
-    a tensor hook (its issue #356); on a GPU each copy synchronises mid-call, so the CPU cannot queue
-    the rest of the forward / backward while the GPU runs. This keeps an on-device copy instead
-    (``clone``, as ``.cpu()`` also copies, so a later in-place op on the layer output cannot reach it),
-    and ``compute_cam_per_layer`` moves both to NumPy once, after the backward: the same values.
-    On the CPU it stores exactly what pytorch-grad-cam stores (``.cpu()`` is then a no-op).
-    """
-
-    @staticmethod
-    def _keep(t: Tensor) -> Tensor:
-        return t.cpu().detach() if t.device.type == "cpu" else t.detach().clone()
-
-    def save_activation(self, module: nn.Module, input: Any, output: Any) -> None:
-        if not self.detach:
-            return super().save_activation(module, input, output)
-        activation = output if self.reshape_transform is None else self.reshape_transform(output)
-        self.activations.append(self._keep(activation))
-        return None
-
-    def save_gradient(self, module: nn.Module, input: Any, output: Any) -> None:
-        if not self.detach:
-            return super().save_gradient(module, input, output)
-        if not hasattr(output, "requires_grad") or not output.requires_grad:
-            return None
-
-        def _store_grad(grad: Tensor) -> None:
-            if self.reshape_transform is not None:
-                grad = self.reshape_transform(grad)
-            self.gradients = [self._keep(grad), *self.gradients]
-
-        output.register_hook(_store_grad)
-        return None
-
-
-#: CAMs constructed on :class:`_InEvalMode` (those whose class only reads the model through its
-#: forward, hooks on the target layer, ``eval()``, ``zero_grad()`` and ``parameters()``).
-NO_WALK = {"gradcam", "gradcam_plusplus", "hirescam", "xgradcam", "layercam", "eigencam", "eigengradcam",
-           "gradcam_elementwise"}
-
-
-class _InEvalMode(nn.Module):
-    """The model as pytorch-grad-cam sees it inside a cnnlens call: ``eval()`` and ``zero_grad()``
-    do nothing.
-
-    pytorch-grad-cam calls ``model.eval()`` in every CAM's constructor and ``model.zero_grad()``
-    before every backward; the first walks every module through ``nn.Module.__setattr__``, the
-    second every parameter: 0.54 ms and 0.22 ms per call on EfficientNet-Lite0 here, and on a GPU,
-    where a batch-8 Grad-CAM takes a few milliseconds that the CPU spends launching kernels, they
-    add in full (1.8-2.3 ms per call in the H200 profile). Inside the model guard both change nothing:
-    every module is already in eval mode (the guard's ``eval_mode``) and no parameter can hold a
-    gradient (the guard detaches ``.grad`` and freezes every parameter). Used only when the guard
-    freezes parameters (``Implementation.freeze_params``) and with ``cnnlens.self.shortcuts``.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.model(*args, **kwargs)
-
-    def train(self, mode: bool = True) -> _InEvalMode:
-        return self
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        return None
-
-
 class PytorchGradCamAdapter(Adapter):
     backend = "pytorch-grad-cam"
 
+    def check_input(self, x: Tensor) -> None:
+        if self.method == "shapleycam":
+            self._check_shapley_layer(x)
+
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
+        if self.shortcuts and self.impl.freeze_params:
+            self.driven.append(FROZEN_PARAMS)
         if self.method == "guided_backprop":
             return self._guided_backprop(x, targets)
         if self.method == "guided_gradcam":
+            # pytorch-grad-cam's recipe (its README and cam.py): the guided backprop gradient times
+            # the Grad-CAM image (after its ReLU, scaling and resize to the input).
             gb = self._guided_backprop(x, targets)
             cam = self._cam("gradcam", x, targets, final=True)
             return gb * cam[:, None]
@@ -244,22 +181,17 @@ class PytorchGradCamAdapter(Adapter):
         cls = getattr(pgc, CLASSES[method])
         if method == "fullgrad":
             return cls(self.model, target_layers=[])
-        model = self.model
-        if self.shortcuts and self.impl.freeze_params and method in NO_WALK:
-            model = _InEvalMode(self.model)
         if method == "fem":
-            cam = cls(model, target_layers=[self.layer], k=self.options.get("k", 2))
-        else:
-            cam = cls(model, target_layers=[self.layer])
-        if self.shortcuts and type(cam.activations_and_grads) is ActivationsAndGradients:
-            cam.activations_and_grads.release()
-            cam.activations_and_grads = _OnDeviceActivations(
-                model, [self.layer], cam.reshape_transform, cam.activations_and_grads.detach)
-        return cam
+            return cls(self.model, target_layers=[self.layer], k=self.options.get("k", 2))
+        return cls(self.model, target_layers=[self.layer])
 
     def _cam(self, method: str, x: Tensor, targets: Tensor, final: bool = False) -> Tensor:
         """Run one pytorch-grad-cam class; return the pre-ReLU CAM, or its final output if ``final``."""
-        chunks = [slice(i, i + 1) for i in range(x.shape[0])] if method in PER_IMAGE else [slice(0, x.shape[0])]
+        if method in PER_IMAGE:
+            self.driven.append(PER_IMAGE_DRIVE)
+            chunks = [slice(i, i + 1) for i in range(x.shape[0])]
+        else:
+            chunks = [slice(0, x.shape[0])]
         outs = [self._cam_chunk(method, x[s], targets[s], final) for s in chunks]
         return torch.cat(outs, dim=0)
 
@@ -272,24 +204,23 @@ class PytorchGradCamAdapter(Adapter):
             cam.batch_size = self.options.get("batch_size") or internal_batch(x)
         if self.shortcuts and method in ("eigencam", "eigengradcam"):
             cam.get_cam_image = _eigen_cam_image(method)
+            self.substitutions.append(ECONOMY_SVD)
         if not aug and not final:
             name = "compute_cam_per_layer" if method == "fullgrad" else "get_cam_image"
             inner = getattr(cam, name)
 
-            skip_rest = self.shortcuts
-
             def spy(*args: Any, **kwargs: Any) -> Any:
                 out = inner(*args, **kwargs)
                 captured.append(out)
-                if skip_rest:
-                    raise _Captured
-                return out
+                raise _Captured
 
             setattr(cam, name, spy)
+            self.driven.append(CAPTURED_DRIVE if method != "fullgrad" else CAPTURED_DRIVE_FULLGRAD)
         handle = None
-        if (self.shortcuts and cam.uses_gradients and not cam.compute_input_gradient and cam.detach
-                and self.layer is not None):
+        if (self.shortcuts and self.impl.freeze_params and cam.uses_gradients and not cam.compute_input_gradient
+                and cam.detach and self.layer is not None):
             handle = self.layer.register_forward_hook(_leaf_at(self.layer), prepend=True)
+            self.substitutions.append(EARLY_STOP)
         result = None
         try:
             with _quiet_progress(method in PER_IMAGE):
@@ -312,18 +243,77 @@ class PytorchGradCamAdapter(Adapter):
             return torch.as_tensor(np.asarray(raw, dtype=np.float32)).to(x.device)
         return torch.as_tensor(np.asarray(result, dtype=np.float32)).to(x.device)
 
+    def _check_shapley_layer(self, x: Tensor) -> None:
+        """Refuse, before pytorch-grad-cam runs, a layer whose activation or gradient is a view.
+
+        ShapleyCAM keeps the graph (``detach=False``) and stores the layer's output and the gradient
+        reaching it as they are; pytorch-grad-cam's ``ActivationsAndGradients.clear`` then calls
+        ``detach_()`` on them, which torch refuses for a view: the call fails, and again in
+        ``BaseCAM.__del__`` (a traceback on stderr). That happens when the layer returns a view
+        (Swin's ``Permute``) or feeds a reshape directly (VGG's and AlexNet's ``avgpool`` before
+        ``flatten``, ViT's ``conv_proj``). One image's forward and backward tell.
+        """
+        if self.layer is None:
+            return
+        seen: dict[str, bool] = {}
+
+        def on_grad(grad: Tensor) -> None:
+            seen["grad"] = grad._is_view()
+
+        def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+            if isinstance(out, Tensor):
+                seen["activation"] = out._is_view()
+                if out.requires_grad:
+                    out.register_hook(on_grad)
+
+        inp = x[:1].detach().clone().requires_grad_(True)
+        handle = self.layer.register_forward_hook(hook)
+        try:
+            out = self.model(inp)
+            if isinstance(out, Tensor) and out.requires_grad and out.dim() == 2:
+                torch.autograd.grad(out[:, 0].sum(), inp, allow_unused=True)
+        except CnnlensError:
+            raise
+        except Exception:
+            return  # not this check's business: the call itself reports it
+        finally:
+            handle.remove()
+        what = [k for k in ("activation", "grad") if seen.get(k)]
+        if what:
+            kind = "its output is a view" if what[0] == "activation" else "its output goes straight into a reshape"
+            raise LayerError(
+                f"pytorch-grad-cam ShapleyCAM cannot use this layer: {kind} (of another tensor), and ShapleyCAM's "
+                "recorder fails on views (ActivationsAndGradients.clear calls detach_() on them); choose a layer "
+                "whose output is a computed (N, C, H, W) map, e.g. 'features' for torchvision VGG/AlexNet, "
+                "or use gradcam or hirescam"
+            )
+
     # -- guided backprop ------------------------------------------------------------------------
 
     def _guided_backprop(self, x: Tensor, targets: Tensor) -> Tensor:
-        # pytorch-grad-cam's GuidedBackpropReLUModel swaps every nn.ReLU for its rule and puts fresh
-        # ReLUs back; cnnlens swaps the same way and puts the very same objects back.
-        make = _pgc_relu if self.shortcuts else _toolkit_relu(GuidedBackpropReLUasModule())
-        with swapped_relus(self.model, make):
-            inp = x.detach().requires_grad_(True)
-            out = self.model(inp)
-            score = out.gather(1, targets[:, None]).sum()
-            (grad,) = torch.autograd.grad(score, inp)
-        return grad
+        """pytorch-grad-cam's ``GuidedBackpropReLUModel``, one image per call (it returns image 0).
+
+        It swaps every ``nn.ReLU`` for its ``GuidedBackpropReLUasModule`` and afterwards puts fresh
+        ``nn.ReLU()`` objects back; the model's own modules are put back after each call. It returns
+        the input gradient as an (H, W, C) NumPy array; transposed back here to (C, H, W).
+        """
+        gb_model = GuidedBackpropReLUModel(self.model)
+        self.driven.append(GUIDED_DRIVE)
+        relus = [(parent, name, child) for parent in self.model.modules()
+                 for name, child in parent._modules.items() if isinstance(child, nn.ReLU)]
+        grads = []
+        try:
+            for i, t in enumerate(targets.tolist()):
+                try:
+                    hwc = gb_model(x[i : i + 1].clone(), target_category=int(t))
+                finally:
+                    for parent, name, child in relus:
+                        parent._modules[name] = child
+                grads.append(torch.from_numpy(np.ascontiguousarray(hwc.transpose(2, 0, 1))))
+        finally:
+            for parent, name, child in relus:
+                parent._modules[name] = child
+        return torch.stack(grads).to(device=x.device, dtype=x.dtype)
 
     def translate(self, exc: Exception) -> CnnlensError | None:
         msg = str(exc)

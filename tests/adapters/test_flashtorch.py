@@ -523,3 +523,37 @@ def test_out_of_range_target_is_a_target_error() -> None:
     with pytest.raises(TargetError, match="target 5 is out of range: the model has 5 classes"):
         CnnlensBackprop(model).calculate_gradients(tiny_input(2), [0, 5])
     assert hook_count(model) == 0
+
+
+def test_every_fix_is_named_in_provenance_and_registry_notes() -> None:
+    """Each fix at the boundary is driving FlashTorch, not replacing it: each one is named."""
+    from cnnlens.adapters.flashtorch import DRIVEN, DRIVEN_GUIDED
+
+    model, x = tiny_cnn(), tiny_input(2)
+    for method, driven in (("saliency", DRIVEN), ("guided_backprop", DRIVEN_GUIDED)):
+        e = cnnlens.explain(model, x, method, backend="flashtorch", target=[1, 2])
+        assert set(driven) <= set(e.provenance.driven)
+        assert e.provenance.substitutions == ()
+        notes = registry.REGISTRY[(method, "flashtorch")].notes
+        for words in ("target honoured", "batched", "private leaf", "hooks removed"):
+            assert words in notes and any(words.split()[0] in d for d in e.provenance.driven), (method, words)
+    assert "full backward hooks" in registry.REGISTRY[("guided_backprop", "flashtorch")].notes
+
+
+def test_shortcuts_false_lets_flashtorch_backpropagate_into_the_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """shortcuts=False: FlashTorch's backward runs through trainable parameters, as plain FlashTorch."""
+    seen: list[bool] = []
+    real = Backprop.calculate_gradients
+
+    def spy(self: Any, *a: Any, **k: Any) -> Any:
+        seen.append(any(p.requires_grad for p in self.model.parameters()))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Backprop, "calculate_gradients", spy)
+    model, x = tiny_cnn(), tiny_input(2)
+    before = snapshot(model)
+    fast = cnnlens.Explainer(model, "saliency", "flashtorch", shortcuts=True).explain(x, target=[0, 1])
+    slow = cnnlens.Explainer(model, "saliency", "flashtorch", shortcuts=False).explain(x, target=[0, 1])
+    assert seen == [False, True]
+    assert torch.equal(fast.raw, slow.raw)
+    assert_same_state(before, model)
