@@ -335,7 +335,7 @@ class _Scripted:
     and tensors can only be reassigned, never added or removed, so a reassignment is undone.
     """
 
-    def __init__(self, model: nn.Module, modules: list[nn.Module]) -> None:
+    def __init__(self, modules: list[nn.Module]) -> None:
         self.modules = modules
         self.dicts = list(map(_DICT, modules))
         self.tensors = [(m, kind, list(getattr(m, kind).items())) for m in modules
@@ -389,10 +389,12 @@ def _view(model: nn.Module) -> _Eager | _Scripted:
         modules, scripted = _modules_of(model)
         if scripted:
             _STRUCTURES.pop(model, None)
-            return _Scripted(model, modules)
+            return _Scripted(modules)
         s = _STRUCTURES[model] = _Structure(modules, list(map(_DICT, modules)))
         view = s.bind(model)
-        assert view is not None
+        if view is None:  # (cannot happen: nothing changed since the line above) the slow, safe path
+            _STRUCTURES.pop(model, None)
+            return _Scripted(modules)
     return view
 
 
@@ -522,8 +524,8 @@ class ModelGuard:
 
     def __enter__(self) -> ModelGuard:
         self._sigint = _SIGINT.enter()  # before anything else: from here a Ctrl-C waits for us
-        self._lock = _lock_of(self.model)
         try:
+            self._lock = _lock_of(self.model)
             self._acquire()
         except BaseException:  # Ctrl-C while another thread held the model: nothing to undo
             if self._sigint:

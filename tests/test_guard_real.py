@@ -333,13 +333,14 @@ def _interrupt_at(k: int, fn) -> bool:
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals need the main thread")
-def test_ctrl_c_anywhere_in_the_guard_restores_the_model_then_interrupts() -> None:
-    """A real SIGINT at every line the guard executes (its snapshot, eval switch, restore): the
-    model always comes back whole, the interrupt is never lost, the user's SIGINT handler is back in
-    place, and the model's lock is free."""
+@pytest.mark.parametrize(("method", "backend"), [("saliency", "captum"), ("gradcam", "pytorch-grad-cam")])
+def test_ctrl_c_anywhere_in_the_guard_restores_the_model_then_interrupts(method, backend) -> None:
+    """A real SIGINT at every line the guard executes (its snapshot, eval switch, restore, the
+    removal of the toolkit's hooks): the model always comes back whole, the interrupt is never
+    lost, the user's SIGINT handler is back in place, and the model's lock is free."""
     model = _used_model()
     x = tiny_input(n=2, size=32)
-    ex = cnnlens.Explainer(model, "saliency", backend="captum")
+    ex = cnnlens.Explainer(model, method, backend=backend)
     ex.explain(x, target=1)
     before = snapshot(model)
     lines = [0]
