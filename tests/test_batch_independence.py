@@ -27,10 +27,7 @@ PAIRS = sorted(p for p in registry.REGISTRY if registry.BACKENDS[p[1]].installed
 RTOL = 1e-5
 CHEAP = {"nt_samples": 4, "n_samples": 24, "n_steps": 8}
 TARGET, NEIGHBOUR_TARGETS = 1, (3, 0)
-KNOWN = {
-    ("kpca_cam", "pytorch-grad-cam"): pytest.mark.xfail(
-        strict=False, reason="KernelPCA draws from NumPy's global RNG; fixed on wt-pgcflash"),
-}
+KNOWN: dict = {}
 
 
 def sharp_tiny() -> torch.nn.Module:

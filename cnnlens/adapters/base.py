@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import abc
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
 from cnnlens.errors import BackendError, CnnlensError
@@ -68,6 +71,24 @@ class Adapter(abc.ABC):
             x: (N, C, H, W) input, a private copy on the model's device (requires_grad is off).
             targets: (N,) long tensor of class indices on the model's device.
         """
+
+    def each_image(self, x: Tensor, t: Tensor, call: Callable[[Tensor, Tensor, int], Tensor], how: str) -> Tensor:
+        """``call(x[i:i+1], t[i:i+1], i)`` for every image, concatenated; ``how`` goes to :attr:`driven`.
+
+        For a stochastic method every image is drawn from the seed afresh (``torch.manual_seed`` and
+        ``np.random.seed``, inside the Explainer's seeded block, which gives the caller's RNG state
+        back afterwards), so an image's result is the same alone and in any batch: what the toolkit
+        returns when called on that one image after seeding.
+        """
+        seed = self.options.get("seed") if self.impl.spec.stochastic else None
+        outs = []
+        for i in range(x.shape[0]):
+            if seed is not None:
+                torch.manual_seed(seed)
+                np.random.seed(seed % 2**32)
+            outs.append(call(x[i : i + 1], t[i : i + 1], i))
+        self.driven.append(how)
+        return torch.cat(outs)
 
     def check_input(self, x: Tensor) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Reject option values that are invalid for this input (e.g. a window larger than the image)."""

@@ -25,10 +25,8 @@ the internal batches.) Each such loop is named in ``provenance.driven``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from captum import attr as ca
 from torch import Tensor
@@ -80,13 +78,6 @@ def _pair(v: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
     return (int(v[-2]), int(v[-1]))
 
 
-def _reseed(seed: int | None) -> None:
-    # The Explainer's seeded() block saves and restores both global RNGs around the whole call.
-    if seed is not None:
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-
-
 class CaptumAdapter(Adapter):
     backend = "captum"
 
@@ -121,16 +112,6 @@ class CaptumAdapter(Adapter):
         # forward holds N * perturbations_per_eval inputs; keep that near the internal batch.
         return max(1, internal_batch(x) // x.shape[0])
 
-    def _each_image(self, x: Tensor, t: Tensor, call: Callable[[Tensor, Tensor, int], Tensor], how: str) -> Tensor:
-        """``call(x[i:i+1], t[i:i+1], i)`` for every image, each under a fresh draw from the seed."""
-        seed = self.options.get("seed") if self.impl.spec.stochastic else None
-        outs = []
-        for i in range(x.shape[0]):
-            _reseed(seed)
-            outs.append(call(x[i : i + 1], t[i : i + 1], i))
-        self.driven.append(how)
-        return torch.cat(outs)
-
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         m, o, model, t = self.method, self.options, self.model, targets
         if m == "gradcam":
@@ -150,13 +131,13 @@ class CaptumAdapter(Adapter):
             # One image per call: the noisy copies of one image fill an internal batch.
             per_batch = o["nt_samples_batch_size"] or min(o["nt_samples"], internal_batch(x))
             nt = ca.NoiseTunnel(ca.Saliency(model))
-            out = self._each_image(x, t, lambda xi, ti, _i: nt.attribute(
+            out = self.each_image(x, t, lambda xi, ti, _i: nt.attribute(
                 xi, nt_type=NOISE[m], nt_samples=o["nt_samples"], nt_samples_batch_size=per_batch,
                 stdevs=noise_scale(o["stdevs"], xi), target=ti, abs=False,
             ), PER_IMAGE_SEEDED)
         elif m == "gradient_shap":
             gs = ca.GradientShap(model)
-            out = self._each_image(x, t, lambda xi, ti, i: gs.attribute(
+            out = self.each_image(x, t, lambda xi, ti, i: gs.attribute(
                 xi, baselines=self._baseline_of(x, i), n_samples=o["n_samples"],
                 stdevs=noise_scale(o["stdevs"], xi), target=ti,
             ), PER_IMAGE_SEEDED)
@@ -164,7 +145,7 @@ class CaptumAdapter(Adapter):
             out = ca.DeepLift(model).attribute(x, baselines=self._baseline(x), target=t)
         elif m == "deeplift_shap":
             dls = ca.DeepLiftShap(model)
-            out = self._each_image(x, t, lambda xi, ti, i: dls.attribute(
+            out = self.each_image(x, t, lambda xi, ti, i: dls.attribute(
                 xi, baselines=deeplift_shap_baselines(self._baseline_of(x, i), xi, o["n_baselines"]), target=ti,
             ), PER_IMAGE_BASELINES)
         elif m == "occlusion":
@@ -185,7 +166,7 @@ class CaptumAdapter(Adapter):
             explainer: Any = (ca.Lime if m == "lime" else ca.KernelShap)(model)
             mask = grid_mask(x, o["feature_grid"])
             per_eval = o["perturbations_per_eval"] or internal_batch(x)
-            out = self._each_image(x, t, lambda xi, ti, _i: explainer.attribute(
+            out = self.each_image(x, t, lambda xi, ti, _i: explainer.attribute(
                 xi, target=ti, feature_mask=mask, n_samples=o["n_samples"], perturbations_per_eval=per_eval,
             ), PER_IMAGE_SEEDED)
         else:  # the registry only routes methods listed above

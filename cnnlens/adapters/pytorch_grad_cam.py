@@ -70,6 +70,10 @@ CLASSES: dict[str, str] = {
     "fem": "FEM",
 }
 PER_IMAGE = {"scorecam", "ablationcam"}
+#: Named in ``provenance.driven`` for stochastic CAMs (KPCA-CAM's kernel PCA draws its start vector
+#: from NumPy's global RNG, image after image, so a batched call would tie each image to the ones
+#: before it).
+PER_IMAGE_SEEDED = "one pytorch-grad-cam call per image, each image drawn from the seed afresh"
 
 #: How cnnlens drives pytorch-grad-cam (``Explanation.provenance.driven``); none replaces its code.
 CAPTURED_DRIVE = ("CAM recorded as get_cam_image returns it (before pytorch-grad-cam's ReLU, scaling and "
@@ -188,12 +192,12 @@ class PytorchGradCamAdapter(Adapter):
     def _cam(self, method: str, x: Tensor, targets: Tensor, final: bool = False) -> Tensor:
         """Run one pytorch-grad-cam class; return the pre-ReLU CAM, or its final output if ``final``."""
         if method in PER_IMAGE:
-            self.driven.append(PER_IMAGE_DRIVE)
-            chunks = [slice(i, i + 1) for i in range(x.shape[0])]
-        else:
-            chunks = [slice(0, x.shape[0])]
-        outs = [self._cam_chunk(method, x[s], targets[s], final) for s in chunks]
-        return torch.cat(outs, dim=0)
+            return self.each_image(x, targets, lambda xi, ti, _i: self._cam_chunk(method, xi, ti, final),
+                                   PER_IMAGE_DRIVE)
+        if self.impl.spec.stochastic:
+            return self.each_image(x, targets, lambda xi, ti, _i: self._cam_chunk(method, xi, ti, final),
+                                   PER_IMAGE_SEEDED)
+        return self._cam_chunk(method, x, targets, final)
 
     def _cam_chunk(self, method: str, x: Tensor, targets: Tensor, final: bool) -> Tensor:
         cam = self._make(method)

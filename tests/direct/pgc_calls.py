@@ -53,7 +53,9 @@ def _targets(targets: Tensor) -> list[ClassifierOutputTarget]:
 #: Called one image at a time, as cnnlens drives them. With a batch, each image's weights come from
 #: differences of scores taken from the batch's forward, which differ from a one-image forward's in
 #: the last bits; the subtraction amplifies that (1.7e-5 of the map's range on tiny_cnn, Ablation-CAM).
-PER_IMAGE = {"scorecam", "ablationcam"}
+#: KPCA-CAM too: cnnlens calls it per image, each seeded afresh, so that no image's ARPACK start
+#: vector depends on the images before it in the batch.
+PER_IMAGE = {"scorecam", "ablationcam", "kpca_cam"}
 
 
 def _cam_call(method: str, cls_name: str) -> DirectCall:
