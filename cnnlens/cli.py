@@ -934,9 +934,12 @@ def serve(
     webapp.require()
     if study is not None and not study.is_file():
         raise CnnlensError(f"study database '{study}' does not exist; run `cnnlens bench --out DIR` first")
+    from cnnlens.app.server import host_warning
+
     net = _load_model(model, weights, arch, device)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        _stderr().print(f"warning: serving on {_escape(host)} with no authentication: anyone who can reach it can use it")
+    warning = host_warning(host)
+    if warning:
+        _stderr().print(f"warning: {_escape(warning)}")
     _stderr().print("starting the web app (Ctrl-C stops it) ...")
     webapp.serve(net, study, host, port or None, name=_model_name(net), block=True)
 

@@ -21,6 +21,8 @@ class LayerInfo:
     name: str
     type: str
     shape: tuple[int, ...] | None
+    #: How many times the module ran in one forward pass (a CAM needs a module that runs once).
+    calls: int = 1
 
     @property
     def spatial(self) -> bool:
@@ -59,5 +61,5 @@ def list_layers(model: nn.Module, size: int | None = None) -> tuple[list[LayerIn
         mod = named.get(name)
         if mod is None:
             raise ModelError(f"module '{name}' ran in the forward pass but is not among the model's modules")
-        rows.append(LayerInfo(name, getattr(mod, "original_name", None) or type(mod).__name__, shape))
+        rows.append(LayerInfo(name, getattr(mod, "original_name", None) or type(mod).__name__, shape, probe.calls(name)))
     return rows, default

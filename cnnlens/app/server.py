@@ -24,6 +24,14 @@ FONTS = ("ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Helvetica",
 MONO = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace")
 
 
+def host_warning(host: str) -> str | None:
+    """The warning for a non-loopback interface (None for loopback)."""
+    if host in LOOPBACK:
+        return None
+    return (f"serving on {host}: the app has no authentication, so anyone who can reach this address can use it "
+            "(and open study files by path); bind 127.0.0.1 unless you trust the network")
+
+
 def theme() -> Any:
     import gradio as gr
 
@@ -57,13 +65,9 @@ def start(
     import cnnlens
     from cnnlens.app import views
 
-    if host not in LOOPBACK:
-        warnings.warn(
-            f"serving on {host}: the app has no authentication, so anyone who can reach this address can "
-            "use it (and the files it can read); bind 127.0.0.1 unless you trust the network",
-            UserWarning,
-            stacklevel=2,
-        )
+    warning = host_warning(host)
+    if warning:
+        warnings.warn(warning, UserWarning, stacklevel=2)
     if model is None or isinstance(model, (str, os.PathLike)):
         spec = model
         model = cnnlens.load_model(spec)

@@ -99,8 +99,8 @@ def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Pa
     export_root = Path(export_dir) if export_dir is not None else Path(tempfile.mkdtemp(prefix="cnnlens-app-"))
     pairs = wb.pairs()
     backends = sorted({b for bs in pairs.values() for b in bs})
-    rows, auto_layer = wb.layers()
-    cam_layers = [r.name for r in rows if r.spatial]
+    _, auto_layer = wb.layers()
+    cam_layers = wb.cam_layers()
     auto_label = f"{AUTO} ({auto_layer})" if auto_layer else AUTO
     from cnnlens.images import DEMO
 
@@ -125,7 +125,7 @@ def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Pa
                     methods = gr.CheckboxGroup(sorted(pairs), value=["gradcam"], label="Methods", elem_id="methods")
                     backs = gr.CheckboxGroup(backends, value=[b for b in ("pytorch-grad-cam", "captum") if b in backends],
                                              label="Backends (only the pairs that exist run)", elem_id="backends")
-                    layer = gr.Dropdown([auto_label, *cam_layers], value=auto_label,
+                    layer = gr.Dropdown([(auto_label, AUTO), *cam_layers], value=AUTO,
                                         label="Layer (for CAM methods)", elem_id="layer")
                     options = gr.Code(_default_options(wb, ["gradcam"], backends), language="json",
                                       label="Options per method (defaults; stochastic methods take a seed)",
@@ -141,9 +141,7 @@ def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Pa
             status = gr.Markdown("Upload an image or pick a demo photo.", elem_id="status")
             grid = gr.Gallery(label="Method x backend", columns=4, height="auto", elem_id="grid",
                               object_fit="contain", allow_preview=False)
-            scale = gr.Image(W.colorbar("positive"), label="Colour scale, shared by every cell: 0 (left) to each "
-                             "map's largest magnitude (right); -1 to 1 for 'all'", interactive=False, height=40,
-                             elem_id="colorbar")
+            scale = gr.HTML(_colour_scale("positive"), elem_id="colorbar")
             agree = gr.Dataframe(headers=["method", "backends", "pearson", "iou_top5"],
                                  label="Agreement between backends (Pearson r, top-5 % IoU)",
                                  interactive=False, elem_id="agreement")
@@ -193,7 +191,7 @@ def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Pa
                 if not todo:
                     raise InputError("no (method, backend) pair exists for this choice; `cnnlens methods` lists them")
                 t = int(tgt) if tgt is not None else wb.top5(photo)[0].index
-                use_layer = None if not lay or lay.startswith(AUTO) else lay
+                use_layer = None if not lay or lay == AUTO else lay
                 parsed = _parse_options(opts)
                 for done, total, g in wb.run(photo, t, todo, use_layer, parsed, sg, bool(fq)):
                     fails = [c for c in g.cells if not c.ok]
@@ -201,7 +199,9 @@ def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Pa
                     msg = f"{head} · target {g.target_label} ({g.target}) · layer {g.layer or '-'}"
                     if fails:
                         msg += "".join(f"\n\n**Error** in {c.method} · {c.backend}: {c.error}" for c in fails)
-                    yield (g, W.overlays(g), W.colorbar(sg), _table(W.agreement(g)), _table(W.timings(g)), msg)
+                    notes = [(c, w) for c in g.cells if c.ok for w in c.explanation.warnings]
+                    msg += "".join(f"\n\nNote ({c.method} · {c.backend}): {w}" for c, w in notes)
+                    yield (g, W.overlays(g), _colour_scale(sg), _table(W.agreement(g)), _table(W.timings(g)), msg)
             except Exception as exc:
                 yield (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), _fail(exc))
 
@@ -212,19 +212,29 @@ def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Pa
             path = W.export_zip(g, export_root)
             return str(path), f"Exported {path.name}."
 
-        upload.upload(on_upload, upload, photo_outs)
+        upload.upload(on_upload, upload, photo_outs, api_name="upload")
         demo_pick.input(on_demo, demo_pick, photo_outs)
         search.submit(on_search, search, [target, status])
         methods.change(on_methods, [methods, backs], options)
         backs.change(on_methods, [methods, backs], options)
         run_evt = run.click(on_run, [photo_state, target, methods, backs, layer, options, sign, faith],
-                            [grid_state, grid, scale, agree, times, status], concurrency_limit=4)
+                            [grid_state, grid, scale, agree, times, status], concurrency_limit=4,
+                            api_name="explain")
         cancel.click(lambda: "Cancelled (a call already running finishes first).", None, status,
                      cancels=[run_evt])
         export.click(on_export, grid_state, [zipped, status])
 
         _study_tab(gr, study)
     return demo
+
+
+def _colour_scale(sign: str) -> str:
+    stops = ", ".join(f"rgb{c}" for c in W.colour_stops(sign))
+    lo = "-1 (negative)" if sign == "all" else "0"
+    what = ("CAMs: each map's largest magnitude; pixel methods: its 99th percentile")
+    return (f'<div style="font-size:0.85em">Colour scale shared by every cell ({sign}): '
+            f'<span style="display:inline-block;vertical-align:middle;width:240px;height:12px;'
+            f'background:linear-gradient(to right, {stops})"></span> from {lo} to 1 = {what}.</div>')
 
 
 def _table(rows: list[dict[str, Any]]) -> Any:
@@ -273,7 +283,8 @@ def _study_tab(gr: Any, study: str | Path | None) -> None:
             text = (f"**{title}** · {len(v.models())} model(s) · {n_img} image(s) · {len(v.pairs())} method x backend "
                     f"pair(s) · {len(v.results)} result rows")
             return (v, gr.update(), gr.update(), gr.update(), gr.update(), text,
-                    v.agreement(**flt).round(4), _study_grid(v, models, pairs), _curves_png(v, flt),
+                    v.agreement(**flt).round(4), gr.update(value=_study_grid(v, models, pairs), columns=min(1 + len(pairs), 12)),
+                    _curves_png(v, flt),
                     v.speed(**flt).round(5), v.summary(**flt, metric=metric or None).round(4))
 
         def on_open(p: str) -> tuple[Any, ...]:
@@ -315,8 +326,10 @@ def _study_grid(v: Any, models: list[str], pairs: list[tuple[str, str]], max_ima
 
     from PIL import Image
 
+    import cnnlens
     from cnnlens import plot
 
+    kinds = {i.method: i.kind for i in cnnlens.methods()}
     out = []
     images = [i for i in v.images if not models or i.model in models][:max_images]
     for img in images:
@@ -326,7 +339,9 @@ def _study_grid(v: Any, models: list[str], pairs: list[tuple[str, str]], max_ima
         for m, b in pairs:
             a = v.map(img.model, img.image, m, b)
             if a is not None:
-                out.append((plot.overlay(pic, a.astype(np.float32), "jet", 0.5), f"{img.image} · {m} · {b}"))
+                pixel = kinds.get(m) == "pixel"
+                shown = plot.display_map(a.astype(np.float32), "pixel") if pixel else a.astype(np.float32)
+                out.append((plot.overlay(pic, shown, "jet", 0.5, weighted=pixel), f"{img.image} · {m} · {b}"))
     return out
 
 

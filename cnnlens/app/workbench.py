@@ -107,7 +107,7 @@ class Workbench:
 
     def cam_layers(self) -> list[str]:
         rows, _ = self.layers()
-        return [r.name for r in rows if r.spatial]
+        return [r.name for r in rows if r.spatial and r.calls == 1]
 
     def pairs(self) -> dict[str, list[str]]:
         """Method -> installed backends that implement it, in registry order."""
@@ -260,8 +260,22 @@ def agreement(grid: Grid) -> list[dict[str, Any]]:
                 b = cells[j].explanation.maps[0].float().cpu().numpy()
                 res = M.agreement(a, b, topk=(5.0,))
                 rows.append({"method": method, "backends": f"{cells[i].backend} | {cells[j].backend}",
-                             "pearson": res["pearson"], "iou_top5": res["iou_top5"]})
+                             "pearson": None if res["pearson"] is None else round(res["pearson"], 4),
+                             "iou_top5": round(res["iou_top5"], 4)})
     return rows
+
+
+def _display(m: np.ndarray, kind: str, sign: str) -> np.ndarray:
+    """A signed view as drawn: pixel attributions end their scale at the 99th percentile of the
+    magnitude, as every cnnlens picture does (:func:`cnnlens.plot.display_map`), CAMs at their maximum."""
+    from cnnlens import plot
+
+    if kind != "pixel":
+        return m
+    if sign != "all":
+        return plot.display_map(m, "pixel")
+    top = float(np.percentile(np.abs(m), plot.PIXEL_PERCENTILE)) if m.size else 0.0
+    return np.clip(m / top, -1.0, 1.0) if top > 0 else m
 
 
 def overlays(grid: Grid, cmap: str = "jet") -> list[tuple[np.ndarray, str]]:
@@ -277,21 +291,26 @@ def overlays(grid: Grid, cmap: str = "jet") -> list[tuple[np.ndarray, str]]:
             out.append((grey, f"{c.method} · {c.backend} · failed"))
             continue
         e = c.explanation
-        m = signed_maps(e, grid.sign)[0]
+        m = _display(signed_maps(e, grid.sign)[0], e.kind, grid.sign)
         if grid.sign == "all":
-            pic = plot.overlay(grid.photo.display, (m + 1.0) / 2.0, "bwr", 0.6)
+            pic = plot.overlay(grid.photo.display, (m + 1.0) / 2.0, DIVERGING, 0.6)
         else:
             pic = plot.overlay(grid.photo.display, m, cmap, 0.5, weighted=e.kind == "pixel")
-        out.append((pic, f"{c.method} · {c.backend} · {e.seconds:.2f} s"))
+        out.append((pic, f"{c.method} · {c.backend} · {e.seconds:.3f} s"))
     return out
 
 
-def colorbar(sign: str, cmap: str = "jet", width: int = 256, height: int = 14) -> np.ndarray:
-    """The one colour scale every cell shares, as a small picture (left: 0, or -1 for ``all``)."""
+#: Colormap of the signed view ``all`` (negative blue, zero white, positive red).
+DIVERGING = "bwr"
+
+
+def colour_stops(sign: str, cmap: str = "jet", n: int = 11) -> list[tuple[int, int, int]]:
+    """The one colour scale every cell shares, as ``n`` RGB stops from 0 (or -1 for ``all``) to 1."""
     from cnnlens import plot
 
-    ramp = np.tile(np.linspace(0.0, 1.0, width, dtype=np.float32), (height, 1))
-    return plot.heatmap(ramp, "bwr" if sign == "all" else cmap)
+    ramp = np.tile(np.linspace(0.0, 1.0, n, dtype=np.float32), (2, 1))  # heatmap wants a 2-D map
+    rgb = plot.heatmap(ramp, DIVERGING if sign == "all" else cmap)[0]
+    return [(int(r), int(g), int(b)) for r, g, b in rgb]
 
 
 def timings(grid: Grid) -> list[dict[str, Any]]:

@@ -92,7 +92,9 @@ class StudyView:
     def speed(self, **filters: Any) -> Any:
         r = self.filtered(**filters)
         r = r[r["metric"].str.startswith("speed.")]
-        return r.groupby(["model", "method", "backend", "metric"], sort=True)["value"].median().reset_index()
+        t = r.pivot_table(index=["model", "method", "backend"], columns="metric", values="value", aggfunc="median")
+        t.columns = [c.removeprefix("speed.") for c in t.columns]
+        return t.reset_index()
 
     def curves(self, family: str, **filters: Any) -> dict[tuple[str, str, str], np.ndarray]:
         """Mean curve over images per (model, method, backend) for a family such as

@@ -17,7 +17,7 @@ import pytest
 from browser import require_browser_stack
 from conftest import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")]
 
 TIMEOUT_MS = 60_000
 
