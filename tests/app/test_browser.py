@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from browser import require_browser_stack
 from conftest import free_port
+
+from cnnlens.testing import tiny_cnn
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")]
 
@@ -153,3 +156,58 @@ def test_file_routes_serve_nothing_outside_the_app(server: str, route: str) -> N
         assert exc.code in (403, 404)
         return
     assert b"root:" not in body
+
+
+def test_huge_image_is_refused_before_decoding(page: tuple[Any, list[str]], tmp_path: Path) -> None:
+    from test_workbench import _png_header
+
+    pg, _ = page
+    _upload(pg, _png_header(tmp_path / "huge.png", 20000, 20000))
+    _wait_text(pg, "#status", "downscale it first")
+
+
+def test_upload_above_the_size_limit_is_refused(server: str) -> None:
+    import httpx
+
+    r = httpx.post(server + "gradio_api/upload", files={"files": ("big.png", b"\0" * (21 * 1024 * 1024))}, timeout=60)
+    assert r.status_code == 413, r.text[:200]
+
+
+class _SlowCNN(torch.nn.Module):
+    """The tiny CNN with a forward pass that takes 0.25 s: runs long enough to cancel, on any machine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_cnn(num_classes=5, seed=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.25)
+        return self.net(x)
+
+
+def test_cancel_stops_a_run_between_calls(browser: Any, photo_png: Path, tmp_path: Path) -> None:
+    from cnnlens.app import serve
+
+    demo, url = serve(_SlowCNN(), None, "127.0.0.1", free_port(), block=False, quiet=True, export_dir=tmp_path)
+    try:
+        pg = browser.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(url)
+        pg.wait_for_selector("#run")
+        _upload(pg, photo_png)
+        pg.wait_for_selector("#status >> text=Loaded")
+        for m in ("integrated_gradients", "saliency"):
+            pg.locator("#methods label", has_text=m).first.click()
+        pg.locator("#backends label", has_text="pytorch-grad-cam").click()  # captum only: 3 cells
+        # 12 forward passes of 0.25 s: about 3 s for the second cell, so Cancel lands during it.
+        pg.locator("#options .cm-content").fill('{"integrated_gradients": {"n_steps": 12, "internal_batch_size": 1}}')
+        pg.click("#run")
+        pg.wait_for_selector("#status >> text=1/3 done")
+        pg.click("#cancel")
+        _wait_text(pg, "#status", "Cancelled")
+        pg.wait_for_timeout(6000)  # the run would have finished by now had it not been cancelled
+        assert "Cancelled" in pg.locator("#status").inner_text()
+        assert pg.locator("#grid img").count() == 1
+        pg.close()
+    finally:
+        demo.close()

@@ -95,3 +95,10 @@ def test_cnnlens_serve_starts_and_answers(tmp_path: Path) -> None:
             proc.kill()
             out, _ = proc.communicate()
     assert f"http://127.0.0.1:{port}" in out
+
+
+def test_import_cnnlens_app_does_not_import_gradio() -> None:
+    code = "import sys, cnnlens.app, cnnlens.app.server, cnnlens.app.workbench; print('gradio' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "False"
