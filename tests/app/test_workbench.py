@@ -206,5 +206,5 @@ def test_study_view_refuses_a_foreign_file(tmp_path):
 
     p = tmp_path / "x.sqlite"
     p.write_bytes(b"garbage" * 100)
-    with pytest.raises(cnnlens.CnnlensError, match="not a cnnlens study"):
+    with pytest.raises(cnnlens.CnnlensError, match=r"x\.sqlite.*not a"):
         StudyView(p)
