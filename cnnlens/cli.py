@@ -918,6 +918,37 @@ def report(
     _wrote(Path(html), "report")
 
 
+# ------------------------------------------------------------------------------------------------
+# serve (the web app: cnnlens.app, an optional extra)
+# ------------------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    model: ModelOpt = None,
+    weights: WeightsOpt = "DEFAULT",
+    arch: ArchOpt = None,
+    device: DeviceOpt = "cpu",
+    study: Annotated[Path | None, typer.Option("--study", help="A study database to browse (from `cnnlens bench`).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; anything but 127.0.0.1 has no authentication.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: a free one).")] = 7860,
+) -> None:
+    """Start the local web app: explore one image with several methods and backends, browse a study."""
+    import cnnlens.app as webapp
+
+    webapp.require()
+    if study is not None and not study.is_file():
+        raise CnnlensError(f"study database '{study}' does not exist; run `cnnlens bench --out DIR` first")
+    from cnnlens.app.server import host_warning
+
+    net = _load_model(model, weights, arch, device)
+    warning = host_warning(host)
+    if warning:
+        _stderr().print(f"warning: {_escape(warning)}")
+    _stderr().print("starting the web app (Ctrl-C stops it) ...")
+    webapp.serve(net, study, host, port or None, name=_model_name(net), block=True)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``cnnlens`` script (exits with the command's status)."""
     command = typer.main.get_command(app)
