@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -56,6 +57,12 @@ def versions(backend: str) -> dict[str, str]:
     }
 
 
+#: torch's and NumPy's global generators are one per process: two threads running seeded calls at
+#: once (on different models: the model guard already serialises calls on one model) would draw
+#: from each other's seeds. Seeded blocks therefore take turns.
+_RNG_LOCK = threading.RLock()
+
+
 @contextlib.contextmanager
 def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     """Seed torch and NumPy for the block and give the caller's RNG state back afterwards."""
@@ -63,6 +70,12 @@ def seeded(seed: int | None, device: torch.device) -> Iterator[None]:
         yield
         return
     devices = [device] if device.type == "cuda" else []
+    with _RNG_LOCK, _forked_rng(seed, devices):
+        yield
+
+
+@contextlib.contextmanager
+def _forked_rng(seed: int, devices: list[torch.device]) -> Iterator[None]:
     np_state = np.random.get_state()
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)

@@ -138,3 +138,38 @@ def test_bench_random_baseline_is_seeded(kind: str) -> None:
     assert a.shape == (32, 40) and np.array_equal(a, b)
     assert not np.array_equal(a, metrics.baseline_map(kind, 32, 40, seed=5))
     assert a.min() >= 0.0 and a.max() <= 1.0
+
+
+def test_seeded_calls_on_different_models_in_threads_give_the_serial_results() -> None:
+    """The global RNGs are one per process: concurrent seeded calls on two models must not draw
+    from each other's seeds (the model guard only serialises calls on the same model)."""
+    import threading
+
+    models = [tiny_cnn(seed=0), tiny_cnn(seed=1)]
+    x = tiny_input(n=2, size=32)
+
+    def run(model: torch.nn.Module) -> torch.Tensor:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cnnlens.explain(model, x, "smoothgrad", backend="captum", target=[0, 1], seed=5,
+                                   nt_samples=8).raw
+
+    serial = [run(m) for m in models]
+    results: dict[tuple[int, int], torch.Tensor] = {}
+    errors: list[BaseException] = []
+
+    def worker(k: int) -> None:
+        try:
+            for rep in range(10):
+                results[(k, rep)] = run(models[k % 2])
+        except BaseException as exc:  # reported below; a thread's exception is otherwise lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for (k, rep), raw in results.items():
+        assert torch.equal(raw, serial[k % 2]), f"thread {k}, call {rep} differs from the serial result"
