@@ -78,6 +78,8 @@ CAPTURED_DRIVE_FULLGRAD = ("FullGrad's per-layer maps recorded as compute_cam_pe
                            "call stopped there: the aggregated image it would build is not used")
 PER_IMAGE_DRIVE = ("one image per call, with a bounded internal batch_size (pytorch-grad-cam builds every "
                    "masked input of the whole batch at once)")
+PER_IMAGE_SEEDED = ("one KPCA_CAM call per image, each image's random ARPACK start vector drawn from the seed "
+                    "afresh (NumPy's global RNG, restored after the call)")
 GUIDED_DRIVE = ("GuidedBackpropReLUModel called one image at a time (it returns image 0 only), its (H, W, C) "
                 "NumPy result transposed back to (C, H, W), the model's own nn.ReLU modules put back after "
                 "each call (it puts fresh nn.ReLU() objects back)")
@@ -187,6 +189,17 @@ class PytorchGradCamAdapter(Adapter):
 
     def _cam(self, method: str, x: Tensor, targets: Tensor, final: bool = False) -> Tensor:
         """Run one pytorch-grad-cam class; return the pre-ReLU CAM, or its final output if ``final``."""
+        if method == "kpca_cam":
+            # KernelPCA draws ARPACK's start vector from NumPy's global RNG: each image gets its own
+            # call and a fresh draw from the seed, so its map does not depend on its batch mates.
+            self.driven.append(PER_IMAGE_SEEDED)
+            seed = self.options.get("seed")
+            outs = []
+            for i in range(x.shape[0]):
+                if seed is not None:
+                    np.random.seed(seed % 2**32)  # inside the Explainer's seeded(): restored after the call
+                outs.append(self._cam_chunk(method, x[i : i + 1], targets[i : i + 1], final))
+            return torch.cat(outs, dim=0)
         if method in PER_IMAGE:
             self.driven.append(PER_IMAGE_DRIVE)
             chunks = [slice(i, i + 1) for i in range(x.shape[0])]
