@@ -70,10 +70,6 @@ CLASSES: dict[str, str] = {
     "fem": "FEM",
 }
 PER_IMAGE = {"scorecam", "ablationcam"}
-#: Named in ``provenance.driven`` for stochastic CAMs (KPCA-CAM's kernel PCA draws its start vector
-#: from NumPy's global RNG, image after image, so a batched call would tie each image to the ones
-#: before it).
-PER_IMAGE_SEEDED = "one pytorch-grad-cam call per image, each image drawn from the seed afresh"
 
 #: How cnnlens drives pytorch-grad-cam (``Explanation.provenance.driven``); none replaces its code.
 CAPTURED_DRIVE = ("CAM recorded as get_cam_image returns it (before pytorch-grad-cam's ReLU, scaling and "
@@ -82,6 +78,8 @@ CAPTURED_DRIVE_FULLGRAD = ("FullGrad's per-layer maps recorded as compute_cam_pe
                            "call stopped there: the aggregated image it would build is not used")
 PER_IMAGE_DRIVE = ("one image per call, with a bounded internal batch_size (pytorch-grad-cam builds every "
                    "masked input of the whole batch at once)")
+PER_IMAGE_SEEDED = ("one KPCA_CAM call per image, each image's random ARPACK start vector drawn from the seed "
+                    "afresh (NumPy's global RNG, restored after the call)")
 GUIDED_DRIVE = ("GuidedBackpropReLUModel called one image at a time (it returns image 0 only), its (H, W, C) "
                 "NumPy result transposed back to (C, H, W), the model's own nn.ReLU modules put back after "
                 "each call (it puts fresh nn.ReLU() objects back)")

@@ -50,11 +50,10 @@ def _targets(targets: Tensor) -> list[ClassifierOutputTarget]:
     return [ClassifierOutputTarget(int(t)) for t in targets.tolist()]
 
 
-#: Called one image at a time, as cnnlens drives them. With a batch, each image's weights come from
-#: differences of scores taken from the batch's forward, which differ from a one-image forward's in
-#: the last bits; the subtraction amplifies that (1.7e-5 of the map's range on tiny_cnn, Ablation-CAM).
-#: KPCA-CAM too: cnnlens calls it per image, each seeded afresh, so that no image's ARPACK start
-#: vector depends on the images before it in the batch.
+#: Called one image at a time, as cnnlens drives them. ScoreCAM / Ablation-CAM: with a batch, each
+#: image's weights come from differences of scores taken from the batch's forward, which differ from a
+#: one-image forward's in the last bits; the subtraction amplifies that (1.7e-5 of the map's range on
+#: tiny_cnn, Ablation-CAM). KPCA-CAM: each image's random start is drawn from the seed afresh.
 PER_IMAGE = {"scorecam", "ablationcam", "kpca_cam"}
 
 
@@ -79,7 +78,7 @@ def _one_call(method: str, cls_name: str) -> DirectCall:
             call_kw["eigen_smooth"] = options["eigen_smooth"]
         recorded: list[np.ndarray] = []
         if method == "kpca_cam":
-            # KernelPCA's ARPACK start vector comes from NumPy's global RNG: seeded as cnnlens seeds it.
+            # KernelPCA's ARPACK start vector comes from NumPy's global RNG: seeded per image, as cnnlens does.
             np.random.seed(options["seed"] % 2**32)
         with cls(model=model, target_layers=layers, **kwargs) as cam:
             name = "compute_cam_per_layer" if method == "fullgrad" else "get_cam_image"
