@@ -1,16 +1,12 @@
-"""Fixed costs per call: cnnlens's model guard (snapshot + restore of the user's model), and the
-module walks pytorch-grad-cam makes on every call that cnnlens skips.
+"""Fixed cost per call of cnnlens's model guard (snapshot + restore of the user's model).
 
 Usage: python benchmarks/guard_cost.py [--calls 300] [--device cuda]
 Prints microseconds per enter+restore on resnet50, vgg11 and the embedded EfficientNet-Lite0, with
 nothing changed inside the block and with one forward hook added inside it (what Captum's layer
 methods and pytorch-grad-cam do), which makes the guard look for new hooks. Then, on
-EfficientNet-Lite0 with a 2 x 3 x 32 x 32 input (little compute, so fixed costs show), a
-pytorch-grad-cam Grad-CAM and a FlashTorch saliency through cnnlens with and without the toolkits'
-per-call ``model.eval()`` / ``model.zero_grad()`` walks (and FlashTorch's host copy of the gradient),
-interleaved, median of 60; and the guard's own cost timed right after a Captum saliency call on that
-input (what it pays inside ``explain()``, with the CPU caches full of the forward and backward)
-against right after another guard.
+EfficientNet-Lite0 with a 2 x 3 x 32 x 32 input (little compute, so fixed costs show), the guard's
+own cost timed right after a Captum saliency call on that input (what it pays inside ``explain()``,
+with the CPU caches full of the forward and backward) against right after another guard.
 """
 
 from __future__ import annotations
@@ -61,60 +57,7 @@ def main() -> None:
         n = sum(1 for _ in model.modules())
         print(f"{name} ({n} modules): guard {per_call_us(plain, args.calls):.0f} us per call, "
               f"with a hook added inside {per_call_us(hooked, args.calls):.0f} us")
-    toolkit_walks(dev)
     guard_after_a_call(dev)
-
-
-def _interleaved(call, rounds: int = 60) -> tuple[float, float]:
-    """Median ms of ``call(True)`` and ``call(False)``, interleaved."""
-    times: dict[bool, list[float]] = {True: [], False: []}
-    for skip in (True, False):
-        call(skip)
-    for _ in range(rounds):
-        for skip in (True, False):
-            t0 = time.perf_counter()
-            call(skip)
-            times[skip].append(time.perf_counter() - t0)
-    return statistics.median(times[True]) * 1e3, statistics.median(times[False]) * 1e3
-
-
-def toolkit_walks(device: torch.device) -> None:
-    """pytorch-grad-cam's and FlashTorch's per-call module walks, which cnnlens skips inside its guard."""
-    from cnnlens.adapters import flashtorch as ft
-    from cnnlens.adapters import pytorch_grad_cam as pgc_adapter
-
-    model = cnnlens.load_model(device=device)
-    x, t = torch.randn(2, 3, 32, 32, device=device), torch.tensor([1, 2], device=device)
-    cam = cnnlens.Explainer(model, "gradcam", "pytorch-grad-cam")
-    sal = cnnlens.Explainer(model, "saliency", "flashtorch")
-    kept = set(pgc_adapter.NO_WALK)
-    init = ft.CnnlensBackprop.__init__
-
-    def pgc_call(skip: bool) -> None:
-        pgc_adapter.NO_WALK.clear()
-        pgc_adapter.NO_WALK.update(kept if skip else set())
-        cam.explain(x, target=t)
-
-    def ft_call(skip: bool) -> None:
-        def patched(self, model, guarded=False):  # type: ignore[no-untyped-def]
-            init(self, model, guarded and skip)
-
-        ft.CnnlensBackprop.__init__ = patched
-        try:
-            sal.explain(x, target=t)
-        finally:
-            ft.CnnlensBackprop.__init__ = init
-
-    try:
-        a, b = _interleaved(pgc_call)
-    finally:
-        pgc_adapter.NO_WALK.clear()
-        pgc_adapter.NO_WALK.update(kept)
-    print(f"pytorch-grad-cam Grad-CAM, lite0, 2 x 32 px: {a:.2f} ms skipping its eval()/zero_grad() walks, "
-          f"{b:.2f} ms with them ({b - a:.2f} ms per call)")
-    a, b = _interleaved(ft_call)
-    print(f"FlashTorch saliency, lite0, 2 x 32 px: {a:.2f} ms skipping its walks and host copy, "
-          f"{b:.2f} ms with them ({b - a:.2f} ms per call)")
 
 
 def guard_after_a_call(device: torch.device, rounds: int = 60) -> None:

@@ -238,6 +238,9 @@ class PytorchGradCamAdapter(Adapter):
             if handle is not None:
                 handle.remove()
             cam.activations_and_grads.release()
+            # The spy holds the CAM's bound method: without this, the cycle through BaseCAM.__del__
+            # can keep the model alive until a second garbage collection.
+            cam.__dict__.pop("compute_cam_per_layer" if method == "fullgrad" else "get_cam_image", None)
         if captured:
             raw = captured[-1]
             if method == "fullgrad":
