@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from cnnlens._resolve import internal_batch
 from cnnlens.adapters.base import FROZEN_PARAMS, Adapter
-from cnnlens.errors import CnnlensError, LayerError
+from cnnlens.errors import CnnlensError, LayerError, ModelError
 from cnnlens.registry import PGC_EARLY_STOP as EARLY_STOP
 from cnnlens.registry import PGC_ECONOMY_SVD as ECONOMY_SVD
 
@@ -274,13 +274,17 @@ class PytorchGradCamAdapter(Adapter):
         inp = x[:1].detach().clone().requires_grad_(True)
         handle = self.layer.register_forward_hook(hook)
         try:
-            out = self.model(inp)
+            try:
+                out = self.model(inp)
+            except CnnlensError:
+                raise
+            except Exception as exc:  # the model's own failure, whichever call meets it first
+                raise ModelError(f"the model's forward pass failed: {type(exc).__name__}: {exc}") from exc
             if isinstance(out, Tensor) and out.requires_grad and out.dim() == 2:
-                torch.autograd.grad(out[:, 0].sum(), inp, allow_unused=True)
-        except CnnlensError:
-            raise
-        except Exception:
-            return  # not this check's business: the call itself reports it
+                try:
+                    torch.autograd.grad(out[:, 0].sum(), inp, allow_unused=True)
+                except RuntimeError:
+                    return  # not this check's business: pytorch-grad-cam's own call reports it
         finally:
             handle.remove()
         what = [k for k in ("activation", "grad") if seen.get(k)]
