@@ -185,10 +185,22 @@ def refresh(
     return data
 
 
-if __name__ == "__main__":  # python -m cnnlens.auto [--ship]
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """``python -m cnnlens.auto [--ship] [--repeats N]``: re-measure and write the table."""
+    import argparse
 
-    target = SHIPPED if "--ship" in sys.argv else None
-    result = refresh(path=target)
+    ap = argparse.ArgumentParser(prog="python -m cnnlens.auto", description=(
+        "Time every backend of each multi-backend method on this machine and write the auto table "
+        f"(default: {user_table_path()}, which then wins over the shipped one)."))
+    ap.add_argument("--ship", action="store_true", help=f"write the shipped table instead ({SHIPPED})")
+    ap.add_argument("--repeats", type=int, default=5, help="timed calls per backend, interleaved (default 5)")
+    args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    result = refresh(path=SHIPPED if args.ship else None, repeats=args.repeats)
     for name, row in result["methods"].items():
         print(name, "->", row["order"], {b: round(s["seconds"], 4) for b, s in row["backends"].items()})
+
+
+if __name__ == "__main__":
+    main()
