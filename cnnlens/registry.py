@@ -318,7 +318,9 @@ _CAPTUM = "cnnlens.adapters.captum:CaptumAdapter"
 _FLASH = "cnnlens.adapters.flashtorch:FlashTorchAdapter"
 
 _CAM_OPTS = {"aug_smooth": AUG_SMOOTH, "eigen_smooth": EIGEN_SMOOTH}
-_PGC_CAMS = {
+#: pytorch-grad-cam's CAM classes by method: the one table the adapter, the direct tests and the
+#: benchmarks read.
+PGC_CAMS: dict[str, str] = {
     "gradcam": "GradCAM",
     "gradcam_plusplus": "GradCAMPlusPlus",
     "hirescam": "HiResCAM",
@@ -378,7 +380,7 @@ _IMPLS: list[Implementation] = [
                      substitutions=_pgc_substitutions(m),
                      notes="cnnlens records the CAM before pytorch-grad-cam's ReLU, scaling and resize, and stops "
                            "the call there" + ("; one image per call" if m in ("scorecam", "ablationcam") else ""))
-      for m, cls in _PGC_CAMS.items()),
+      for m, cls in PGC_CAMS.items()),
     Implementation("guided_backprop", "pytorch-grad-cam", _PGC, "GuidedBackpropReLUModel",
                    notes="guides nn.ReLU modules only; pytorch-grad-cam's own GuidedBackpropReLUModel, called by "
                          "cnnlens one image at a time (it explains image 0), the model's own ReLU modules put back"),

@@ -50,25 +50,11 @@ from torch import Tensor, nn
 from cnnlens._resolve import internal_batch
 from cnnlens.adapters.base import FROZEN_PARAMS, Adapter
 from cnnlens.errors import CnnlensError, LayerError, ModelError
+from cnnlens.registry import PGC_CAMS
 from cnnlens.registry import PGC_EARLY_STOP as EARLY_STOP
 from cnnlens.registry import PGC_ECONOMY_SVD as ECONOMY_SVD
 
-CLASSES: dict[str, str] = {
-    "gradcam": "GradCAM",
-    "gradcam_plusplus": "GradCAMPlusPlus",
-    "hirescam": "HiResCAM",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-    "eigencam": "EigenCAM",
-    "eigengradcam": "EigenGradCAM",
-    "gradcam_elementwise": "GradCAMElementWise",
-    "scorecam": "ScoreCAM",
-    "ablationcam": "AblationCAM",
-    "fullgrad": "FullGrad",
-    "kpca_cam": "KPCA_CAM",
-    "shapleycam": "ShapleyCAM",
-    "fem": "FEM",
-}
+CLASSES = PGC_CAMS
 PER_IMAGE = {"scorecam", "ablationcam"}
 
 #: How cnnlens drives pytorch-grad-cam (``Explanation.provenance.driven``); none replaces its code.

@@ -26,24 +26,11 @@ from pytorch_grad_cam import GradCAM, GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
+from cnnlens.registry import PGC_CAMS
+
 from . import DirectCall
 
-CAMS = {
-    "gradcam": "GradCAM",
-    "gradcam_plusplus": "GradCAMPlusPlus",
-    "hirescam": "HiResCAM",
-    "xgradcam": "XGradCAM",
-    "layercam": "LayerCAM",
-    "eigencam": "EigenCAM",
-    "eigengradcam": "EigenGradCAM",
-    "gradcam_elementwise": "GradCAMElementWise",
-    "scorecam": "ScoreCAM",
-    "ablationcam": "AblationCAM",
-    "fullgrad": "FullGrad",
-    "kpca_cam": "KPCA_CAM",
-    "shapleycam": "ShapleyCAM",
-    "fem": "FEM",
-}
+CAMS = PGC_CAMS  # the class each method is registered with (its toolkit_name)
 
 
 def _targets(targets: Tensor) -> list[ClassifierOutputTarget]:
