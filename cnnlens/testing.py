@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from cnnlens._guard import hook_count
 
-__all__ = ["CountingHook", "TinyCNN", "assert_same_state", "hook_count", "snapshot", "tiny_cnn", "tiny_input"]
+__all__ = ["CountingHook", "TinyCNN", "assert_same_state", "hook_count", "one_line_error", "run_cli", "snapshot",
+           "tiny_cnn", "tiny_input"]
 
 
 class TinyCNN(nn.Module):
@@ -91,3 +92,24 @@ def assert_same_state(before: dict[str, Any], model: nn.Module) -> None:
     assert before["state"].keys() == after["state"].keys(), "state_dict keys changed"
     for k, v in before["state"].items():
         assert torch.equal(v, after["state"][k]), f"{k} changed"
+
+
+def run_cli(*args: Any) -> Any:
+    """Run the ``cnnlens`` command line in-process (typer's ``CliRunner``); returns its result."""
+    from typer.testing import CliRunner
+
+    from cnnlens import cli
+
+    return CliRunner().invoke(cli.app, [str(a) for a in args])
+
+
+def one_line_error(result: Any, *words: str) -> str:
+    """Assert the CLI's bad-input contract: exit code 2, exactly one line on stderr starting with
+    ``cnnlens: error:``, no traceback, and each of ``words`` in that line; return the line."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("cnnlens: error: ") and "Traceback" not in result.output, result.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+    return str(lines[0])

@@ -25,12 +25,12 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
 
 import cnnlens
-from cnnlens import cli
 from cnnlens import errors as E
 from cnnlens.images import DATA, Images
+from cnnlens.testing import one_line_error as _one_line
+from cnnlens.testing import run_cli as _cli
 from cnnlens.testing import tiny_cnn, tiny_input
 
 # ------------------------------------------------------------------------------------------------
@@ -505,17 +505,8 @@ def test_figure_on_a_full_disk_leaves_no_truncated_file(expl: cnnlens.Explanatio
     assert list(tmp_path.iterdir()) == []
 
 
-def _cli(*args: Any) -> Any:
-    return CliRunner().invoke(cli.app, [str(a) for a in args])
 
 
-def _one_line(result: Any, *words: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cnnlens: error: "), result.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-    return str(lines[0])
 
 
 @pytest.fixture()

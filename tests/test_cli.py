@@ -12,28 +12,18 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from cnnlens import cli
 from cnnlens.images import DATA
+from cnnlens.testing import one_line_error
+from cnnlens.testing import run_cli as run
 
 TINY = ["--model", "cnnlens.testing:tiny_cnn"]
 COMMANDS = ["explain", "compare", "demo", "kernels", "features", "filters", "methods", "layers", "bench", "report"]
 
 
-def run(*args: str | Path):
-    return CliRunner().invoke(cli.app, [str(a) for a in args])
 
 
-def one_line_error(result, *words: str) -> str:
-    """Exit code 2, exactly one line on stderr, no traceback, and the words in it."""
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("cnnlens: error: ") and "Traceback" not in result.output
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture()

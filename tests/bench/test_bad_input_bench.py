@@ -29,15 +29,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from bench_helpers import assert_no_duplicates, deterministic_table
-from typer.testing import CliRunner
 
 import cnnlens.bench as bench
 from cnnlens import _files as files
-from cnnlens import cli
 from cnnlens.bench import store
 from cnnlens.bench import suite as suite_mod
 from cnnlens.bench.suite import load_suite
 from cnnlens.errors import CnnlensError, OutputError, StoreError, SuiteError
+from cnnlens.testing import one_line_error as _one_line_error
+from cnnlens.testing import run_cli as _cli
 
 #: A study of a few seconds: two methods on the tiny CNN, deletion/insertion, no sanity or speed.
 TINY = """
@@ -77,18 +77,8 @@ def _write(folder: Path, text: str, name: str = "suite.toml") -> Path:
     return p
 
 
-def _cli(*args: str | Path):
-    return CliRunner().invoke(cli.app, [str(a) for a in args])
 
 
-def _one_line_error(result, *words: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("cnnlens: error: ") and "Traceback" not in result.output
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
