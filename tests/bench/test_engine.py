@@ -87,12 +87,13 @@ def test_report_has_every_section(smoke_db, tmp_path):
     for title in SECTIONS:
         assert f"## {title}" in text, title
         assert f">{title}</h2>" in html, title
-    for fig in ("agreement.png", "curves.png", "sanity.png", "speed_bs2.png", "grid.png", "localization.png"):
+    for fig in ("agreement.png", "curves_captum.png", "sanity_captum.png", "speed_bs2.png", "grid_000_chelsea.jpg",
+                "localization.png"):
         assert f"figures/{fig}" in text
         assert (md.parent / "figures" / fig).stat().st_size > 1000
     # self-contained: every image is embedded, none is linked
     srcs = re.findall(r"<img[^>]*src='([^']*)'", html)
-    assert len(srcs) >= 6 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert len(srcs) >= 6 and all(s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for s in srcs)
     assert base64.b64decode(srcs[0].split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pytorch-grad-cam's `DropInConfidence` does not divide" in text
     assert "deletion_zero" in text and "deletion_blur" in text and "insertion_blur" in text

@@ -18,9 +18,9 @@ def chromium_path() -> str | None:
     return shutil.which("chromium")
 
 
-def require_browser_stack() -> str:
+def require_browser_stack(packages: tuple[str, ...] = ("gradio", "playwright")) -> str:
     """Path of the chromium binary; skips when the stack is missing, unless CI requires it."""
-    missing = [name for name in ("gradio", "playwright") if importlib.util.find_spec(name) is None]
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
     chromium = chromium_path()
     if chromium is None:
         missing.append("chromium (apt-get install chromium)")

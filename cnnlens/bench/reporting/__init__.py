@@ -1,0 +1,66 @@
+"""The study report: ``report.md`` (with PNGs next to it) and a self-contained ``report.html``.
+
+The package has one module per job: :mod:`.data` reads the study file, :mod:`.tables` computes
+the numbers, :mod:`.figures` draws them (matplotlib's object-oriented API), :mod:`.sections`
+words them, and :mod:`.render` writes Markdown and HTML from the same list of sections, so the
+two always hold the same content.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cnnlens.bench.reporting.render import Section
+
+SECTIONS = ("Summary", "Agreement", "Faithfulness", "Localization", "Sanity", "Speed", "Image x method grid",
+            "Failures", "Run")
+
+__all__ = ["SECTIONS", "Section", "build_sections", "write_report"]
+
+
+def build_sections(db: Path) -> tuple[list[Section], dict[str, bytes], dict[str, Any]]:
+    """Every section of the report of ``db``, the figures they name (PNG bytes), and the study's metadata."""
+    from cnnlens.bench.reporting import sections as S
+    from cnnlens.bench.reporting.data import load
+
+    st = load(db)
+    figs: dict[str, bytes] = {}
+    faith_sec, faith_tab = S.faithfulness(st, figs)
+    sections = [S.summary(st, faith_tab), S.agreement(st, figs), faith_sec, S.localization(st, figs),
+                S.sanity(st, figs), S.speed(st, figs), S.grid(st, figs), S.failures(st), S.run(st)]
+    return sections, figs, st.meta
+
+
+def write_report(db: Path | str, out_dir: Path | str | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` (figures in ``figures/``) and a self-contained ``report.html``.
+
+    Every file is written to a temporary name and renamed when complete, so a full disk or a
+    read-only folder leaves the previous report (or none), never a truncated file.
+
+    Args:
+        db: The study's SQLite file (read-only media are fine).
+        out_dir: Where to write (default: the database's folder). Existing report files there are
+            replaced; nothing else is touched.
+
+    Returns:
+        (path of report.md, path of report.html).
+
+    Raises:
+        StoreError: ``db`` is missing, corrupt or not a cnnlens study.
+        OutputError: The output folder is read-only or the disk is full.
+    """
+    from cnnlens._files import ensure_folder, write_atomic
+    from cnnlens.bench.reporting.render import render_html, render_md
+
+    db = Path(db)
+    out = Path(out_dir) if out_dir is not None else db.parent
+    sections, figs, meta = build_sections(db)
+    title = f"cnnlens benchmark: {meta.get('suite_name', db.stem)}"
+    fig_dir = out / "figures"
+    ensure_folder(fig_dir, "report folder", "--out")
+    for name, data in figs.items():
+        write_atomic(fig_dir / name, data, "figure", "--out")
+    md = write_atomic(out / "report.md", render_md(sections, title, "figures"), "report", "--out")
+    page = write_atomic(out / "report.html", render_html(sections, title, figs), "report", "--out")
+    return md, page
