@@ -139,3 +139,15 @@ def test_the_report_code_uses_no_pyplot():
     for f in (ROOT / "cnnlens" / "bench" / "reporting").glob("*.py"):
         src = f.read_text()
         assert "pyplot" not in src and "matplotlib.use" not in src, f.name
+
+
+def test_a_slim_copy_rebuilds_the_same_report(smoke_report, tmp_path):
+    from cnnlens.bench.reporting.publish import slim_copy
+
+    db = next((smoke_report.parent / "study").glob("*.sqlite"))
+    slim = slim_copy(db, tmp_path / "smoke-slim.sqlite")
+    assert slim.stat().st_size < db.stat().st_size  # the raw attributions of all but one image per pair go
+    md, _ = bench.report(slim, tmp_path / "rep")
+    assert md.read_text() == (smoke_report / "report.md").read_text()
+    for fig in (smoke_report / "figures").iterdir():
+        assert (tmp_path / "rep" / "figures" / fig.name).read_bytes() == fig.read_bytes(), fig.name

@@ -50,8 +50,10 @@ def _rest(conn: Any, res: Any, cells: Any, images: Any) -> Study:
             "SELECT model, image, method, backend, data FROM artifacts WHERE name = 'map'"):
         maps[(model, image, method, backend)] = data
     raw_shapes = {}
-    for method, backend, data in conn.execute(
-            "SELECT method, backend, data FROM artifacts WHERE name = 'raw' GROUP BY method, backend"):
+    # The raw of each pair's first (model, image): the same row in a study and in its slim copy.
+    for method, backend, data, _first in conn.execute(
+            "SELECT method, backend, data, MIN(model || '/' || image) FROM artifacts WHERE name = 'raw' "
+            "GROUP BY method, backend"):
         raw_shapes[(method, backend)] = "x".join(str(v) for v in _array_from(data).shape)
     explained: dict[tuple[str, str, str, str], tuple[str, str]] = {}
     for r in cells[cells.kind == "explain"].itertuples(index=False):
