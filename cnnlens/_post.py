@@ -139,7 +139,11 @@ def outlier_threshold(values: Tensor, outlier_perc: float = DEFAULT_OUTLIER_PERC
     s = flat.sort(dim=1).values
     c = s.cumsum(dim=1)
     goal = c[:, -1:] * (0.01 * (100.0 - outlier_perc))
-    idx = (c >= goal).int().argmax(dim=1)  # the first index that reaches the goal
+    reached = c >= goal
+    # The first index that reaches the goal; with outlier_perc=0 rounding can leave the total itself
+    # short of its own 100% (Captum raises there): the largest value is then the threshold.
+    last = torch.full_like(reached[:, 0], flat.shape[1] - 1, dtype=torch.long)
+    idx = torch.where(reached.any(dim=1), reached.int().argmax(dim=1), last)
     return s.gather(1, idx[:, None])[:, 0].to(values.dtype)
 
 

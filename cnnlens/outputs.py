@@ -138,7 +138,9 @@ def safe_name(text: str, fallback: str = "image", max_len: int = MAX_STEM) -> st
     ``max_len`` characters. An empty result is ``fallback``.
     """
     ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
-    s = _UNSAFE.sub("_", ascii_text).strip("_ ").lstrip(".").rstrip(". ")
+    s = _UNSAFE.sub("_", ascii_text)
+    s = re.sub(r"(^|_)\.+(?=_|$)", r"\1", s)  # "." and ".." path parts
+    s = re.sub(r"_+", "_", s).strip("_ ").lstrip(".").rstrip(". ")
     s = s[:max_len].rstrip(". ")
     if not s:
         s = fallback
