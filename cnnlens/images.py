@@ -211,20 +211,37 @@ def _fmt(values: Sequence[float]) -> str:
 
 
 def map_to_original(m: Tensor, fit: Fit) -> tuple[np.ndarray, np.ndarray]:
-    """:meth:`Images.to_original` for one map and its :class:`Fit`."""
-    import torch.nn.functional as F
+    """:meth:`Images.to_original` for one map and its :class:`Fit`.
 
+    Bilinear sampling at each picture pixel's centre, placed in the input by the half-pixel
+    geometry of the resize (``align_corners=False``), coordinates clamped at the input's edge: what
+    ``grid_sample(..., padding_mode="border")`` computes, done as two 1-D interpolation matrices
+    (``rows @ m @ cols.T``), so a 12-megapixel photo needs no per-pixel sampling grid.
+    """
     h0, w0 = fit.original
+    h, w = int(m.shape[-2]), int(m.shape[-1])
     top, left, bh, bw = fit.box
-    # Picture pixel centres, in the input's normalised coordinates (-1 and 1 are the outer edges
-    # of the input's corner pixels: grid_sample with align_corners=False, as the resize used).
-    ys = ((torch.arange(h0, dtype=torch.float64) + 0.5 - top) / bh) * 2 - 1
-    xs = ((torch.arange(w0, dtype=torch.float64) + 0.5 - left) / bw) * 2 - 1
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    grid = torch.stack([gx, gy], dim=-1)[None].float()
-    values = F.grid_sample(m.float()[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    inside = (gx.abs() <= 1) & (gy.abs() <= 1)
-    return values[0, 0].numpy(), inside.numpy()
+    rows, rows_in = _interpolation_matrix(h0, h, top, bh)
+    cols, cols_in = _interpolation_matrix(w0, w, left, bw)
+    values = rows @ m.double().cpu().numpy() @ cols.T
+    return values.astype(np.float32), rows_in[:, None] & cols_in[None, :]
+
+
+def _interpolation_matrix(n_out: int, n_in: int, start: float, extent: float) -> tuple[np.ndarray, np.ndarray]:
+    """(n_out, n_in) weights of 1-D linear interpolation from the input's ``n_in`` pixels to the
+    picture's ``n_out``, where the input covers ``[start, start + extent)`` of the picture; and
+    which picture pixels' centres fall inside it."""
+    centre = np.arange(n_out, dtype=np.float64) + 0.5
+    u = (centre - start) / extent * n_in - 0.5  # the input coordinate of each picture pixel centre
+    inside = (centre >= start) & (centre <= start + extent)
+    u = np.clip(u, 0.0, n_in - 1)
+    i0 = np.floor(u).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    frac = u - i0
+    mat = np.zeros((n_out, n_in), dtype=np.float64)
+    np.add.at(mat, (np.arange(n_out), i0), 1.0 - frac)
+    np.add.at(mat, (np.arange(n_out), i1), frac)
+    return mat, inside
 
 
 def demo_paths(names: Sequence[str] = DEMO) -> list[Path]:

@@ -163,10 +163,23 @@ def _cmap(name: str) -> Any:
         raise OptionError(f"unknown colormap '{name}'; e.g. {hint}") from None
 
 
+def _colours(colour: Any, m: np.ndarray) -> np.ndarray:
+    """``colour(m)[..., :3] * 255`` as float32, through the colormap's own table.
+
+    The same colours as calling the colormap (which looks values up in its ``N`` entries by
+    ``floor(m * N)``), without its (H, W, 4) float64 array: a 12-megapixel photo's overlay then
+    needs float32 RGB, not gigabytes.
+    """
+    n = int(colour.N)
+    lut = (colour(np.arange(n))[:, :3] * 255.0).astype(np.float32)
+    idx = np.minimum((np.clip(m, 0.0, 1.0) * n).astype(np.int64), n - 1)
+    return lut[idx]
+
+
 def heatmap(m: Any, cmap: str = "jet") -> np.ndarray:
     """Colour an (H, W) map in [0, 1] with ``cmap``; returns (H, W, 3) uint8."""
     a = np.clip(as_map(m), 0.0, 1.0)
-    return (_cmap(cmap)(a)[..., :3] * 255 + 0.5).astype(np.uint8)
+    return (_colours(_cmap(cmap), a) + 0.5).astype(np.uint8)
 
 
 def overlay(image: Any, map: Any, cmap: str = "jet", alpha: float = 0.5, weighted: bool = False) -> np.ndarray:
@@ -199,9 +212,9 @@ def overlay(image: Any, map: Any, cmap: str = "jet", alpha: float = 0.5, weighte
         m = (m - lo) / (hi - lo)
     m = _resize_map(m, img.shape[:2])
     m = np.clip(m, 0.0, 1.0)
-    heat = colour(m)[..., :3] * 255.0
-    a: Any = np.minimum(2.0 * alpha * m, 1.0)[..., None] if weighted else alpha
-    out = (1.0 - a) * img.astype(np.float64) + a * heat
+    heat = _colours(colour, m)
+    a: Any = np.minimum(2.0 * alpha * m, 1.0).astype(np.float32)[..., None] if weighted else np.float32(alpha)
+    out = (1.0 - a) * img.astype(np.float32) + a * heat
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -278,13 +291,13 @@ def overlay_signed(image: Any, map: Any, cmap: str = DIVERGING_CMAP, alpha: floa
     colormap's middle, and the small values of sparse pixel attributions stay visible.
     """
     check_style(cmap, alpha)
-    img = as_uint8_image(image).astype(np.float64)
+    img = as_uint8_image(image).astype(np.float32)
     m = np.clip(as_map(map), -1.0, 1.0)
     if m.shape != img.shape[:2]:
         m = _resize_map(m, img.shape[:2])
-    grey = np.repeat(img.mean(axis=2, keepdims=True), 3, axis=2)
-    heat = _cmap(cmap)((m + 1.0) / 2.0)[..., :3] * 255.0
-    a = np.minimum(2.0 * alpha * np.sqrt(np.abs(m)), 1.0)[..., None]
+    grey = img.mean(axis=2, keepdims=True)
+    heat = _colours(_cmap(cmap), (m + 1.0) / 2.0)
+    a = np.minimum(2.0 * alpha * np.sqrt(np.abs(m)), 1.0).astype(np.float32)[..., None]
     out = (1.0 - a) * grey + a * heat
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
@@ -336,14 +349,14 @@ def draw(explanation: Explanation, i: int, image: Any = None, cmap: str | None =
             image = explanation.images[i]
     if image is None:
         if sign == "all":
-            return (_cmap(cmap)((np.clip(m, -1, 1) + 1.0) / 2.0)[..., :3] * 255 + 0.5).astype(np.uint8)
+            return (_colours(_cmap(cmap), (np.clip(m, -1, 1) + 1.0) / 2.0) + 0.5).astype(np.uint8)
         return heatmap(m, cmap)
     if sign == "all":
         out = overlay_signed(image, m, cmap, alpha)
     else:
         out = overlay(image, m, cmap, alpha, weighted=explanation.kind == "pixel")
     if inside is not None and not inside.all():
-        out = np.where(inside[..., None], out, (out.astype(np.float64) * DIM + 0.5).astype(np.uint8))
+        out = np.where(inside[..., None], out, (out.astype(np.float32) * DIM + 0.5).astype(np.uint8))
     return out
 
 

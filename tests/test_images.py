@@ -237,3 +237,27 @@ def test_images_slices_and_joins_keep_originals_and_fits(tmp_path):
     joined = cnnlens.images.Images.concat([x[:1], x[1:]])
     assert joined.names == x.names and [f.original for f in joined.fits] == [(300, 640), (40, 60)]
     assert len(repr(x)) < 200
+
+
+def test_the_way_back_is_torchs_own_bilinear_resampling():
+    """The separable matrices of map_to_original give what grid_sample (border padding) and, for a
+    whole picture, F.interpolate compute, without their per-pixel grid."""
+    import torch.nn.functional as F
+
+    from cnnlens.images import Fit, map_to_original
+
+    m = torch.rand(7, 9, generator=torch.Generator().manual_seed(0))
+    whole = Fit("whole", (300, 640), (7, 9), (0.0, 0.0, 300.0, 640.0))
+    values, inside = map_to_original(m, whole)
+    ref = F.interpolate(m[None, None], size=(300, 640), mode="bilinear", align_corners=False)[0, 0]
+    np.testing.assert_allclose(values, ref.numpy(), atol=1e-6)
+    assert inside.all()
+    crop = Fit("crop", (300, 640), (7, 9), (16.2, 188.7, 259.5, 262.6))
+    values, inside = map_to_original(m, crop)
+    ys = (torch.arange(300, dtype=torch.float64) + 0.5 - 16.2) / 259.5 * 2 - 1
+    xs = (torch.arange(640, dtype=torch.float64) + 0.5 - 188.7) / 262.6 * 2 - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1)[None]
+    ref = F.grid_sample(m[None, None].double(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    np.testing.assert_allclose(values, ref[0, 0].numpy(), atol=1e-6)
+    assert np.array_equal(inside, ((gx.abs() <= 1) & (gy.abs() <= 1)).numpy())

@@ -376,6 +376,16 @@ def test_a_save_that_fails_leaves_no_partial_file(expls, tmp_path, monkeypatch):
     assert np.load(out / "targets.npy", allow_pickle=False).shape == (3,)
 
 
+def test_colours_are_the_colormaps_own():
+    import matplotlib
+
+    m = np.random.default_rng(0).random((30, 40))
+    m[0, :3] = [0.0, 1.0, 0.5]
+    for name in ("jet", "bwr", "viridis", "tab10"):
+        cmap = matplotlib.colormaps[name]
+        np.testing.assert_allclose(plot._colours(cmap, m), cmap(m)[..., :3] * 255.0, atol=1e-4)
+
+
 def test_output_policy_functions(tmp_path):
     from cnnlens import outputs
 
