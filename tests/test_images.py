@@ -153,3 +153,111 @@ def test_demo_photos_and_their_licence():
     assert x.names == ("chelsea",)
     with pytest.raises(ImageLoadError, match="available: chelsea"):
         cnnlens.demo_images(names=["dog"])
+
+
+# ------------------------------------------------------------------------------------------------
+# fit="whole" | "crop": what the model sees of a non-square photo, and the exact way back
+# ------------------------------------------------------------------------------------------------
+
+
+def _ramp_photo(folder: Path, w: int = 640, h: int = 300) -> Path:
+    """A w x h photo whose red channel rises with x and green with y (linear, so any resize of it
+    is the same ramp sampled elsewhere: the geometry can be read back from the pixels)."""
+    xs = np.linspace(0, 255, w)[None, :].repeat(h, 0)
+    ys = np.linspace(0, 255, h)[:, None].repeat(w, 1)
+    rgb = np.stack([xs, ys, np.full((h, w), 128.0)], axis=-1)
+    path = folder / "wide.png"
+    Image.fromarray(np.round(rgb).astype(np.uint8)).save(path)
+    return path
+
+
+def test_whole_is_the_default_and_keeps_the_whole_photo(tmp_path):
+    path = _ramp_photo(tmp_path)
+    x = cnnlens.load_images(path, size=32)
+    assert x.fits[0].mode == "whole" and x.fits[0].original == (300, 640) and x.fits[0].input == (32, 32)
+    # the model sees the whole width: the red ramp spans (nearly) 0..255 in the input, not its middle
+    red = x.images[0, 16, :, 0].float()
+    assert float(red[0]) < 12 and float(red[-1]) > 243
+    assert x.original(0).shape == (300, 640, 3)  # the original picture is kept at its own size
+    assert "640x300 resized to 32x32 (whole image, not cropped)" in x.preprocessing(0)
+    crop = cnnlens.load_images(path, size=32, fit="crop")
+    red_c = crop.images[0, 16, :, 0].float()
+    assert float(red_c[0]) > 60 and float(red_c[-1]) < 195  # the centre only (x from 189 to 451 of 640)
+    assert crop.fits[0].mode == "crop" and "centre-cropped" in crop.preprocessing(0)
+    assert cnnlens.demo_images(names=["chelsea"], size=32, fit="crop").fits[0].mode == "crop"
+    with pytest.raises(ImageLoadError, match=r"fit='square'.*'whole'.*'crop'"):
+        cnnlens.load_images(path, fit="square")
+
+
+@pytest.mark.parametrize("fit", ["whole", "crop"])
+def test_the_fit_box_is_where_torchvision_put_the_input(tmp_path, fit):
+    """The box Fit records is read back from the pixels torchvision produced: each input pixel's
+    red value is the ramp at the picture x the box says it came from."""
+    path = _ramp_photo(tmp_path)
+    x = cnnlens.load_images(path, size=32, fit=fit)
+    top, left, bh, bw = x.fits[0].box
+    j = np.arange(32)
+    picture_x = left + (j + 0.5) * bw / 32 - 0.5  # the input pixel centre, in picture pixels
+    expected = picture_x * 255 / 639
+    got = x.images[0, 16, :, 0].numpy().astype(float)
+    assert np.abs(got - expected)[2:-2].max() < 1.5  # (the antialiasing filter bends the two ends)
+    i = np.arange(32)
+    expected_y = (top + (i + 0.5) * bh / 32 - 0.5) * 255 / 299
+    assert np.abs(x.images[0, :, 16, 1].numpy().astype(float) - expected_y)[2:-2].max() < 1.5
+
+
+@pytest.mark.parametrize("fit", ["whole", "crop"])
+def test_maps_go_back_onto_the_photo_exactly(tmp_path, fit):
+    """A map that is linear in input coordinates comes back as the same line in picture
+    coordinates: the inverse of the resize (and crop), not an approximation of it."""
+    x = cnnlens.load_images(_ramp_photo(tmp_path), size=32, fit=fit)
+    m = torch.arange(32, dtype=torch.float32)[None, :].repeat(32, 1)  # m = input column index
+    values, inside = x.to_original(m, 0)
+    assert values.shape == (300, 640) and inside.shape == (300, 640)
+    top, left, bh, bw = x.fits[0].box
+    cols = np.arange(640)
+    u = (cols + 0.5 - left) * 32 / bw - 0.5  # picture column -> input column (half-pixel centres)
+    ok = (u >= 0) & (u <= 31)
+    np.testing.assert_allclose(values[150, ok], u[ok], atol=1e-4)
+    rows, cols_in = np.nonzero(inside)
+    if fit == "whole":
+        assert inside.all()
+    else:  # the crop: the middle columns, and the rows of the 32 of 37 resized rows it kept
+        assert cols_in.min() == pytest.approx(left, abs=1) and cols_in.max() == pytest.approx(left + bw - 1, abs=1)
+        assert rows.min() == pytest.approx(top, abs=1) and rows.max() == pytest.approx(top + bh - 1, abs=1)
+        assert not inside[:, :100].any() and inside[150, 200:440].all()
+
+
+def test_images_slices_and_joins_keep_originals_and_fits(tmp_path):
+    a = _ramp_photo(tmp_path)
+    sq = tmp_path / "sq.png"
+    Image.fromarray(RGB).save(sq)
+    x = cnnlens.load_images([a, sq], size=32)
+    assert [f.original for f in x[1:].fits] == [(40, 60)] and x[1:].original(0).shape == (40, 60, 3)
+    joined = cnnlens.images.Images.concat([x[:1], x[1:]])
+    assert joined.names == x.names and [f.original for f in joined.fits] == [(300, 640), (40, 60)]
+    assert len(repr(x)) < 200
+
+
+def test_the_way_back_is_torchs_own_bilinear_resampling():
+    """The separable matrices of map_to_original give what grid_sample (border padding) and, for a
+    whole picture, F.interpolate compute, without their per-pixel grid."""
+    import torch.nn.functional as F
+
+    from cnnlens.images import Fit, map_to_original
+
+    m = torch.rand(7, 9, generator=torch.Generator().manual_seed(0))
+    whole = Fit("whole", (300, 640), (7, 9), (0.0, 0.0, 300.0, 640.0))
+    values, inside = map_to_original(m, whole)
+    ref = F.interpolate(m[None, None], size=(300, 640), mode="bilinear", align_corners=False)[0, 0]
+    np.testing.assert_allclose(values, ref.numpy(), atol=1e-6)
+    assert inside.all()
+    crop = Fit("crop", (300, 640), (7, 9), (16.2, 188.7, 259.5, 262.6))
+    values, inside = map_to_original(m, crop)
+    ys = (torch.arange(300, dtype=torch.float64) + 0.5 - 16.2) / 259.5 * 2 - 1
+    xs = (torch.arange(640, dtype=torch.float64) + 0.5 - 188.7) / 262.6 * 2 - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1)[None]
+    ref = F.grid_sample(m[None, None].double(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    np.testing.assert_allclose(values, ref[0, 0].numpy(), atol=1e-6)
+    assert np.array_equal(inside, ((gx.abs() <= 1) & (gy.abs() <= 1)).numpy())

@@ -121,11 +121,14 @@ def test_explanation_repr_png_and_save(expls, tmp_path):
     _png(e._repr_png_())
     out = e.save(tmp_path / "run")
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["000_saliency_captum.png", "001_saliency_captum.png", "002_saliency_captum.png",
-                     "manifest.json", "maps.pt"]
-    assert _png(out / "000_saliency_captum.png").size == (32, 32)  # overlays at input resolution
+    # named after the input images; the maps as plain .npy arrays (no pickle), no maps.pt
+    assert files == ["a.png", "b.png", "c.png", "manifest.json", "maps.npy", "raw.npy", "signed_maps.npy",
+                     "targets.npy"]
+    assert _png(out / "a.png").size == (32, 32)  # these pictures are 32x32 display copies, no originals
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"] == "saliency" and manifest["backend"] == "captum" and "captum" in manifest["versions"]
+    assert [i["source"] for i in manifest["images"]] == ["a.png", "b.png", "c.png"]
+    assert [i["name"] for i in manifest["images"]] == ["a", "b", "c"]
     with pytest.raises(OutputExistsError, match="not empty"):
         e.save(out)
     assert e.save(out, overwrite=True) == out
@@ -189,5 +192,216 @@ def test_save_overwrite_removes_only_its_own_stale_files(tmp_path):
     (tmp_path / "mine.txt").write_text("user file")
     cnnlens.explain(m, tiny_input(n=1), "saliency", "captum").save(tmp_path, overwrite=True)
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == ["000_saliency_captum.png"]
+    assert pngs == ["000.png"]  # a plain tensor has no names: files are named by index
     assert (tmp_path / "mine.txt").read_text() == "user file"
+
+
+# ------------------------------------------------------------------------------------------------
+# Signed views (Captum's visualize_image_attr vocabulary), whole photos, saved files
+# ------------------------------------------------------------------------------------------------
+
+
+def _photo(folder: Path, name: str = "wide.png", w: int = 640, h: int = 300) -> Path:
+    rgb = (np.random.default_rng(w + h).random((h, w, 3)) * 255).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(folder / name)
+    return folder / name
+
+
+def _pixel_explanation(raw: torch.Tensor, reduce: str = "sum") -> cnnlens.Explanation:
+    """An explanation of a known signed attribution, made by the same post-processing as any other."""
+    from cnnlens import _post
+
+    n, _, h, w = raw.shape
+    return cnnlens.Explanation(
+        maps=_post.to_maps(raw, "pixel", (h, w), reduce), raw=raw, targets=torch.zeros(n, dtype=torch.long),
+        method="saliency", backend="captum", toolkit_name="Saliency", layer=None, seconds=0.0, versions={},
+        options={}, kind="pixel", reduce=reduce,
+        images=torch.full((n, h, w, 3), 128, dtype=torch.uint8),
+    )
+
+
+@pytest.mark.parametrize(("method", "backend"), [("saliency", "captum"), ("integrated_gradients", "captum"),
+                                                 ("gradcam", "pytorch-grad-cam"), ("gradcam", "captum")])
+def test_signed_maps_keep_zero_at_zero_and_the_sign_of_raw(batch, method, backend):
+    from cnnlens import _post
+
+    # target 1: the tiny model's CAMs for it have both signs
+    e = cnnlens.explain(tiny_cnn(), batch, method, backend, target=1, **({"n_steps": 4} if "integrated" in method else {}))
+    s = e.signed_maps
+    assert s.shape == e.maps.shape and s.dtype == torch.float32
+    assert float(s.min()) >= -1.0 and float(s.max()) <= 1.0
+    assert torch.allclose(s.abs().amax(dim=(1, 2)), torch.ones(len(e)))  # scaled per image (to the outlier cut)
+    if e.kind == "pixel":
+        signed = e.raw.float().sum(dim=1)  # reduce="abs_max" discards the sign: the view sums channels, as Captum
+        assert e.signed_reduce == "sum"
+    else:
+        assert e.signed_reduce is None
+        cam = e.raw.float().reshape(len(e), 1, *e.raw.shape[-2:])
+        signed = torch.nn.functional.interpolate(cam, size=tuple(e.maps.shape[1:]), mode="bilinear",
+                                                 align_corners=False)[:, 0]  # the CAM before the ReLU
+    assert torch.equal(torch.sign(s), torch.sign(signed))  # zero stays zero, each pixel keeps its sign
+    assert bool((signed < 0).any()) and bool((s < 0).any())  # negative evidence is there, and kept
+    # maps stays the [0, 1] contract
+    assert float(e.maps.min()) >= 0.0 and float(e.maps.max()) <= 1.0
+    assert torch.equal(e.maps, _post.to_maps(e.raw, e.kind, tuple(e.maps.shape[1:]), e.reduce))
+
+
+@pytest.mark.parametrize("sign", ["all", "positive", "negative", "absolute_value"])
+@pytest.mark.parametrize("outlier_perc", [0.5, 2, 10.5])
+def test_signed_views_equal_captums_normalize_attr(sign, outlier_perc):
+    from captum.attr._utils.visualization import _normalize_attr
+
+    raw = torch.randn(2, 3, 12, 10, generator=torch.Generator().manual_seed(3)) ** 3
+    e = _pixel_explanation(raw)
+    ours = e.signed(sign, outlier_perc)
+    for i in range(2):
+        ref = _normalize_attr(raw[i].sum(0).numpy().astype(np.float64), sign, outlier_perc)  # Captum, called directly
+        np.testing.assert_allclose(ours[i].numpy(), ref, rtol=1e-5, atol=1e-6)
+    # outlier_perc=0, where Captum's own cumulative sum can fall short of 100%: scaled by the largest value
+    top = e.signed("absolute", 0)
+    assert torch.allclose(top, raw.sum(1).abs() / raw.sum(1).abs().amax(dim=(1, 2), keepdim=True))
+
+
+def test_sign_all_draws_a_diverging_map_with_a_colour_bar():
+    raw = torch.zeros(1, 3, 16, 16)
+    raw[:, :, :, :8] = 1.0   # left half: positive evidence
+    raw[:, :, :, 8:] = -1.0  # right half: negative
+    e = _pixel_explanation(raw)
+    picture = plot.draw(e, 0, sign="all")
+    left, right = picture[8, 2].astype(int), picture[8, 13].astype(int)
+    assert left[0] > left[2] + 60 and right[2] > right[0] + 60  # red where positive, blue where negative
+    fig = plot.comparison_grid([e], sign="all")
+    bars = [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+    assert len(bars) == 1
+    bar = bars[0]._colorbar
+    assert bar.cmap.name == "bwr" and (bar.norm.vmin, bar.norm.vmax) == (-1.0, 1.0)
+    assert "outlier_perc=2" in bar.ax.get_xlabel()
+    # the same figure without a sign draws maps, with no colour bar; a "sum" reduce is drawn signed by default
+    plain = _pixel_explanation(raw, reduce="abs_max")
+    assert not [ax for ax in plot.comparison_grid([plain]).axes if getattr(ax, "_colorbar", None) is not None]
+    assert plot.auto_sign(e, None) == "all" and plot.auto_sign(plain, None) is None
+    fig = e.plot()
+    assert [ax for ax in fig.axes if getattr(ax, "_colorbar", None) is not None]
+    with pytest.raises(OptionError, match="unknown sign='both'"):
+        plot.comparison_grid([e], sign="both")
+    with pytest.raises(OptionError, match="outlier_perc"):
+        e.save("never-written", outlier_perc=100)
+
+
+def test_cam_signs_are_the_cam_before_its_relu(batch):
+    e = cnnlens.explain(tiny_cnn(), batch, "gradcam", "pytorch-grad-cam", target=1)
+    pos, neg = e.signed("positive"), e.signed("negative")
+    s = e.signed_maps
+    assert torch.equal(pos > 0, s > 0) and torch.equal(neg > 0, s < 0) and bool((neg > 0).any())
+    # "positive" is the usual CAM picture: zero exactly where the contract's ReLU cut the CAM
+    relu = torch.relu(torch.nn.functional.interpolate(e.raw.float()[:, None], size=(32, 32), mode="bilinear",
+                                                      align_corners=False)[:, 0])
+    assert torch.equal(pos == 0, relu == 0)
+
+
+def test_saved_overlay_of_a_640x300_photo_is_640x300(tmp_path):
+    path = _photo(tmp_path / "photos")
+    model = tiny_cnn()
+    for fit in ("whole", "crop"):
+        x = cnnlens.load_images(path, model, size=32, fit=fit)
+        e = cnnlens.explain(model, x, "gradcam", "pytorch-grad-cam")
+        out = e.save(tmp_path / f"out-{fit}", sign="all")
+        saved = _png(out / "wide.png")
+        assert saved.size == (640, 300)
+        manifest = json.loads((out / "manifest.json").read_text())
+        entry = manifest["images"][0]
+        assert entry["source"] == str(path) and entry["original_size"] == [640, 300] and entry["fit"] == fit
+        assert "640x300" in entry["preprocessing"] and manifest["view"]["sign"] == "all"
+        if fit == "crop":  # the parts the model never saw are dimmed, the centre is not
+            original = x.original(0).astype(float)
+            drawn = np.asarray(saved).astype(float)
+            assert drawn[:, :150].mean() < 0.5 * original[:, :150].mean()
+            assert drawn[:, 250:400].mean() > 0.6 * original[:, 250:400].mean()
+    # figures draw the whole photo at its aspect ratio and say what the model saw
+    fig = plot.comparison_grid([e])
+    texts = " ".join(t.get_text() for ax in fig.axes for t in [ax.title]) + fig.get_supxlabel()
+    assert "640x300 → 32x32, crop" in texts and "dimmed parts were not seen" in fig.get_supxlabel()
+
+
+def test_saved_maps_are_plain_npy_arrays(expls, tmp_path):
+    e = expls[0]
+    out = e.save(tmp_path / "run")
+    maps = np.load(out / "maps.npy", allow_pickle=False)
+    assert maps.dtype == np.float32 and np.array_equal(maps, e.maps.numpy())
+    assert np.array_equal(np.load(out / "signed_maps.npy", allow_pickle=False), e.signed_maps.numpy())
+    assert np.array_equal(np.load(out / "raw.npy", allow_pickle=False), e.raw.numpy())
+    assert np.load(out / "targets.npy", allow_pickle=False).tolist() == e.targets.tolist()
+    assert not (out / "maps.pt").exists()
+
+
+def test_saves_are_named_after_the_inputs_and_avoid_the_users_folder(tmp_path):
+    a = _photo(tmp_path / "a", "cat photo.jpg", 48, 40)
+    b = _photo(tmp_path / "b", "cat photo.png", 40, 48)
+    c = _photo(tmp_path / "c", "maps.png", 40, 40)
+    model = tiny_cnn()
+    x = cnnlens.load_images([a, b, c], model, size=32)
+    e = cnnlens.explain(model, x, "saliency", "captum")
+    out = e.save(tmp_path / "out")
+    files = json.loads((out / "manifest.json").read_text())["files"]
+    assert files == ["cat_photo.png", "cat_photo-2.png", "maps-2.png"]  # sanitised, distinct, clear of maps.npy
+    assert [i["source"] for i in json.loads((out / "manifest.json").read_text())["images"]] == [str(a), str(b), str(c)]
+    before = sorted(p.name for p in (tmp_path / "a").iterdir())
+    with pytest.raises(OutputExistsError, match="holds input images"):
+        e.save(tmp_path / "a", overwrite=True)  # never into a folder of the user's images, even with overwrite
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == before
+
+
+def test_a_save_that_fails_leaves_no_partial_file(expls, tmp_path, monkeypatch):
+    """The writes go through temporary names; a failure at the last array removes every file and
+    temporary of the save, and the rerun succeeds without overwrite."""
+    import errno
+    import os
+
+    e = expls[1]
+    real = os.replace
+
+    def fail_at_the_last_array(src, dst):
+        if str(dst).endswith("targets.npy"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_at_the_last_array)
+    with pytest.raises(cnnlens.errors.OutputError, match="disk is full"):
+        e.save(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    assert not list(tmp_path.rglob("*.tmp*"))
+    monkeypatch.setattr(os, "replace", real)
+    out = e.save(tmp_path / "run")
+    assert np.load(out / "targets.npy", allow_pickle=False).shape == (3,)
+
+
+def test_colours_are_the_colormaps_own():
+    import matplotlib
+
+    m = np.random.default_rng(0).random((30, 40))
+    m[0, :3] = [0.0, 1.0, 0.5]
+    for name in ("jet", "bwr", "viridis", "tab10"):
+        cmap = matplotlib.colormaps[name]
+        np.testing.assert_allclose(plot._colours(cmap, m), cmap(m)[..., :3] * 255.0, atol=1e-4)
+
+
+def test_output_policy_functions(tmp_path):
+    from cnnlens import outputs
+
+    assert outputs.safe_name("../../etc/passwd") == "etc_passwd"  # no separators, no leading dots
+    assert outputs.safe_name("Café noir.v2") == "Cafe_noir.v2"
+    assert outputs.safe_name("...") == "image" and outputs.safe_name("con") == "con_"
+    assert len(outputs.safe_name("x" * 500)) == outputs.MAX_STEM
+    assert outputs.unique_names(["a", "A", "a", "b"]) == ["a", "A-2", "a-3", "b"]
+    assert outputs.names_for(3, ["x", None, ""]) == ["x", "001", "002"]
+    assert outputs.names_for(2, ["maps", "manifest"], taken=["maps", "manifest"]) == ["maps-2", "manifest-2"]
+    photo = _photo(tmp_path / "photos", "p.png", 20, 20)
+    with pytest.raises(OutputExistsError, match="holds input images"):
+        outputs.check_out_dir(tmp_path, inputs=[photo], overwrite=True)
+    with pytest.raises(OutputExistsError, match="holds input images"):
+        outputs.check_out_dir(tmp_path / "photos" / ".." / "photos", inputs=[photo], overwrite=True)
+    assert outputs.check_out_dir(tmp_path / "elsewhere", inputs=[photo]).is_dir()
+    with pytest.raises(OutputExistsError, match="one of the input images"):
+        outputs.check_out_file(photo, overwrite=True, inputs=[photo])
+    assert outputs.check_out_file(tmp_path / "r" / "report.html", formats=(".html",)).parent.is_dir()
