@@ -1,0 +1,81 @@
+"""``cnnlens bench`` and ``cnnlens report``: run a benchmark study and write its report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cnnlens.cli import _common as c
+from cnnlens.cli._app import command
+from cnnlens.errors import CnnlensError
+
+
+def _bench_module() -> Any:
+    from cnnlens import jobs
+
+    jobs.check_bench_dependencies()
+    try:
+        import cnnlens.bench as bench
+
+        bench.run  # noqa: B018 - fail here, not half-way, when the engine is missing
+        bench.report  # noqa: B018
+    except (ImportError, AttributeError) as exc:
+        raise CnnlensError(f"the benchmark engine (cnnlens.bench) is not available: {exc}") from exc
+    return bench
+
+
+@command()
+def bench(
+    suite: Annotated[str, typer.Option("--suite", help="smoke, standard, or a suite file (YAML/TOML/JSON).")] = "smoke",
+    device: c.DeviceOpt = "cpu",
+    out: Annotated[Path, typer.Option("--out", help="Study folder (holds the SQLite database; a rerun resumes).")] = Path("cnnlens-bench"),
+    overwrite: c.OverwriteOpt = False,
+    report: Annotated[bool, typer.Option("--report", help="Also write the report (report.md, report.html) into the study folder.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar (there is none in a pipe or a log anyway).")] = False,
+) -> None:
+    """Run a benchmark study of the toolkits and write its SQLite database (a rerun resumes)."""
+    from cnnlens import jobs
+
+    engine = _bench_module()
+    jobs.check_device(device)
+    if report:
+        jobs.check_report_out(out, overwrite=True)  # a study folder's own report is rewritten with the study
+    # The bar only on a terminal: in a log or a pipe tqdm's \r frames are noise, and an error must
+    # stay the one line on stderr.
+    try:
+        db = Path(engine.run(suite, device=device, out=out, overwrite=overwrite,
+                             progress=sys.stderr.isatty() and not no_progress))
+    except KeyboardInterrupt:
+        c.stderr().print(f"interrupted: every finished cell is saved; rerun the same command to resume "
+                         f"(cnnlens bench --suite {c.escape(suite)} --out {c.escape(str(out))})", highlight=False)
+        raise
+    c.wrote(db, "study database")
+    if report:
+        md, html = engine.report(db, out)
+        jobs.tidy_sqlite(db)
+        c.wrote(Path(html), "report")
+        c.wrote(Path(md), "report")
+    else:
+        c.plain(f"next: cnnlens report {out}   (writes report.md and report.html into {out})")
+
+
+@command()
+def report(
+    db: Annotated[Path, typer.Argument(help="A study folder or database written by `cnnlens bench`.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for report.md and report.html (default: the study folder).")] = None,
+    overwrite: c.OverwriteOpt = False,
+) -> None:
+    """Write the Markdown and HTML report of a benchmark study."""
+    from cnnlens import jobs
+
+    engine = _bench_module()
+    path = jobs.find_study(db)
+    folder = out if out is not None else path.parent
+    jobs.check_report_out(folder, overwrite)
+    md, html = engine.report(path, folder)
+    jobs.tidy_sqlite(path)
+    c.wrote(Path(html), "report")
+    c.wrote(Path(md), "report")
