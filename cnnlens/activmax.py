@@ -7,7 +7,8 @@ This is not a heatmap over an input, so it has its own entry point rather than a
 :class:`~cnnlens.Explainer` method::
 
     imgs = cnnlens.filters(model, layer="features.3", filters=[0, 5, 9], steps=30)  # a FilterImages
-    cnnlens.plot_filters(imgs, "filters.png")
+    imgs.tensor        # (3, 3, H, W) in [0, 1], ready to show; imgs.inputs: what the model was fed
+    cnnlens.plot_filters(imgs, "filters.png")   # or just `imgs` in a notebook
 
 The only toolkit of the three that does this is FlashTorch (``GradientAscent``); cnnlens runs it
 through :class:`cnnlens.adapters.flashtorch.CnnlensGradientAscent`, which fixes its index check,
@@ -43,9 +44,12 @@ class FilterImages:
     """What :func:`filters` returns: one optimised input per filter, with what it is and how well it worked.
 
     Attributes:
-        tensor: (F, 3, size, size) optimised inputs, in the model's input space, on its device.
-        images: (F, size, size, 3) uint8 display copies (FlashTorch's display recipe).
-        start: (F, 3, size, size) starting images (seeded grey noise).
+        tensor: (F, 3, size, size) float32 in [0, 1] on the CPU: the images ready to show
+            (FlashTorch's display recipe, ``standardize_and_clip``), as ``images`` is.
+        images: (F, size, size, 3) uint8 copies of ``tensor``, for PIL and matplotlib.
+        inputs: (F, 3, size, size) the optimised inputs themselves, in the model's input space
+            (normalised, unbounded: feed these to the model), on its device.
+        start: (F, 3, size, size) starting images (seeded grey noise), in the model's input space.
         filters: The filter index of each image.
         layer: The layer's name.
         activation: (F,) mean activation of each filter on its optimised image.
@@ -54,6 +58,7 @@ class FilterImages:
 
     tensor: Tensor
     images: Tensor
+    inputs: Tensor
     start: Tensor
     filters: tuple[int, ...]
     layer: str
@@ -64,7 +69,17 @@ class FilterImages:
         return int(self.tensor.shape[0])
 
     def __repr__(self) -> str:
-        return f"FilterImages({len(self)} x {tuple(self.tensor.shape[1:])}, layer={self.layer!r}, filters={self.filters!r})"
+        shown = self.filters if len(self.filters) <= 8 else (*self.filters[:8], "...")
+        return f"FilterImages({len(self)} x {tuple(self.tensor.shape[1:])}, layer={self.layer!r}, filters={shown!r})"
+
+    def plot(self, out: str | Path | None = None, ncols: int = 4, title: str | None = None) -> Figure:
+        """Draw the images as a grid (see :func:`plot_filters`); also save it when ``out`` is given."""
+        return plot_filters(self, out, ncols=ncols, title=title)
+
+    def _repr_png_(self) -> bytes:
+        from cnnlens.plot import figure_png
+
+        return figure_png(self.plot(ncols=min(4, max(len(self), 1))), dpi=80)
 
     @property
     def shape(self) -> torch.Size:
@@ -80,8 +95,8 @@ class FilterImages:
             index = slice(int(index) % n, int(index) % n + 1)
         if not isinstance(index, slice):
             raise IndexError(f"FilterImages is indexed by an int or a slice, got {type(index).__name__}")
-        return FilterImages(self.tensor[index], self.images[index], self.start[index], self.filters[index],
-                            self.layer, self.activation[index], self.start_activation[index])
+        return FilterImages(self.tensor[index], self.images[index], self.inputs[index], self.start[index],
+                            self.filters[index], self.layer, self.activation[index], self.start_activation[index])
 
     @classmethod
     def concat(cls, parts: Sequence[FilterImages]) -> FilterImages:
@@ -94,7 +109,7 @@ class FilterImages:
             raise OptionError(f"cannot join filter images of different layers ({', '.join(sorted(layers))})")
         return FilterImages(
             torch.cat([p.tensor for p in parts]), torch.cat([p.images for p in parts]),
-            torch.cat([p.start for p in parts]), tuple(f for p in parts for f in p.filters), parts[0].layer,
+            torch.cat([p.inputs for p in parts]), torch.cat([p.start for p in parts]), tuple(f for p in parts for f in p.filters), parts[0].layer,
             torch.cat([p.activation for p in parts]), torch.cat([p.start_activation for p in parts]),
         )
 
@@ -172,10 +187,11 @@ def filters(
         backend: Only ``"flashtorch"`` implements filter visualization.
 
     Returns:
-        A :class:`FilterImages`: the (F, 3, size, size) optimised inputs as ``tensor`` (the model's
-        input space, on its device), their uint8 display copies, the starting images, the filter
-        indices, the layer's name and each filter's mean activation on its image and on its start.
-        :func:`plot_filters` draws them as a grid.
+        A :class:`FilterImages`: the images ready to show as ``tensor`` ((F, 3, size, size) in
+        [0, 1]) and ``images`` (uint8), the optimised inputs themselves as ``inputs`` (the model's
+        input space, on its device), the starting images, the filter indices, the layer's name and
+        each filter's mean activation on its image and on its start. It shows itself in a
+        notebook; :func:`plot_filters` draws it as a grid.
 
     Raises:
         LayerError: The layer is unknown or has no (N, C, H, W) output.
@@ -227,7 +243,8 @@ def filters(
         start_t = torch.stack(starts)
         act = _filter_mean(ascent._net, result, chosen)
         act0 = _filter_mean(ascent._net, start_t, chosen)
-    return FilterImages(result, display_images(result), start_t, tuple(chosen), name, act, act0)
+    shown = display_images(result)
+    return FilterImages(shown.permute(0, 3, 1, 2).float() / 255.0, shown, result, start_t, tuple(chosen), name, act, act0)
 
 
 def _choose(filters: int | Sequence[int] | None, channels: int, seed: int) -> list[int]:
@@ -263,8 +280,8 @@ def plot_filters(imgs: FilterImages | Tensor, path: str | Path | None = None, nc
     """Draw filter images as a grid titled by filter index, as FlashTorch does; optionally save it.
 
     Args:
-        imgs: What :func:`filters` returned, or any (F, 3, H, W) tensor, which is shown with
-            FlashTorch's display recipe.
+        imgs: What :func:`filters` returned, or any (F, 3, H, W) tensor of model inputs, which is
+            shown with FlashTorch's display recipe.
         path: Write the figure there (PNG, PDF, SVG, by suffix).
         ncols: Images per row.
         title: Figure title; defaults to the layer name.
@@ -272,7 +289,7 @@ def plot_filters(imgs: FilterImages | Tensor, path: str | Path | None = None, nc
     Returns:
         The matplotlib ``Figure``.
     """
-    from matplotlib.figure import Figure
+    from cnnlens._figure import Picture
 
     if isinstance(imgs, FilterImages):
         shown, idx, label, n = imgs.images, list(imgs.filters), imgs.layer, len(imgs)
@@ -284,7 +301,7 @@ def plot_filters(imgs: FilterImages | Tensor, path: str | Path | None = None, nc
     ncols = _check_int("ncols", ncols, 1)
     cols = min(ncols, n)
     rows = -(-n // cols)
-    fig = Figure(figsize=(2.5 * cols, 2.5 * rows + 0.4), layout="constrained")
+    fig = Picture(figsize=(2.5 * cols, 2.5 * rows + 0.4), layout="constrained")
     for i in range(rows * cols):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.set_axis_off()
@@ -293,7 +310,9 @@ def plot_filters(imgs: FilterImages | Tensor, path: str | Path | None = None, nc
             ax.set_title(f"filter {idx[i]}", fontsize=9)
     label = title if title is not None else label
     if label:
-        fig.suptitle(str(label))
+        from cnnlens.plot import wrap
+
+        fig.suptitle(wrap(str(label), 2.5 * cols, 12))
     if path is not None:
         from cnnlens.plot import save_figure
 

@@ -52,6 +52,11 @@ class Kernels:
     def __len__(self) -> int:
         return int(self.tiles.shape[0])
 
+    def __repr__(self) -> str:
+        channel = f", channel={self.channel}" if self.channel is not None else ""
+        return (f"Kernels({self.layer!r}, {len(self)} filters {tuple(self.tiles.shape[1:3])}, mode={self.mode!r}"
+                f"{channel}, normalize={self.normalize!r})")
+
     @property
     def rgb(self) -> bool:
         return self.mode == "rgb"

@@ -261,9 +261,11 @@ class Explainer:
         """
         if chunk_size is not None:
             return Explanation.concat([e for _start, _stop, e in self.explain_chunks(inputs, target, chunk_size)])
-        images = None
+        images: Images | None = None
         if isinstance(inputs, Images):
-            inputs, images = inputs.tensor, inputs.images
+            # The whole Images travels into the result (Explanation.source): its original pictures
+            # carry the overlays and its names name the saved files.
+            inputs, images = inputs.tensor, inputs
         return self._explain(inputs, target, images)
 
     def explain_chunks(
@@ -289,7 +291,7 @@ class Explainer:
             stop = min(start + chunk_size, n)
             yield start, stop, self.explain(inputs[start:stop], target=_chunk_target(target, start, stop))
 
-    def _explain(self, inputs: Tensor, target: Any, images: Tensor | None) -> Explanation:
+    def _explain(self, inputs: Tensor, target: Any, images: Images | None) -> Explanation:
         x = _resolve.check_input(inputs, self.model)
         out_device = inputs.device
         device = x.device

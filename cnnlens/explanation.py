@@ -7,9 +7,12 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover
+    from cnnlens.images import Images
 
 
 @dataclass(frozen=True)
@@ -61,8 +64,14 @@ class Explanation:
         labels: Class names of the targets, when the model has categories.
         warnings: Caveats about this result (e.g. guided backprop on a model without nn.ReLU).
         provenance: Whose code computed the result, and any step cnnlens substituted.
-        images: (N, H, W, 3) uint8 display images, for plotting, when the input was an
+        images: (N, H, W, 3) uint8 copies of what the model saw, when the input was an
             :class:`~cnnlens.images.Images` (None for a plain tensor).
+        source: The :class:`~cnnlens.images.Images` that was explained (None for a plain tensor):
+            its names name the saved files, and its original pictures carry the overlays, drawn
+            at each picture's own size. Passing an ``Images`` as ``images`` sets both.
+
+    The signed view is :attr:`signed_maps`; pictures choose a view with ``sign=`` (see
+    :func:`cnnlens.plot.draw`).
     """
 
     maps: Tensor
@@ -82,9 +91,62 @@ class Explanation:
     warnings: tuple[str, ...] = ()
     provenance: Provenance | None = None
     images: Tensor | None = field(default=None, repr=False)
+    source: Images | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        from cnnlens.images import Images
+
+        if isinstance(self.images, Images):  # the Explainer hands over the whole Images
+            object.__setattr__(self, "source", self.images)
+            object.__setattr__(self, "images", self.images.images)
 
     def __len__(self) -> int:
         return int(self.maps.shape[0])
+
+    def __repr__(self) -> str:
+        layer = f", layer={self.layer!r}" if self.layer else ""
+        names = f", names={_short(self.names)}" if self.names else ""
+        return (f"Explanation({self.method!r}, backend={self.backend!r}{layer}, {len(self)} x "
+                f"{tuple(self.maps.shape[1:])}{names}, {self.seconds:.2f} s)")
+
+    @property
+    def names(self) -> tuple[str, ...] | None:
+        """The images' names (their file stems), when the input was an :class:`~cnnlens.images.Images`."""
+        return self.source.names if self.source is not None else None
+
+    @property
+    def signed_reduce(self) -> str | None:
+        """The channel reduction of :attr:`signed_maps`: ``reduce`` when it keeps the sign
+        (``"sum"``, ``"max"``), else ``"sum"`` (Captum's ``visualize_image_attr``); None for CAMs."""
+        from cnnlens import _post
+
+        return _post.signed_reduce(self.kind, self.reduce)
+
+    @property
+    def signed_maps(self) -> Tensor:
+        """(N, H, W) float32 in [-1, 1]: the signed attribution, zero kept at zero.
+
+        Made from ``raw`` like ``maps``, but without what removes the sign: for CAM methods the
+        CAM upsampled without its ReLU (negative where the layer's features speak against the
+        target); for pixel methods the channel reduction :attr:`signed_reduce`. Each image is
+        divided by Captum's outlier threshold (``outlier_perc=2``: the value below which 98% of
+        its total absolute attribution lies) and clipped, as Captum's ``visualize_image_attr``
+        scales with ``sign="all"``. Computed on first use and kept.
+        """
+        cached = self.__dict__.get("_signed_maps")
+        if cached is None:
+            cached = self.signed(sign="all")
+            object.__setattr__(self, "_signed_maps", cached)
+        return cached
+
+    def signed(self, sign: str = "all", outlier_perc: float = 2.0) -> Tensor:
+        """The map as drawn for ``sign`` (Captum's ``_normalize_attr``): ``"all"`` in [-1, 1],
+        ``"positive"``, ``"negative"`` (as magnitudes) and ``"absolute"`` in [0, 1]; (N, H, W)."""
+        from cnnlens import _post
+
+        size = (int(self.maps.shape[1]), int(self.maps.shape[2]))
+        attr = _post.signed_attribution(self.raw, self.kind, size, self.reduce)
+        return _post.normalize_signed(attr, sign, outlier_perc).to(self.maps.device)
 
     def manifest(self) -> dict[str, Any]:
         """Provenance as JSON-serialisable data."""
@@ -102,6 +164,7 @@ class Explanation:
             "labels": list(self.labels) if self.labels else None,
             "scores": [float(s) for s in self.scores.tolist()] if self.scores is not None else None,
             "maps_shape": list(self.maps.shape),
+            "signed_reduce": self.signed_reduce,
             "raw_shape": list(self.raw.shape),
             "warnings": list(self.warnings),
             "provenance": self.provenance.as_dict() if self.provenance is not None else None,
@@ -164,45 +227,81 @@ class Explanation:
             warnings=tuple(dict.fromkeys(w for p in parts for w in p.warnings)),
             provenance=provenance,
             images=cat("images"),
+            source=_join_sources([p.source for p in parts]),
         )
 
-    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
-        """Write one overlay PNG per image, the maps as ``maps.pt`` and ``manifest.json``.
+    def save(self, directory: str | Path, overwrite: bool = False, *, sign: str | None = None,
+             outlier_perc: float = 2.0, cmap: str | None = None, alpha: float = 0.5) -> Path:
+        """Write one overlay PNG per image, the maps as ``.npy`` files and ``manifest.json``.
 
-        Refuses to write into a non-empty directory unless ``overwrite=True``. Every file is written
-        under a temporary name and then renamed, and the manifest last: a save that fails (a full
-        disk, a read-only folder) removes what it wrote, so the rerun is not blocked by a
-        half-written folder, and an earlier save being overwritten keeps its files until the new
-        one is complete.
+        Files (``maps.pt`` of cnnlens 0.x is no longer written: a ``.npy`` needs no pickle):
+
+        * ``<name>.png`` per image, named after the input image (``Images.names``, sanitised and
+          made distinct by :func:`cnnlens.outputs.names_for`; ``000``, ``001``, ... for a plain
+          tensor): the overlay on the original picture at its own size (see :func:`cnnlens.plot.draw`
+          for ``sign``, ``outlier_perc``, ``cmap``, ``alpha``).
+        * ``maps.npy`` (N, H, W) float32 in [0, 1], ``signed_maps.npy`` (N, H, W) float32 in
+          [-1, 1], ``raw.npy`` and ``targets.npy``: plain arrays, ``np.load(path,
+          allow_pickle=False)`` reads them.
+        * ``manifest.json``: provenance, each image's source path, name, file and preprocessing.
+
+        The folder follows :func:`cnnlens.outputs.check_out_dir`: refused when it holds input images,
+        or is non-empty without ``overwrite=True``. Every file is written under a temporary name
+        and then renamed, and the manifest last: a save that fails (a full disk, a read-only
+        folder) removes what it wrote, so the rerun is not blocked by a half-written folder, and an
+        earlier save being overwritten keeps its files until the new one is complete.
 
         Raises:
-            OutputExistsError: The folder is a file, or non-empty without ``overwrite``.
+            OutputExistsError: The folder is a file, holds input images, or is non-empty without
+                ``overwrite``.
             OutputError: A file could not be written.
+            OptionError: ``sign``, ``outlier_perc``, ``cmap`` or ``alpha`` is invalid (checked
+                before anything is written).
         """
         import io
 
-        import torch
+        import numpy as np
 
-        from cnnlens import _files, plot  # matplotlib only when saving
+        from cnnlens import _files, _post, outputs, plot  # matplotlib only when saving
         from cnnlens.errors import OutputError
 
+        if sign is not None:
+            _post.check_sign(sign)
+        outlier_perc = _post.check_outlier_perc(outlier_perc)
+        plot.check_style(cmap, alpha)
+        src = self.source
         existed = Path(directory).exists()
-        out = plot.prepare_out_dir(Path(directory), overwrite=overwrite)
+        out = outputs.check_out_dir(Path(directory), overwrite=overwrite, inputs=src.paths if src is not None else ())
         previous = _previous_files(out)
+        stems = outputs.names_for(len(self), self.names, taken=_SAVED_STEMS)
         written: list[Path] = []
         try:
-            files = []
-            for i in range(len(self)):
-                path = out / f"{i:03d}_{self.method}_{self.backend}.png"
-                written.append(plot.save_overlay(self, i, path))
-                files.append(path.name)
-            buf = io.BytesIO()  # serialised in memory, so that only the file write can fail
-            torch.save({"maps": self.maps.cpu(), "raw": self.raw.cpu(), "targets": self.targets.cpu()}, buf)
-            written.append(_files.write_atomic(out / "maps.pt", lambda tmp: tmp.write_bytes(buf.getvalue())))
+            images = []
+            for i, stem in enumerate(stems):
+                path = out / f"{stem}.png"
+                written.append(plot.save_overlay(self, i, path, cmap=cmap, alpha=alpha, sign=sign,
+                                                 outlier_perc=outlier_perc))
+                entry: dict[str, Any] = {"index": i, "file": path.name,
+                                         "name": self.names[i] if self.names else None,
+                                         "source": str(src.paths[i]) if src is not None else None}
+                if src is not None and src.fits is not None:
+                    entry.update(src.fits[i].as_dict())
+                    entry["preprocessing"] = src.preprocessing(i)
+                images.append(entry)
+            arrays = {"maps": self.maps, "signed_maps": self.signed_maps, "raw": self.raw, "targets": self.targets}
+            for key, value in arrays.items():
+                buf = io.BytesIO()  # serialised in memory, so that only the file write can fail
+                np.save(buf, value.detach().cpu().numpy(), allow_pickle=False)
+                blob = buf.getvalue()
+                written.append(_files.write_atomic(out / f"{key}.npy", blob))
             data = self.manifest()
-            data["files"] = files
+            data["files"] = [e["file"] for e in images]  # the overlays, one per image
+            data["arrays"] = {k: f"{k}.npy" for k in arrays}
+            data["images"] = images
+            data["view"] = {"sign": sign, "outlier_perc": outlier_perc, "cmap": cmap or plot.default_cmap(sign),
+                            "alpha": alpha}
             text = json.dumps(data, indent=2)
-            written.append(_files.write_atomic(out / "manifest.json", lambda tmp: tmp.write_text(text)))
+            written.append(_files.write_atomic(out / "manifest.json", text))
         except OutputError:
             for p in written:
                 if p.name not in previous:  # a file of the earlier save was replaced whole, not truncated
@@ -211,11 +310,37 @@ class Explanation:
                 with contextlib.suppress(OSError):
                     out.rmdir()
             raise
-        # Only now, with the new save complete: overlays of an earlier, longer save that the new
-        # manifest does not list.
+        # Only now, with the new save complete: files of an earlier save that the new manifest
+        # does not list (overlays of a longer batch, a maps.pt of an older version).
         for name in previous - {p.name for p in written}:
             (out / name).unlink(missing_ok=True)
         return out
+
+    def plot(self, out: str | Path | None = None, *, sign: str | None = None, outlier_perc: float = 2.0,
+             cmap: str | None = None, alpha: float = 0.5, overwrite: bool = False) -> Any:
+        """One row of overlays on the original pictures (:func:`cnnlens.plot.explanation_figure`).
+
+        Args:
+            out: Also write the figure here (format by suffix); an existing file is replaced only
+                with ``overwrite=True``, an input image never.
+            sign: None (``maps``; pixel maps reduced with their sign are drawn as ``"all"``), or
+                ``"absolute"``, ``"positive"``, ``"negative"``, ``"all"`` (Captum's
+                ``visualize_image_attr`` signs; see :func:`cnnlens.plot.view`), with a colour bar.
+            outlier_perc: Captum's ``outlier_perc``: the percent of the total attribution above
+                the colour scale's end.
+            cmap: Colormap (None: ``"jet"``, or ``"bwr"`` for ``sign="all"``).
+            alpha: Heatmap weight.
+
+        Returns:
+            A matplotlib ``Figure`` (it shows itself in a notebook).
+        """
+        from cnnlens import plot
+
+        fig = plot.explanation_figure(self, sign=sign, outlier_perc=outlier_perc, cmap=cmap, alpha=alpha)
+        if out is not None:
+            inputs = self.source.paths if self.source is not None else ()
+            plot.save_figure(fig, plot.prepare_out_file(out, overwrite, inputs=inputs))
+        return fig
 
     def _repr_png_(self) -> bytes:
         from cnnlens import plot
@@ -235,8 +360,25 @@ def _previous_files(out: Path) -> set[str]:
     except (OSError, ValueError):
         return set()
     names = previous.get("files", []) if isinstance(previous, dict) else []
-    return {name for name in [*names, "maps.pt", "manifest.json"]
+    return {name for name in [*names, "maps.pt", *(f"{s}.npy" for s in _SAVED_STEMS), "manifest.json"]
             if isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", "..")}
+
+
+#: Stems of the files every save writes besides the overlays; overlay names avoid them.
+_SAVED_STEMS = ("maps", "signed_maps", "raw", "targets", "manifest")
+
+
+def _short(names: Sequence[str], n: int = 4) -> str:
+    shown = ", ".join(names[:n]) + (f", ... {len(names) - n} more" if len(names) > n else "")
+    return f"({shown})"
+
+
+def _join_sources(sources: Sequence[Images | None]) -> Images | None:
+    if any(s is None for s in sources):
+        return None
+    from cnnlens.images import Images
+
+    return Images.concat([s for s in sources if s is not None])
 
 
 def _jsonable(v: Any) -> Any:

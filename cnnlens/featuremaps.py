@@ -158,11 +158,23 @@ class FeatureMaps:
 
     def __repr__(self) -> str:
         parts = []
-        for n in self.layers:
+        for n in self.layers[:4]:
             recs = self._records[n]
             shape = tuple(recs[-1].output.shape) if recs and isinstance(recs[-1].output, Tensor) else None
             parts.append(f"{n}: {len(recs)} call(s), last {shape}")
+        if len(self.layers) > 4:
+            parts.append(f"... {len(self.layers) - 4} more layers")
         return f"FeatureMaps({'; '.join(parts)}; {self.nbytes / 2**20:.1f} MiB)"
+
+    def _repr_png_(self) -> bytes | None:
+        """The top 8 channels of each layer with an (N, C, H, W) output, for the first two images."""
+        from cnnlens.plot import feature_grid, figure_png
+
+        drawable = [n for n in self.layers if self._records[n] and isinstance(self._records[n][-1].output, Tensor)
+                    and self._records[n][-1].output.dim() == 4]
+        if not drawable:
+            return None  # nothing recorded yet: Jupyter falls back to the repr
+        return figure_png(feature_grid(self, drawable, top=8, ncols=8, max_images=2), dpi=80)
 
     def top_channels(self, name: str, k: int = 16, call: int = -1) -> tuple[Tensor, Tensor]:
         """Per image, the ``k`` channels of ``name``'s output with the highest mean activation.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob as _glob
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,24 +30,73 @@ MAX_FILE_PIXELS = 8192 * 8192
 MAX_ASPECT = 20
 
 
+#: How a picture becomes the model's input: the whole picture resized, or resized and centre-cropped.
+FITS = ("whole", "crop")
+
+
+@dataclass(frozen=True)
+class Fit:
+    """How one picture became the model's input, and so where the input's pixels lie in the picture.
+
+    Attributes:
+        mode: ``"whole"`` (the whole picture resized to the input size, the aspect ratio not kept)
+            or ``"crop"`` (the shorter side resized, then the centre cropped).
+        original: (height, width) of the picture as decoded.
+        input: (height, width) of the model's input.
+        box: (top, left, height, width), in the picture's pixels, of the region the input shows:
+            the whole picture for ``"whole"``, the crop for ``"crop"``.
+    """
+
+    mode: str
+    original: tuple[int, int]
+    input: tuple[int, int]
+    box: tuple[float, float, float, float]
+
+    def describe(self) -> str:
+        """The preprocessing in words, e.g. ``"640x300 resized to 224x224 (whole image, not cropped)"``."""
+        h0, w0 = self.original
+        h, w = self.input
+        if self.mode == "whole":
+            return f"{w0}x{h0} resized to {w}x{h} (whole image, not cropped)"
+        top, left, bh, bw = self.box
+        return (f"{w0}x{h0} centre-cropped to its middle {round(bw)}x{round(bh)} at ({round(left)}, {round(top)}) "
+                f"and resized to {w}x{h}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"fit": self.mode, "original_size": [self.original[1], self.original[0]],
+                "input_size": [self.input[1], self.input[0]], "box_top_left_height_width": [float(b) for b in self.box],
+                "preprocessing": self.describe()}
+
+
 @dataclass(frozen=True, eq=False)
 class Images:
     """A preprocessed image batch with what it was made from.
 
-    :meth:`cnnlens.Explainer.explain` accepts it in place of a tensor and then carries the display
-    copies into the :class:`~cnnlens.Explanation`, for plotting. Call the model on ``tensor``.
+    :meth:`cnnlens.Explainer.explain` accepts it in place of a tensor and then carries it into the
+    :class:`~cnnlens.Explanation`, whose overlays are then drawn on the original pictures at their
+    own size. Call the model on ``tensor``.
 
     Attributes:
         tensor: (N, 3, H, W) float batch, normalised as the model expects, on the chosen device.
-        images: (N, H, W, 3) uint8 display copies after the same resize and crop (CPU).
+        images: (N, H, W, 3) uint8 display copies of what the model saw, after the same resize
+            (and crop) (CPU).
         names: One name per image (the file stem).
         paths: The source file of each image.
+        originals: Each picture as decoded, (H0, W0, 3) uint8 on the CPU, at its own size; None
+            when the batch was built from display copies only (then ``images`` stand in for them).
+        fits: How each picture became the input (:class:`Fit`); None with ``originals``.
+        mean: The normalisation mean applied to ``tensor``, when known.
+        std: The normalisation std, when known.
     """
 
     tensor: Tensor
     images: Tensor
     names: tuple[str, ...]
     paths: tuple[Path, ...]
+    originals: tuple[Tensor, ...] | None = field(default=None, repr=False)
+    fits: tuple[Fit, ...] | None = field(default=None, repr=False)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         n = self.tensor.shape[0]
@@ -56,13 +105,33 @@ class Images:
                 f"Images needs one display image, name and path per image: got {n} inputs, "
                 f"{self.images.shape[0]} display images, {len(self.names)} names, {len(self.paths)} paths"
             )
+        if (self.originals is None) != (self.fits is None) or (
+                self.originals is not None and (len(self.originals) != n or len(self.fits or ()) != n)):
+            raise ImageLoadError(f"Images needs one original picture and one Fit per image, or neither (got {n} inputs)")
 
     def __len__(self) -> int:
         return int(self.tensor.shape[0])
 
     def __repr__(self) -> str:
         t = self.tensor
-        return f"Images({len(self)} x {tuple(t.shape[1:])}, {t.dtype}, {t.device}, names={self.names!r})"
+        names = self.names if len(self.names) <= 6 else (*self.names[:5], f"... {len(self.names) - 5} more")
+        fit = f", fit={self.fits[0].mode!r}" if self.fits else ""
+        return f"Images({len(self)} x {tuple(t.shape[1:])}, {t.dtype}, {t.device}{fit}, names={names!r})"
+
+    def _repr_png_(self) -> bytes:
+        from cnnlens import plot
+
+        return plot.images_png(self)
+
+    def _pick(self, rows: list[int]) -> Images:
+        pick = torch.tensor(rows, dtype=torch.long)
+        return Images(
+            self.tensor[pick.to(self.tensor.device)], self.images[pick],
+            tuple(self.names[i] for i in rows), tuple(self.paths[i] for i in rows),
+            tuple(self.originals[i] for i in rows) if self.originals is not None else None,
+            tuple(self.fits[i] for i in rows) if self.fits is not None else None,
+            self.mean, self.std,
+        )
 
     def __getitem__(self, index: int | slice | Sequence[int] | Tensor) -> Images:
         """A sub-batch: a slice, a list or tensor of indices, or an int (a batch of one image)."""
@@ -74,13 +143,25 @@ class Images:
                 raise IndexError(f"image index {int(index)} is out of range for {n} images")
             index = slice(int(index) % n, int(index) % n + 1)
         if isinstance(index, slice):
-            return Images(self.tensor[index], self.images[index], tuple(self.names[index]), tuple(self.paths[index]))
+            return self._pick(list(range(len(self)))[index])
         if isinstance(index, Tensor) and index.dtype == torch.bool:
             index = index.nonzero().flatten()
-        rows = [int(i) for i in (index.tolist() if isinstance(index, Tensor) else index)]
-        pick = torch.tensor(rows, dtype=torch.long)
-        return Images(self.tensor[pick.to(self.tensor.device)], self.images[pick],
-                      tuple(self.names[i] for i in rows), tuple(self.paths[i] for i in rows))
+        return self._pick([int(i) for i in (index.tolist() if isinstance(index, Tensor) else index)])
+
+    @classmethod
+    def concat(cls, parts: Sequence[Images]) -> Images:
+        """Join batches (e.g. the chunks of one batch); originals are kept when every part has them."""
+        parts = list(parts)
+        if not parts:
+            raise ImageLoadError("Images.concat needs at least one Images")
+        whole = all(p.originals is not None for p in parts)
+        return Images(
+            torch.cat([p.tensor.to(parts[0].tensor.device) for p in parts]), torch.cat([p.images for p in parts]),
+            tuple(n for p in parts for n in p.names), tuple(q for p in parts for q in p.paths),
+            tuple(o for p in parts for o in (p.originals or ())) if whole else None,
+            tuple(f for p in parts for f in (p.fits or ())) if whole else None,
+            parts[0].mean, parts[0].std,
+        )
 
     @property
     def shape(self) -> torch.Size:
@@ -93,7 +174,57 @@ class Images:
 
     def to(self, *args: Any, **kwargs: Any) -> Images:
         """Move or convert ``tensor`` as :meth:`torch.Tensor.to` does; the display copies stay on the CPU."""
-        return Images(self.tensor.to(*args, **kwargs), self.images, self.names, self.paths)
+        return replace(self, tensor=self.tensor.to(*args, **kwargs))
+
+    def original(self, i: int) -> np.ndarray:
+        """Picture ``i`` at its own size, (H0, W0, 3) uint8 (the display copy when no original is kept)."""
+        src = self.originals[i] if self.originals is not None else self.images[i]
+        return src.numpy() if isinstance(src, Tensor) else np.asarray(src)
+
+    def preprocessing(self, i: int) -> str:
+        """What the model saw of picture ``i``, in words (resize, crop, normalisation)."""
+        h, w = self.images.shape[1:3]
+        what = self.fits[i].describe() if self.fits is not None else f"{w}x{h} as given"
+        if self.mean is not None and self.std is not None:
+            what += f", normalised with mean {_fmt(self.mean)} and std {_fmt(self.std)}"
+        return what
+
+    def to_original(self, m: Tensor | np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Map an (H, W) map over the model's input back onto picture ``i`` at its own size.
+
+        The exact inverse of the preprocessing: each picture pixel centre is placed in the input
+        by the same half-pixel geometry the resize (and crop) used, and the map is sampled there
+        bilinearly. Pixels outside the input (the parts a ``"crop"`` cut off) get the nearest edge
+        value and ``False`` in the mask.
+
+        Returns:
+            ``(values, inside)``: (H0, W0) float32 and (H0, W0) bool.
+        """
+        a = torch.as_tensor(np.asarray(m) if not isinstance(m, Tensor) else m.detach().cpu()).float()
+        if self.fits is None:
+            return a.numpy(), np.ones(a.shape, dtype=bool)
+        return map_to_original(a, self.fits[i])
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def map_to_original(m: Tensor, fit: Fit) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`Images.to_original` for one map and its :class:`Fit`."""
+    import torch.nn.functional as F
+
+    h0, w0 = fit.original
+    top, left, bh, bw = fit.box
+    # Picture pixel centres, in the input's normalised coordinates (-1 and 1 are the outer edges
+    # of the input's corner pixels: grid_sample with align_corners=False, as the resize used).
+    ys = ((torch.arange(h0, dtype=torch.float64) + 0.5 - top) / bh) * 2 - 1
+    xs = ((torch.arange(w0, dtype=torch.float64) + 0.5 - left) / bw) * 2 - 1
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack([gx, gy], dim=-1)[None].float()
+    values = F.grid_sample(m.float()[None, None], grid, mode="bilinear", padding_mode="border", align_corners=False)
+    inside = (gx.abs() <= 1) & (gy.abs() <= 1)
+    return values[0, 0].numpy(), inside.numpy()
 
 
 def demo_paths(names: Sequence[str] = DEMO) -> list[Path]:
@@ -191,18 +322,52 @@ def read_rgb(path: Path) -> np.ndarray:
         raise ImageLoadError(f"'{path}' could not be decoded ({exc}); the file may be truncated or corrupt") from None
 
 
-def preprocess(arrays: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float], resize: int, crop: int) -> tuple[Tensor, Tensor]:
-    """Resize the shorter side to ``resize``, centre-crop ``crop``, normalise; keep uint8 copies."""
+def fit_of(shape: tuple[int, int], fit: str, resize: int, crop: int) -> Fit:
+    """Where the model's input lies in a picture of ``shape`` (height, width), for ``fit``.
+
+    ``"crop"`` follows torchvision's ``resize([resize])`` (the shorter side to ``resize``, the longer
+    one to ``int(resize * long / short)``) and ``center_crop`` (offset ``round((side - crop) / 2)``).
+    """
+    h0, w0 = shape
+    if fit == "whole":
+        return Fit("whole", (h0, w0), (crop, crop), (0.0, 0.0, float(h0), float(w0)))
+    short, long = (h0, w0) if h0 <= w0 else (w0, h0)
+    new_long = int(resize * long / short)
+    hr, wr = (resize, new_long) if h0 <= w0 else (new_long, resize)
+    top, left = round((hr - crop) / 2.0), round((wr - crop) / 2.0)  # torchvision center_crop
+    sy, sx = h0 / hr, w0 / wr
+    return Fit("crop", (h0, w0), (crop, crop), (top * sy, left * sx, crop * sy, crop * sx))
+
+
+def preprocess(arrays: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float], resize: int, crop: int,
+               fit: str = "crop") -> tuple[Tensor, Tensor]:
+    """Make the model's input of each picture; keep uint8 copies of what it saw.
+
+    ``fit="crop"`` resizes the shorter side to ``resize`` and centre-crops ``crop`` (torchvision's
+    classification preset); ``fit="whole"`` resizes the whole picture to ``crop`` x ``crop``
+    (pytorch-grad-cam's examples' ``cv2.resize(img, (224, 224))``), so nothing is cut off.
+    """
     import torchvision.transforms.v2.functional as TF
 
+    check_fit(fit)
     xs, shows = [], []
     for arr in arrays:
         t = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-        t = TF.resize(t, [resize], antialias=True)
-        t = TF.center_crop(t, [crop, crop])
+        if fit == "whole":
+            t = TF.resize(t, [crop, crop], antialias=True)
+        else:
+            t = TF.resize(t, [resize], antialias=True)
+            t = TF.center_crop(t, [crop, crop])
         shows.append(t.permute(1, 2, 0).contiguous())
         xs.append(TF.normalize(t.float() / 255.0, list(mean), list(std)))
     return torch.stack(xs), torch.stack(shows)
+
+
+def check_fit(fit: str) -> str:
+    if fit not in FITS:
+        raise ImageLoadError(f"unknown fit={fit!r}; use 'whole' (resize the whole picture, the default) or 'crop' "
+                             "(resize the shorter side, then centre-crop, as torchvision's presets do)")
+    return fit
 
 
 def load_images(
@@ -210,22 +375,34 @@ def load_images(
     model: nn.Module | None = None,
     size: int | None = None,
     device: str | torch.device | None = None,
+    fit: str = "whole",
 ) -> Images:
     """Load images as a preprocessed (N, 3, H, W) batch for ``model``.
 
     Args:
         sources: Files, folders or glob patterns (JPEG, PNG, BMP, WebP, TIFF).
-        model: Uses the model's own weight transforms when cnnlens knows them, ImageNet's otherwise.
-        size: Override the crop size (the resize keeps the model's resize/crop ratio).
+        model: Uses the model's own normalisation and input size when cnnlens knows them,
+            ImageNet's otherwise.
+        size: Override the input side (for ``fit="crop"`` the resize keeps the model's
+            resize/crop ratio).
         device: Defaults to the model's device.
+        fit: ``"whole"`` (default): the whole picture is resized to the model's square input
+            (``size`` x ``size``, 224 for ImageNet models), so nothing is cut off and the model sees
+            it squeezed or stretched, as pytorch-grad-cam's examples feed it (``cv2.resize``).
+            ``"crop"``: torchvision's preset, the shorter side resized to the model's resize size
+            and the centre cropped; the sides of a non-square photo are then not seen. Either way
+            overlays are drawn on the picture at its own size, the map placed back by the exact
+            inverse of this step (for ``"crop"``, the parts the model did not see are dimmed).
 
     Returns:
-        An :class:`Images`: the batch as ``tensor``, its uint8 display copies, names and paths.
+        An :class:`Images`: the batch as ``tensor``, the uint8 copies of what the model saw, the
+        original pictures, names, paths, and how each was fitted (``fits``, ``preprocessing(i)``).
     """
     from cnnlens.models import meta_of
 
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 8):
         raise ImageLoadError(f"size must be an integer >= 8 (the crop side in pixels), got {size!r}")
+    check_fit(fit)
     target_device = _device(device) if device is not None else None  # before decoding anything
     paths = expand(sources)
     meta = meta_of(model) if model is not None else None
@@ -242,14 +419,16 @@ def load_images(
             raise ImageLoadError(
                 f"'{p}' is {w}x{h} pixels, an aspect ratio above {MAX_ASPECT}:1; crop it to the region of interest first"
             )
-    x, shows = preprocess(arrays, mean, std, resize, crop)
+    x, shows = preprocess(arrays, mean, std, resize, crop, fit)
+    fits = tuple(fit_of(a.shape[:2], fit, resize, crop) for a in arrays)
     if target_device is None and model is not None:
         for prm in model.parameters():
             target_device = prm.device
             break
     if target_device is not None:
         x = x.to(target_device)
-    return Images(x, shows, tuple(p.stem for p in paths), tuple(paths))
+    return Images(x, shows, tuple(p.stem for p in paths), tuple(paths), tuple(torch.from_numpy(a) for a in arrays),
+                  fits, tuple(float(v) for v in mean), tuple(float(v) for v in std))
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -272,14 +451,15 @@ def _device(device: str | torch.device) -> torch.device:
 
 
 def demo_images(model: nn.Module | None = None, names: Sequence[str] = DEMO, size: int | None = None,
-                device: str | torch.device | None = None) -> Images:
-    """The bundled demo photos (cat, coffee, rocket, astronaut) preprocessed for ``model``."""
+                device: str | torch.device | None = None, fit: str = "whole") -> Images:
+    """The bundled demo photos (cat, coffee, rocket, astronaut) preprocessed for ``model``
+    (``fit`` as in :func:`load_images`)."""
     if isinstance(names, str):
         names = [names]
     unknown = [n for n in names if n not in DEMO]
     if unknown:
         raise ImageLoadError(f"unknown demo image(s) {', '.join(unknown)}; available: {', '.join(DEMO)}")
-    return load_images(demo_paths(names), model, size=size, device=device)
+    return load_images(demo_paths(names), model, size=size, device=device, fit=fit)
 
 
 def denormalize(x: Tensor, model: nn.Module | None = None) -> Tensor:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cnnlens import _files
-from cnnlens.errors import InputError, OptionError, OutputError, OutputExistsError
+from cnnlens import _files, _post
+from cnnlens.errors import InputError, OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -36,6 +35,14 @@ DPI = 100
 HEADER = 0.45
 #: Formats matplotlib can write, by file suffix.
 FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+#: Colormap of every view but ``sign="all"``, as before signs existed.
+CMAP = "jet"
+#: Diverging colormap of ``sign="all"``: white at zero, red positive, blue negative.
+DIVERGING_CMAP = "bwr"
+#: How much of the picture's brightness is left where a ``fit="crop"`` input did not reach.
+DIM = 0.35
+#: Longest side, in pixels, of a picture drawn inside a figure (the saved overlays keep full size).
+FIGURE_PICTURE_SIDE = 640
 
 
 # ------------------------------------------------------------------------------------------------
@@ -43,64 +50,22 @@ FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 # ------------------------------------------------------------------------------------------------
 
 
-def prepare_out_dir(path: str | Path, overwrite: bool = False) -> Path:
-    """Create ``path`` as an output folder, refusing to write into a non-empty one.
+def prepare_out_dir(path: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = (),
+                    option: str = "") -> Path:
+    """Create ``path`` as an output folder under :func:`cnnlens.outputs.check_out_dir`'s policy:
+    never a non-empty folder without ``overwrite``, never a folder that holds one of ``inputs``."""
+    from cnnlens import outputs
 
-    Args:
-        path: The folder; missing parents are created.
-        overwrite: Allow writing into a folder that already holds files (same-named files are
-            replaced, others are left alone).
-
-    Raises:
-        OutputExistsError: ``path`` is a file, or a non-empty folder and ``overwrite`` is False.
-    """
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise OutputExistsError(f"output folder '{p}' exists and is a file; choose a folder path")
-    if p.is_dir() and any(p.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"output folder '{p}' exists and is not empty; choose another folder, or pass overwrite=True "
-            "(CLI: --overwrite) to write into it"
-        )
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output folder '{p}': {_files.why(exc)}") from None
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder '{p}' is not writable; choose a folder you can write to")
-    return p
+    return outputs.check_out_dir(path, overwrite=overwrite, inputs=inputs, option=option)
 
 
-def prepare_out_file(path: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
-    """Check that a picture may be written to ``path``, and create its parent folder.
+def prepare_out_file(path: str | Path, overwrite: bool = False, inputs: Sequence[str | Path] = (),
+                     option: str = "") -> Path:
+    """Check that a picture may be written to ``path`` (:func:`cnnlens.outputs.check_out_file`):
+    a figure suffix, no existing file without ``overwrite``, never one of ``inputs``."""
+    from cnnlens import outputs
 
-    Args:
-        path: The output file; its suffix picks the format (.png, .pdf, .svg, .jpg).
-        overwrite: Allow replacing an existing file. An input image is never replaced.
-        inputs: The files the command reads; writing to any of them is refused.
-
-    Raises:
-        OutputExistsError: The file exists (without ``overwrite``), is a folder, or is an input.
-        OptionError: The suffix is not a format matplotlib writes.
-    """
-    p = Path(path)
-    if p.suffix.lower() not in FORMATS:
-        raise OptionError(f"output '{p}' has suffix '{p.suffix}'; use one of {', '.join(FORMATS)}")
-    if p.is_dir():
-        raise OutputExistsError(f"output '{p}' is a folder; give a file name such as '{p / 'grid.png'}'")
-    target = p.resolve()
-    for src in inputs:
-        if Path(src).resolve() == target:
-            raise OutputExistsError(f"output '{p}' is one of the input images; cnnlens never overwrites its inputs")
-    if p.exists() and not overwrite:
-        raise OutputExistsError(f"output file '{p}' already exists; choose another name or pass --overwrite")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create folder '{p.parent}': {_files.why(exc)}") from None
-    if not os.access(p.parent, os.W_OK | os.X_OK):
-        raise OutputError(f"folder '{p.parent}' is not writable; choose a folder you can write to")
-    return p
+    return outputs.check_out_file(path, overwrite=overwrite, inputs=inputs, formats=FORMATS, option=option)
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = DPI, palette: bool = False) -> Path:
@@ -255,16 +220,148 @@ def display_map(m: Any, kind: str = "cam") -> np.ndarray:
     return a
 
 
-def draw(explanation: Explanation, i: int, image: Any = None, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
-    """Image ``i`` of an explanation as drawn in every cnnlens picture: over ``image`` (default: the
-    explanation's own display image) or as a bare heatmap; pixel methods blend per pixel."""
-    kind = explanation.kind
-    m = display_map(explanation.maps[i], kind)
-    if image is None and explanation.images is not None:
-        image = explanation.images[i]
+def default_cmap(sign: str | None) -> str:
+    """The colormap a view gets when none is asked for: diverging for ``sign="all"``."""
+    return DIVERGING_CMAP if sign is not None and _post.check_sign(sign) == "all" else CMAP
+
+
+def check_style(cmap: str | None = None, alpha: float = 0.5) -> None:
+    """Validate ``cmap`` (None: the view's default) and ``alpha`` before anything is drawn or written."""
+    if cmap is not None:
+        _cmap(cmap)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise OptionError(f"alpha must be a number in [0, 1], got {alpha!r}")
+
+
+def auto_sign(explanation: Explanation, sign: str | None) -> str | None:
+    """The view ``sign=None`` stands for: ``maps`` (None), except for pixel attributions reduced
+    with a sign-keeping ``reduce`` (``"sum"``, ``"max"``), whose min-max scaled ``maps`` would put
+    zero mid-scale and tint the whole picture, and which are drawn as ``"all"``."""
+    if sign is not None:
+        return _post.check_sign(sign)
+    if explanation.kind == "pixel" and explanation.reduce in _post.SIGNED_REDUCTIONS:
+        return "all"
+    return None
+
+
+def view(explanation: Explanation, i: int, sign: str | None = None,
+         outlier_perc: float = _post.DEFAULT_OUTLIER_PERC) -> np.ndarray:
+    """The (H, W) values drawn for image ``i`` at input resolution.
+
+    ``sign=None`` draws ``maps``, the contract every comparison uses (CAMs after their ReLU,
+    pixel attributions by ``reduce``, scaled to their 99th percentile), except that a
+    sign-keeping ``reduce`` is drawn as ``"all"`` (:func:`auto_sign`). A sign draws the signed
+    attribution as Captum's ``visualize_image_attr`` does (:meth:`Explanation.signed`):
+
+    * ``"all"``: in [-1, 1], zero at zero, on a diverging colormap.
+    * ``"positive"`` / ``"negative"``: one side, in [0, 1].
+    * ``"absolute"``: ``|attribution|``, in [0, 1].
+
+    For CAM methods (``signed=False`` in the registry: the toolkits show their CAMs after a ReLU),
+    the signed attribution is the CAM *before* that ReLU, so ``"positive"`` is the usual CAM
+    picture, ``"negative"`` shows where the layer's features speak against the target (the
+    counterfactual view of the Grad-CAM paper), ``"absolute"`` both as one magnitude and
+    ``"all"`` both with their signs.
+    """
+    sign = auto_sign(explanation, sign)
+    if sign is None:
+        return display_map(explanation.maps[i], explanation.kind)
+    return as_map(explanation.signed(sign, outlier_perc)[i])
+
+
+def overlay_signed(image: Any, map: Any, cmap: str = DIVERGING_CMAP, alpha: float = 0.5) -> np.ndarray:
+    """Blend a signed map in [-1, 1] over an image on a colormap centred at zero.
+
+    As Captum's blended heat map, the picture underneath is grey, so that its own reds and blues
+    are not read as attribution. The heatmap's weight grows with ``|value|`` (``2 * alpha *
+    sqrt(|value|)``, at most 1): where the attribution is zero the picture shows, not the
+    colormap's middle, and the small values of sparse pixel attributions stay visible.
+    """
+    check_style(cmap, alpha)
+    img = as_uint8_image(image).astype(np.float64)
+    m = np.clip(as_map(map), -1.0, 1.0)
+    if m.shape != img.shape[:2]:
+        m = _resize_map(m, img.shape[:2])
+    grey = np.repeat(img.mean(axis=2, keepdims=True), 3, axis=2)
+    heat = _cmap(cmap)((m + 1.0) / 2.0)[..., :3] * 255.0
+    a = np.minimum(2.0 * alpha * np.sqrt(np.abs(m)), 1.0)[..., None]
+    out = (1.0 - a) * grey + a * heat
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _shrink(img: np.ndarray, side: int | None) -> np.ndarray:
+    """``img`` with its longer side at most ``side`` pixels (for figures; saved overlays keep full size)."""
+    if side is None or max(img.shape[:2]) <= side:
+        return img
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    k = side / max(h, w)
+    return np.asarray(Image.fromarray(img).resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.LANCZOS))
+
+
+def draw(explanation: Explanation, i: int, image: Any = None, cmap: str | None = None, alpha: float = 0.5, *,
+         sign: str | None = None, outlier_perc: float = _post.DEFAULT_OUTLIER_PERC,
+         max_side: int | None = None) -> np.ndarray:
+    """Image ``i`` of an explanation as drawn in every cnnlens picture.
+
+    Over ``image`` when one is given (resized to it); else over the original picture at its own
+    size and aspect ratio when the explanation was made from an :class:`~cnnlens.images.Images`
+    (the map placed back by the inverse of the preprocessing; for ``fit="crop"`` the parts the
+    model did not see are dimmed); else as a bare heatmap at input resolution. Pixel methods blend
+    per pixel.
+
+    Args:
+        explanation: The explanation.
+        i: Image index.
+        image: A picture to draw on instead of the explanation's own.
+        cmap: Colormap; None is ``"jet"``, or ``"bwr"`` (diverging) for ``sign="all"``.
+        alpha: Heatmap weight.
+        sign: None (``maps``), or ``"absolute"``, ``"positive"``, ``"negative"``, ``"all"``: see
+            :func:`view`.
+        outlier_perc: With a sign, the percent of the total attribution above the colour scale
+            (Captum's ``outlier_perc``).
+        max_side: Shrink the original picture to at most this many pixels first (figures).
+    """
+    sign = auto_sign(explanation, sign)
+    cmap = cmap or default_cmap(sign)
+    m = view(explanation, i, sign, outlier_perc)
+    inside = None
     if image is None:
+        src = explanation.source
+        if src is not None and src.fits is not None:
+            image = _shrink(src.original(i), max_side)
+            m, inside = _placed(src, m, i, image.shape[:2])
+        elif explanation.images is not None:
+            image = explanation.images[i]
+    if image is None:
+        if sign == "all":
+            return (_cmap(cmap)((np.clip(m, -1, 1) + 1.0) / 2.0)[..., :3] * 255 + 0.5).astype(np.uint8)
         return heatmap(m, cmap)
-    return overlay(image, m, cmap, alpha, weighted=kind == "pixel")
+    if sign == "all":
+        out = overlay_signed(image, m, cmap, alpha)
+    else:
+        out = overlay(image, m, cmap, alpha, weighted=explanation.kind == "pixel")
+    if inside is not None and not inside.all():
+        out = np.where(inside[..., None], out, (out.astype(np.float64) * DIM + 0.5).astype(np.uint8))
+    return out
+
+
+def _placed(src: Any, m: np.ndarray, i: int, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The input-resolution map ``m`` on picture ``i`` of ``src``, at ``shape`` (the picture's own
+    size, or a shrunk copy of it: the same geometry, scaled)."""
+    from dataclasses import replace as _replace
+
+    from cnnlens.images import map_to_original
+
+    fit = src.fits[i]
+    h0, w0 = fit.original
+    if shape != (h0, w0):
+        ky, kx = shape[0] / h0, shape[1] / w0
+        top, left, bh, bw = fit.box
+        fit = _replace(fit, original=shape, box=(top * ky, left * kx, bh * ky, bw * kx))
+    values, inside = map_to_original(torch.from_numpy(np.ascontiguousarray(m)).float(), fit)
+    return values.astype(np.float64), inside
 
 
 def _is_images(obj: Any) -> bool:
@@ -272,6 +369,15 @@ def _is_images(obj: Any) -> bool:
     from cnnlens.images import Images
 
     return isinstance(obj, Images)
+
+
+def _sources_of(explanations: Sequence[Explanation], images: Any) -> Any:
+    """The :class:`~cnnlens.images.Images` whose original pictures a figure draws on, if any."""
+    if _is_images(images):
+        return images if images.fits is not None else None
+    if images is not None:
+        return None
+    return next((e.source for e in explanations if e.source is not None and e.source.fits is not None), None)
 
 
 def _images_of(explanations: Sequence[Explanation], images: Any) -> np.ndarray | None:
@@ -305,8 +411,67 @@ def _label(e: Explanation, i: int) -> str:
     return " ".join(parts)
 
 
-def _ellipsize(s: str, n: int = 22) -> str:
-    return s if len(s) <= n else s[: n - 1] + "…"
+
+def wrap(text: str, width_in: float, fontsize: float) -> str:
+    """``text`` broken into lines that fit ``width_in`` inches at ``fontsize`` points (never cut).
+
+    Existing line breaks are kept; long lines break at spaces (and after `` · ``), and a word
+    longer than a line is split, so nothing runs past the figure's edge.
+    """
+    import textwrap
+
+    chars = max(8, int(width_in * 72 / (fontsize * 0.62)))
+    lines = []
+    for line in str(text).split("\n"):
+        lines.extend(textwrap.wrap(line, chars, break_long_words=True, break_on_hyphens=False) or [""])
+    return "\n".join(lines)
+
+
+def _fit_note(src: Any, i: int) -> str:
+    """What the model saw of picture ``i``, briefly: ``451x300 → 224x224, whole``."""
+    if src is None or src.fits is None:
+        return ""
+    f = src.fits[i]
+    return f"{f.original[1]}x{f.original[0]} → {f.input[1]}x{f.input[0]}, {f.mode}"
+
+
+def _preprocessing_caption(src: Any) -> str:
+    """One sentence on the preprocessing a figure's pictures went through."""
+    if src is None or src.fits is None:
+        return ""
+    modes = {f.mode for f in src.fits}
+    h, w = src.fits[0].input
+    if modes == {"whole"}:
+        what = f"model input: each whole picture resized to {w}x{h} (aspect ratio not kept, nothing cropped)"
+    elif modes == {"crop"}:
+        what = f"model input: the centre of each picture, cropped and resized to {w}x{h}; dimmed parts were not seen"
+    else:
+        what = f"model input: {w}x{h}"
+    return what + "; overlays drawn on the original pictures"
+
+
+def _sign_label(sign: str, outlier_perc: float) -> str:
+    what = {"all": "signed attribution", "positive": "positive attribution",
+            "negative": "negative attribution (magnitude)", "absolute": "|attribution|"}[sign]
+    return f"{what}, scaled (outlier_perc={outlier_perc:g})"
+
+
+def add_colorbar(fig: Figure, axes: Any, sign: str, cmap: str, outlier_perc: float, fontsize: float = 7) -> Any:
+    """A horizontal colour bar under ``axes`` for a signed view: -1..1 for ``"all"``, else 0..1.
+
+    1 is Captum's outlier threshold: the value below which ``100 - outlier_perc`` percent of the
+    image's total absolute attribution lies; larger values are drawn as 1.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    sign = _post.check_sign(sign)
+    lo = -1.0 if sign == "all" else 0.0
+    mappable = ScalarMappable(norm=Normalize(vmin=lo, vmax=1.0), cmap=_cmap(cmap))
+    bar = fig.colorbar(mappable, ax=axes, location="bottom", shrink=0.8, aspect=40, pad=0.02)
+    bar.set_label(_sign_label(sign, outlier_perc), fontsize=fontsize)
+    bar.ax.tick_params(labelsize=fontsize)
+    return bar
 
 
 def comparison_grid(
@@ -315,106 +480,198 @@ def comparison_grid(
     out: str | Path | None = None,
     *,
     names: Sequence[str] | None = None,
-    cmap: str = "jet",
+    cmap: str | None = None,
     alpha: float = 0.5,
     cell: float = CELL,
     dpi: int = DPI,
     title: str | None = None,
+    sign: str | None = None,
+    outlier_perc: float = _post.DEFAULT_OUTLIER_PERC,
 ) -> Figure:
     """Draw explanations side by side: rows are images, columns are (method, backend) pairs.
 
-    The first column shows the input. Column headers carry the method, the backend and the wall
-    time of the call; every cell carries the explained class label and its score.
+    The first column shows the input: the original picture at its own aspect ratio, titled with its
+    name and what the model saw of it (``451x300 → 224x224, whole``); a caption states the
+    preprocessing. Column headers carry the method, the backend and the wall time of the call;
+    every cell carries the explained class label and its score. Long titles wrap, never cut.
 
     Args:
         explanations: Explanations of the same N images (e.g. one per method or backend).
-        images: (N, H, W, 3) uint8 display images, or the :class:`~cnnlens.images.Images` that was
-            explained (its names then label the rows); defaults to the explanations' own ``images``.
-            Without images the heatmaps are drawn alone.
+        images: The :class:`~cnnlens.images.Images` that was explained (its names then label the
+            rows; overlays on its original pictures), or (N, H, W, 3) uint8 pictures to draw on;
+            defaults to the explanations' own. Without images the heatmaps are drawn alone.
         out: Also write the figure here (format by suffix; the file is replaced if it exists).
         names: Row labels (image names).
-        cmap: Heatmap colormap.
+        cmap: Heatmap colormap (None: ``"jet"``, or ``"bwr"`` for ``sign="all"``).
         alpha: Heatmap weight in the overlay.
         cell: Side of one cell in inches.
         dpi: Resolution used when saving ``out``.
         title: Figure title.
+        sign: None draws ``maps``; ``"absolute"``, ``"positive"``, ``"negative"`` or ``"all"`` draw
+            the signed attribution (:func:`view`) with a colour bar.
+        outlier_perc: With a sign, Captum's ``outlier_perc``.
 
     Returns:
         The figure, ``(1 + len(explanations)) * cell`` inches wide when images are shown.
     """
-    from matplotlib.figure import Figure
+    from cnnlens._figure import Picture
 
+    if sign is not None:
+        sign = _post.check_sign(sign)
+    outlier_perc = _post.check_outlier_perc(outlier_perc)
+    check_style(cmap, alpha)
     exps = list(explanations)
     if not exps:
         raise InputError("comparison_grid needs at least one Explanation")
+    # One colour bar per signed view drawn (an explicit sign, or pixel maps reduced with their sign).
+    bars = list(dict.fromkeys(v for v in (auto_sign(e, sign) for e in exps) if v is not None))
     n = len(exps[0])
     if any(len(e) != n for e in exps):
         sizes = ", ".join(f"{e.method}/{e.backend}: {len(e)}" for e in exps)
         raise InputError(f"explanations cover different numbers of images ({sizes}); explain the same batch")
+    src = _sources_of(exps, images)
+    if src is not None and len(src) != n:
+        raise InputError(f"got {len(src)} images for explanations of {n}; pass the batch that was explained")
     if names is None and _is_images(images):
         names = list(images.names)
-    imgs = _images_of(exps, images)
+    if names is None and src is not None:
+        names = list(src.names)
+    imgs = None if src is not None else _images_of(exps, images)
     if imgs is not None and len(imgs) != n:
         raise InputError(f"got {len(imgs)} images for explanations of {n}; pass the batch that was explained")
     if names is not None and len(names) != n:
         raise InputError(f"got {len(names)} names for {n} images")
-    first = 1 if imgs is not None else 0
+    shown = src is not None or imgs is not None
+    first = 1 if shown else 0
     cols = first + len(exps)
-    fig = Figure(figsize=(cols * cell, n * cell + HEADER + (0.35 if title else 0.0)), layout="constrained")
+    caption = _preprocessing_caption(src)
+    # The caption takes room from the cells, so that the figure keeps its documented size.
+    extra = (0.35 if title else 0.0) + 0.55 * len(bars)
+    fig = Picture(figsize=(cols * cell, n * cell + HEADER + extra), layout="constrained")
     axes = fig.subplots(n, cols, squeeze=False)
     fs = 8 if cell >= 1.8 else 7
     for i in range(n):
-        if imgs is not None:
+        picture = None
+        if src is not None:
+            picture = _shrink(src.original(i), FIGURE_PICTURE_SIDE)
+        elif imgs is not None:
+            picture = imgs[i]
+        if picture is not None:
             ax = axes[i, 0]
-            ax.imshow(imgs[i])
+            ax.imshow(picture)
             row = names[i] if names is not None else f"image {i}"
-            ax.set_title(("input\n" if i == 0 else "") + _ellipsize(str(row)), fontsize=fs)
+            note = _fit_note(src, i)
+            ax.set_title(wrap(("input\n" if i == 0 else "") + str(row) + (f"\n{note}" if note else ""), cell, fs),
+                         fontsize=fs)
         for j, e in enumerate(exps):
             ax = axes[i, first + j]
-            ax.imshow(draw(e, i, imgs[i] if imgs is not None else None, cmap, alpha))
+            if src is not None:
+                drawn = _draw_on(e, src, i, picture, cmap, alpha, sign, outlier_perc)
+            else:
+                drawn = draw(e, i, picture, cmap, alpha, sign=sign, outlier_perc=outlier_perc)
+            ax.imshow(drawn)
             head = f"{e.method}\n{e.backend} · {e.seconds:.2f} s\n" if i == 0 else ""
-            ax.set_title(head + _ellipsize(_label(e, i)), fontsize=fs)
+            ax.set_title(wrap(head + _label(e, i), cell, fs), fontsize=fs)
     for ax in axes.flat:
         ax.set_axis_off()
+    for view_sign in bars:
+        add_colorbar(fig, axes.ravel().tolist(), view_sign, cmap or default_cmap(view_sign), outlier_perc, fs)
     if title:
-        fig.suptitle(title, fontsize=fs + 3)
+        fig.suptitle(wrap(title, cols * cell, fs + 3), fontsize=fs + 3)
+    if caption:
+        fig.supxlabel(wrap(caption, cols * cell, fs), fontsize=fs)
     if out is not None:
         save_figure(fig, out, dpi)
     return fig
 
 
-def save_overlay(explanation: Explanation, i: int, path: str | Path, cmap: str = "jet", alpha: float = 0.5) -> Path:
-    """Write image ``i`` of an explanation as a PNG overlay at input resolution (the heatmap alone
-    when the explanation carries no images)."""
+def _draw_on(e: Explanation, src: Any, i: int, picture: np.ndarray, cmap: str | None, alpha: float, sign: str | None,
+             outlier_perc: float) -> np.ndarray:
+    """Explanation ``e``'s image ``i`` over ``picture``, a (possibly shrunk) copy of ``src``'s original."""
+    from dataclasses import replace as _replace
+
+    own = e.source if e.source is not None and e.source.fits is not None else src
+    return draw(_replace(e, source=own), i, None, cmap, alpha, sign=sign, outlier_perc=outlier_perc,
+                max_side=max(picture.shape[:2]))
+
+
+def save_overlay(explanation: Explanation, i: int, path: str | Path, cmap: str | None = None, alpha: float = 0.5,
+                 *, sign: str | None = None, outlier_perc: float = _post.DEFAULT_OUTLIER_PERC) -> Path:
+    """Write image ``i`` of an explanation as a PNG overlay (see :func:`draw`): on the original
+    picture at its own size when the explanation was made from an :class:`~cnnlens.images.Images`,
+    else at input resolution (the heatmap alone when it carries no pictures). Written atomically."""
     from PIL import Image
 
     if not 0 <= i < len(explanation):
         raise InputError(f"image index {i} is out of range for an explanation of {len(explanation)} images")
-    picture = draw(explanation, i, None, cmap, alpha)
-    return _files.write_atomic(Path(path), lambda tmp: Image.fromarray(picture).save(tmp))
+    picture = draw(explanation, i, None, cmap, alpha, sign=sign, outlier_perc=outlier_perc)
+    return _files.write_atomic(Path(path), lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
 
 
-#: ``Explanation._repr_png_`` draws at most this many images.
+#: ``_repr_png_`` pictures draw at most this many images.
 REPR_MAX = 8
 
 
-def explanation_png(explanation: Explanation, cell: float = 2.0, dpi: int = 80) -> bytes:
-    """A one-row PNG of an explanation's overlays, for Jupyter (``Explanation._repr_png_``)."""
-    from matplotlib.figure import Figure
+def explanation_figure(explanation: Explanation, *, sign: str | None = None,
+                       outlier_perc: float = _post.DEFAULT_OUTLIER_PERC, cmap: str | None = None,
+                       alpha: float = 0.5, cell: float = 2.0, max_images: int = REPR_MAX) -> Figure:
+    """One row of an explanation's overlays on the original pictures, titled with the method, the
+    backend, the layer and each image's class; a colour bar for a signed view. What
+    ``Explanation.plot`` and ``_repr_png_`` draw."""
+    from cnnlens._figure import Picture
 
+    sign = auto_sign(explanation, sign)
+    outlier_perc = _post.check_outlier_perc(outlier_perc)
+    check_style(cmap, alpha)
+    cmap = cmap or default_cmap(sign)
     e = explanation
-    n = min(len(e), REPR_MAX)
-    fig = Figure(figsize=(max(n, 1) * cell, cell + 0.5), layout="constrained")
+    n = min(len(e), max_images)
+    width = max(max(n, 1) * cell, 4.0)  # room for the title even over one image
+    more = f" (first {n} of {len(e)})" if len(e) > n else ""
+    layer = f", layer {e.layer}" if e.layer else ""
+    title = wrap(f"{e.method} · {e.backend}{layer} · {e.seconds:.2f} s{more}", width, 9)
+    caption = _preprocessing_caption(e.source)
+    lines = title.count("\n") + 1
+    fig = Picture(figsize=(width, cell + 0.5 + 0.18 * lines + (0.3 if caption else 0) + (0.55 if sign else 0)),
+                 layout="constrained")
     axes = fig.subplots(1, max(n, 1), squeeze=False)
     for i in range(n):
         ax = axes[0, i]
-        ax.imshow(draw(e, i))
-        ax.set_title(_ellipsize(_label(e, i)), fontsize=8)
+        ax.imshow(draw(e, i, None, cmap, alpha, sign=sign, outlier_perc=outlier_perc, max_side=FIGURE_PICTURE_SIDE))
+        name = f"{e.names[i]}: " if e.names else ""
+        ax.set_title(wrap(name + _label(e, i), width / max(n, 1), 8), fontsize=8)
     for ax in axes.flat:
         ax.set_axis_off()
-    more = f" (first {n} of {len(e)})" if len(e) > n else ""
-    layer = f", layer {e.layer}" if e.layer else ""
-    fig.suptitle(f"{e.method} · {e.backend}{layer} · {e.seconds:.2f} s{more}", fontsize=9)
+    if sign is not None:
+        add_colorbar(fig, axes.ravel().tolist(), sign, cmap, outlier_perc)
+    fig.suptitle(title, fontsize=9)
+    if caption:
+        fig.supxlabel(wrap(caption, width, 7), fontsize=7)
+    return fig
+
+
+def explanation_png(explanation: Explanation, cell: float = 2.0, dpi: int = 80, **kwargs: Any) -> bytes:
+    """A one-row PNG of an explanation's overlays, for Jupyter (``Explanation._repr_png_``)."""
+    return figure_png(explanation_figure(explanation, cell=cell, **kwargs), dpi)
+
+
+def images_png(images: Any, cell: float = 2.0, dpi: int = 80) -> bytes:
+    """A one-row PNG of an :class:`~cnnlens.images.Images`' pictures with what the model saw of each."""
+    from cnnlens._figure import Picture
+
+    n = min(len(images), REPR_MAX)
+    width = max(max(n, 1) * cell, 4.0)
+    fig = Picture(figsize=(width, cell + 0.8), layout="constrained")
+    axes = fig.subplots(1, max(n, 1), squeeze=False)
+    for i in range(n):
+        ax = axes[0, i]
+        ax.imshow(_shrink(images.original(i), FIGURE_PICTURE_SIDE))
+        note = _fit_note(images, i)
+        ax.set_title(wrap(images.names[i] + (f"\n{note}" if note else ""), width / max(n, 1), 8), fontsize=8)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    more = f" (first {n} of {len(images)})" if len(images) > n else ""
+    fig.suptitle(wrap(f"{len(images)} image(s), model input {tuple(images.tensor.shape[1:])}{more}", width, 9), fontsize=9)
     return figure_png(fig, dpi)
 
 
@@ -447,7 +704,7 @@ def image_grid(
         dpi: Resolution used when saving ``out``.
         title: Figure title.
     """
-    from matplotlib.figure import Figure
+    from cnnlens._figure import Picture
 
     items = [_numpy(i) for i in images]
     if not items:
@@ -460,7 +717,7 @@ def image_grid(
         raise OptionError(f"ncols must be >= 1, got {ncols}")
     cols = min(cols, n)
     rows = math.ceil(n / cols)
-    fig = Figure(figsize=(cols * cell, rows * cell + (0.4 if title else 0.0)), layout="constrained")
+    fig = Picture(figsize=(cols * cell, rows * cell + (0.4 if title else 0.0)), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     colour = _cmap(cmap)
     for k, ax in enumerate(axes.flat):
@@ -473,9 +730,9 @@ def image_grid(
         else:
             ax.imshow(as_uint8_image(a), interpolation="nearest")
         if titles is not None:
-            ax.set_title(str(titles[k]), fontsize=7)
+            ax.set_title(wrap(str(titles[k]), cell, 7), fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(wrap(title, cols * cell, 10), fontsize=10)
     if out is not None:
         save_figure(fig, out, dpi)
     return fig
@@ -502,7 +759,7 @@ def kernel_grid(kernels: Kernels, out: str | Path | None = None, ncols: int | No
     Single-channel tiles use ``cmap`` (viridis has no white, so the white gaps between tiles stay
     visible); RGB tiles are drawn as colour.
     """
-    from matplotlib.figure import Figure
+    from cnnlens._figure import Picture
 
     tiles = kernels.tiles.numpy()
     n = tiles.shape[0]
@@ -514,14 +771,14 @@ def kernel_grid(kernels: Kernels, out: str | Path | None = None, ncols: int | No
         tiles = _cmap(cmap)(np.clip(tiles, 0.0, 1.0))[..., :3]
     grid = mosaic(tiles, cols, pad=1, fill=1.0)
     aspect = grid.shape[0] / grid.shape[1]
-    fig = Figure(figsize=(width, width * aspect + 0.6), layout="constrained")
+    fig = Picture(figsize=(width, width * aspect + 0.6), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(grid, interpolation="nearest")
     ax.set_axis_off()
     kh, kw = tiles.shape[1:3]
     what = {"rgb": "RGB", "mean": "mean over input channels", "channel": f"input channel {kernels.channel}"}[kernels.mode]
-    fig.suptitle(f"{kernels.layer}: {n} filters {kh}x{kw}, {what}, normalized per {kernels.normalize} "
-                 f"({rows} rows of {cols})", fontsize=10)
+    fig.suptitle(wrap(f"{kernels.layer}: {n} filters {kh}x{kw}, {what}, normalized per {kernels.normalize} "
+                      f"({rows} rows of {cols})", width, 10), fontsize=10)
     if out is not None:
         save_figure(fig, out, dpi)
     return fig
@@ -540,6 +797,7 @@ def feature_grid(
     cmap: str = "viridis",
     cell: float = 1.25,
     dpi: int = DPI,
+    max_images: int | None = None,
 ) -> Figure:
     """Draw the top-``top`` channels (by mean activation) of each layer, for each image.
 
@@ -560,8 +818,9 @@ def feature_grid(
         cmap: Colormap for the channels.
         cell: Side of one cell in inches.
         dpi: Resolution used when saving ``out``.
+        max_images: Draw only the first this many images (None: all).
     """
-    from matplotlib.figure import Figure
+    from cnnlens._figure import Picture
 
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise OptionError(f"top must be a positive integer, got {top!r}")
@@ -578,12 +837,13 @@ def feature_grid(
         imgs = np.stack([as_uint8_image(i) for i in _numpy(images)])
         if len(imgs) != n:
             raise InputError(f"got {len(imgs)} images for feature maps of {n}")
-    blocks = [(i, name) for i in range(n) for name in chosen]
+    shown = n if max_images is None else min(n, max_images)
+    blocks = [(i, name) for i in range(shown) for name in chosen]
     per_row = min(ncols, max(r[0].shape[1] for r in ranked.values()))
     block_rows = {name: math.ceil(ranked[name][0].shape[1] / per_row) for name in chosen}
     rows = sum(block_rows[name] for _, name in blocks)
     cols = per_row + 1
-    fig = Figure(figsize=(cols * cell, rows * cell + 0.3), layout="constrained")
+    fig = Picture(figsize=(cols * cell, rows * cell + 0.3), layout="constrained")
     gs = fig.add_gridspec(rows, cols)
     colour = _cmap(cmap)
     r0 = 0
@@ -596,8 +856,8 @@ def feature_grid(
         ax.set_xticks([])
         ax.set_yticks([])
         img_name = names[i] if names is not None else f"image {i}"
-        ax.set_title(_ellipsize(str(img_name), 16), fontsize=7)
-        ax.set_ylabel(f"{name}\n{tuple(act.shape)}", fontsize=7)
+        ax.set_title(wrap(str(img_name), cell, 7), fontsize=7)
+        ax.set_ylabel(wrap(f"{name}\n{tuple(act.shape)}", cell, 7), fontsize=7)
         for k in range(idx.shape[1]):
             r, c = divmod(k, per_row)
             ch = int(idx[i, k])
@@ -607,7 +867,8 @@ def feature_grid(
             ax.set_axis_off()
             ax.set_title(f"#{ch} {float(means[i, k]):.2f}", fontsize=6)
         r0 += block_rows[name]
-    fig.suptitle(f"top {top} channels by mean activation", fontsize=9)
+    more = f", first {shown} of {n} images" if shown < n else ""
+    fig.suptitle(wrap(f"top {top} channels by mean activation{more}", cols * cell, 9), fontsize=9)
     if out is not None:
         save_figure(fig, out, dpi)
     return fig

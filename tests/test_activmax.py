@@ -59,8 +59,12 @@ def test_activation_rises_and_contract() -> None:
     assert imgs.shape == (3, 3, 32, 32) and imgs.tensor.dtype == torch.float32 and not imgs.tensor.requires_grad
     assert imgs.filters == (0, 5, 9) and imgs.layer == "features.3"
     assert imgs.images.shape == (3, 32, 32, 3) and imgs.images.dtype == torch.uint8
+    # tensor is the picture ready to show (in [0, 1], the uint8 copy's values); inputs are what the model was fed
+    assert float(imgs.tensor.min()) >= 0.0 and float(imgs.tensor.max()) <= 1.0
+    assert torch.equal((imgs.tensor * 255).round().to(torch.uint8).permute(0, 2, 3, 1), imgs.images)
+    assert imgs.inputs.shape == (3, 3, 32, 32) and float(imgs.inputs.abs().max()) > 1.0
     layer = model.features[3]
-    gained = filter_mean(model, layer, imgs.tensor, imgs.filters)
+    gained = filter_mean(model, layer, imgs.inputs, imgs.filters)
     started = filter_mean(model, layer, imgs.start, imgs.filters)
     assert bool((gained > started).all()), (gained, started)
     torch.testing.assert_close(imgs.activation, gained)
@@ -80,8 +84,8 @@ def test_seeded_and_global_rng_untouched() -> None:
     b = cnnlens.filters(model, "features.0", [1, 2], steps=5, size=24, seed=3)
     c = cnnlens.filters(model, "features.0", [1, 2], steps=5, size=24, seed=4)
     one = cnnlens.filters(model, "features.0", [2], steps=5, size=24, seed=3)
-    assert torch.equal(a.tensor, b.tensor) and not torch.equal(a.tensor, c.tensor)
-    assert torch.equal(one.tensor[0], a.tensor[1])  # each filter's image depends on (seed, filter) only
+    assert torch.equal(a.inputs, b.inputs) and not torch.equal(a.inputs, c.inputs)
+    assert torch.equal(one.inputs[0], a.inputs[1])  # each filter's image depends on (seed, filter) only
     assert torch.equal(torch.random.get_rng_state(), torch_state)
     assert np.random.get_state()[1].tolist() == np_state[1].tolist()
 
@@ -130,7 +134,7 @@ def test_fix8_conv_subclass_by_name() -> None:
     before = snapshot(model)
     imgs = cnnlens.filters(model, "2", [0, 5], steps=20, size=24)
     assert_same_state(before, model)
-    gained = filter_mean(model, model[2], imgs.tensor, [0, 5])
+    gained = filter_mean(model, model[2], imgs.inputs, [0, 5])
     started = filter_mean(model, model[2], imgs.start, [0, 5])
     assert bool((gained > started).all())
 
@@ -158,7 +162,7 @@ def test_fix8_leaves_model_as_found() -> None:
     imgs = cnnlens.filters(model, "features.3", [1], steps=3, size=16)
     assert_same_state(before, model)
     assert hook_count(model) == 0
-    assert imgs.tensor.dtype == torch.float64 and next(model.parameters()).dtype == torch.float64
+    assert imgs.inputs.dtype == torch.float64 and next(model.parameters()).dtype == torch.float64
 
 
 def test_upstream8_hooks_left_behind() -> None:
@@ -173,10 +177,10 @@ def test_upstream8_hooks_left_behind() -> None:
 def test_fix8_model_stays_on_its_device() -> None:
     model = tiny_cnn()
     imgs = cnnlens.filters(model, "features.3", [0], steps=2, size=16)
-    assert next(model.parameters()).device.type == "cpu" and imgs.tensor.device.type == "cpu"
+    assert next(model.parameters()).device.type == "cpu" and imgs.inputs.device.type == "cpu"
     gpu = tiny_cnn().cuda()
     imgs = cnnlens.filters(gpu, "features.3", [0], steps=2, size=16)
-    assert imgs.tensor.device.type == "cuda" and next(gpu.parameters()).device.type == "cuda"
+    assert imgs.inputs.device.type == "cuda" and next(gpu.parameters()).device.type == "cuda"
     # FlashTorch's use_gpu=True moves the user's model to the GPU for good.
     upstream = tiny_cnn()
     with warnings.catch_warnings():
@@ -194,7 +198,7 @@ def test_fix8_embedded_model_padded_conv_by_name(embedded: nn.Module) -> None:
     imgs = cnnlens.filters(model, name, [0, 7], steps=10, size=64)
     assert_same_state(before, model)
     layer = dict(model.named_modules())[name]
-    assert bool((filter_mean(model, layer, imgs.tensor, [0, 7]) > filter_mean(model, layer, imgs.start, [0, 7])).all())
+    assert bool((filter_mean(model, layer, imgs.inputs, [0, 7]) > filter_mean(model, layer, imgs.start, [0, 7])).all())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -121,11 +121,14 @@ def test_explanation_repr_png_and_save(expls, tmp_path):
     _png(e._repr_png_())
     out = e.save(tmp_path / "run")
     files = sorted(p.name for p in out.iterdir())
-    assert files == ["000_saliency_captum.png", "001_saliency_captum.png", "002_saliency_captum.png",
-                     "manifest.json", "maps.pt"]
-    assert _png(out / "000_saliency_captum.png").size == (32, 32)  # overlays at input resolution
+    # named after the input images; the maps as plain .npy arrays (no pickle), no maps.pt
+    assert files == ["a.png", "b.png", "c.png", "manifest.json", "maps.npy", "raw.npy", "signed_maps.npy",
+                     "targets.npy"]
+    assert _png(out / "a.png").size == (32, 32)  # these pictures are 32x32 display copies, no originals
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"] == "saliency" and manifest["backend"] == "captum" and "captum" in manifest["versions"]
+    assert [i["source"] for i in manifest["images"]] == ["a.png", "b.png", "c.png"]
+    assert [i["name"] for i in manifest["images"]] == ["a", "b", "c"]
     with pytest.raises(OutputExistsError, match="not empty"):
         e.save(out)
     assert e.save(out, overwrite=True) == out
@@ -189,5 +192,5 @@ def test_save_overwrite_removes_only_its_own_stale_files(tmp_path):
     (tmp_path / "mine.txt").write_text("user file")
     cnnlens.explain(m, tiny_input(n=1), "saliency", "captum").save(tmp_path, overwrite=True)
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert pngs == ["000_saliency_captum.png"]
+    assert pngs == ["000.png"]  # a plain tensor has no names: files are named by index
     assert (tmp_path / "mine.txt").read_text() == "user file"

@@ -1,0 +1,190 @@
+"""Where cnnlens writes: one output-path policy for ``Explanation.save``, the CLI and the report.
+
+The rules, the same everywhere:
+
+* **No clobbering.** An existing output file, or a non-empty output folder, is written over only
+  with ``overwrite=True`` (CLI: ``--overwrite``).
+* **The user's images are never touched.** An output file that is one of the inputs is refused,
+  even with ``overwrite``; so is an output folder that holds any input image (a folder of the user's
+  photos is not a place for results).
+* **Names come from the inputs.** Saved files are named after the images they show
+  (:func:`names_for`), sanitised for every file system (:func:`safe_name`), with ``-2``, ``-3``
+  suffixes where two inputs share a name (:func:`unique_names`), and the image's index where it has
+  no name.
+* **Writes are atomic** (:func:`cnnlens._files.write_atomic`): a temporary name, then a rename.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cnnlens import _files
+from cnnlens.errors import OptionError, OutputError, OutputExistsError
+
+#: Formats matplotlib can write, by file suffix.
+FIGURE_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+#: Longest file stem :func:`safe_name` returns (file systems allow 255 bytes; room for suffixes).
+MAX_STEM = 100
+#: Names Windows reserves whatever the extension.
+_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def _hint(option: str) -> str:
+    return f" ({option})" if option else ""
+
+
+def _resolved(paths: Iterable[str | os.PathLike[str] | None]) -> list[Path]:
+    return [Path(p).resolve() for p in paths if p is not None]
+
+
+def inputs_in(folder: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None]) -> list[Path]:
+    """The input files that lie in ``folder`` or below it (resolved, so links and ``..`` count)."""
+    root = Path(folder).resolve()
+    return [p for p in _resolved(inputs) if p.is_relative_to(root)]
+
+
+def check_out_dir(folder: str | os.PathLike[str], *, overwrite: bool = False,
+                  inputs: Iterable[str | os.PathLike[str] | None] = (), option: str = "",
+                  create: bool = True) -> Path:
+    """Check (and by default create) an output folder under the policy.
+
+    Args:
+        folder: The folder; missing parents are created.
+        overwrite: Allow writing into a folder that already holds files (same-named files are
+            replaced, others are left alone).
+        inputs: The files the command reads; a folder that holds any of them is refused.
+        option: The command-line option that chose the folder, named in errors (``--save``).
+        create: Create the folder (False: only check).
+
+    Returns:
+        ``folder`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OutputExistsError: ``folder`` is a file, holds input images, or is non-empty without
+            ``overwrite``.
+        OutputError: It cannot be created or written.
+    """
+    p = Path(folder)
+    if p.exists() and not p.is_dir():
+        raise OutputExistsError(f"output folder '{p}' exists and is a file; choose a folder path{_hint(option)}")
+    held = inputs_in(p, inputs)
+    if held:
+        raise OutputExistsError(
+            f"output folder '{p}' holds input images ({held[0].name}{', ...' if len(held) > 1 else ''}); cnnlens never "
+            f"writes into a folder of your images: choose a folder of its own{_hint(option)}"
+        )
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"output folder '{p}' exists and is not empty; choose another folder, or pass overwrite=True "
+            "(CLI: --overwrite) to write into it"
+        )
+    if create:
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder '{p}': {_files.why(exc, option)}") from None
+    if p.exists() and not os.access(p, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder '{p}' is not writable; choose a folder you can write to{_hint(option)}")
+    return p
+
+
+def check_out_file(path: str | os.PathLike[str], *, overwrite: bool = False,
+                   inputs: Iterable[str | os.PathLike[str] | None] = (),
+                   formats: Sequence[str] | None = FIGURE_FORMATS, option: str = "") -> Path:
+    """Check that a file may be written to ``path`` under the policy, and create its parent folder.
+
+    Args:
+        path: The output file.
+        overwrite: Allow replacing an existing file. An input is never replaced.
+        inputs: The files the command reads; writing to any of them is refused.
+        formats: Allowed suffixes (lower case, with the dot); None allows any.
+        option: The command-line option that chose the file, named in errors (``--out``).
+
+    Raises:
+        OutputExistsError: The file exists (without ``overwrite``), is a folder, or is an input.
+        OptionError: The suffix is not one of ``formats``.
+        OutputError: The parent folder cannot be created or written.
+    """
+    p = Path(path)
+    if formats is not None and p.suffix.lower() not in formats:
+        raise OptionError(f"output '{p}' has suffix '{p.suffix}'; use one of {', '.join(formats)}{_hint(option)}")
+    if p.is_dir():
+        example = p / ("grid" + (formats[0] if formats else ".out"))
+        raise OutputExistsError(f"output '{p}' is a folder; give a file name such as '{example}'{_hint(option)}")
+    if p.resolve() in _resolved(inputs):
+        raise OutputExistsError(f"output '{p}' is one of the input images; cnnlens never overwrites its inputs")
+    if p.exists() and not overwrite:
+        raise OutputExistsError(f"output file '{p}' already exists; choose another name or pass --overwrite")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create folder '{p.parent}': {_files.why(exc, option)}") from None
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"folder '{p.parent}' is not writable; choose a folder you can write to{_hint(option)}")
+    return p
+
+
+def safe_name(text: str, fallback: str = "image", max_len: int = MAX_STEM) -> str:
+    """A file stem that is safe on every common file system.
+
+    Accents are folded to ASCII, anything but letters, digits and ``._+-`` becomes ``_``, leading
+    dots (hidden files) and trailing dots or spaces (refused on Windows) are removed, Windows'
+    reserved names (``con``, ``nul``, ``com1``, ...) get a trailing ``_``, and the result is cut to
+    ``max_len`` characters. An empty result is ``fallback``.
+    """
+    ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
+    s = _UNSAFE.sub("_", ascii_text).strip("_ ").lstrip(".").rstrip(". ")
+    s = s[:max_len].rstrip(". ")
+    if not s:
+        s = fallback
+    if s.split(".")[0].lower() in _RESERVED:
+        s = s + "_"
+    return s
+
+
+def unique_names(stems: Sequence[str], taken: Iterable[str] = ()) -> list[str]:
+    """``stems`` with ``-2``, ``-3``, ... appended where a name repeats (compared without case, as
+    macOS and Windows do) or is in ``taken``; the first use keeps its name."""
+    seen = {t.lower() for t in taken}
+    out = []
+    for stem in stems:
+        name, k = stem, 1
+        while name.lower() in seen:
+            k += 1
+            name = f"{stem}-{k}"
+        seen.add(name.lower())
+        out.append(name)
+    return out
+
+
+def names_for(n: int, names: Sequence[str | None] | None = None, taken: Iterable[str] = ()) -> list[str]:
+    """One safe, distinct file stem per image: its name (e.g. ``Images.names``, the file stems),
+    else its index as ``000``, ``001``, ...
+
+    Args:
+        n: Number of images.
+        names: The images' names, or None; a None or empty entry falls back to the index.
+        taken: Stems already used in the folder (``maps``, ``manifest``), which the names avoid.
+    """
+    if names is not None and len(names) != n:
+        raise OptionError(f"got {len(names)} names for {n} images")
+    width = max(3, len(str(max(n - 1, 0))))
+    stems = [safe_name(names[i], fallback=f"{i:0{width}d}") if names is not None and names[i] else f"{i:0{width}d}"
+             for i in range(n)]
+    return unique_names(stems, taken)
+
+
+__all__ = [
+    "FIGURE_FORMATS",
+    "check_out_dir",
+    "check_out_file",
+    "inputs_in",
+    "names_for",
+    "safe_name",
+    "unique_names",
+]
