@@ -100,14 +100,29 @@ def resolve_pairs(methods: Sequence[str], backends: Sequence[str] | None) -> tup
     return pairs, notes
 
 
-def check_cmap(name: str) -> None:
-    """Refuse a colour map matplotlib does not know, with close matches."""
-    from matplotlib import colormaps
+def check_picture_options(*, cmap: str | None = None, alpha: float = 0.5, sign: str | None = None,
+                          outlier_perc: float | None = None, reduce: str | None = None,
+                          fit: str | None = None) -> str | None:
+    """Check how explanations will be computed and drawn, before any work (the library's own checks).
 
-    if name not in colormaps:
-        hint = close_matches(name, list(colormaps))
-        extra = f"; did you mean {hint}?" if hint else ""
-        raise OptionError(f"unknown colour map '{name}'{extra}; e.g. jet, viridis, inferno, RdBu_r (matplotlib's names)")
+    Returns:
+        ``sign`` in cnnlens's spelling (Captum's ``absolute_value`` read as ``absolute``), or None.
+
+    Raises:
+        OptionError: An unknown colour map, sign, reduction or fit, or an alpha or outlier
+            percentile out of range.
+    """
+    from cnnlens import _post, plot
+    from cnnlens.images import check_fit
+
+    plot.check_style(cmap, alpha)
+    if outlier_perc is not None:
+        _post.check_outlier_perc(outlier_perc)
+    if reduce is not None:
+        _post.check_reduce(reduce)
+    if fit is not None:
+        check_fit(fit)
+    return None if sign is None else _post.check_sign(sign)
 
 
 def check_choice(value: str, choices: Sequence[str], what: str) -> str:
@@ -145,13 +160,6 @@ def check_device(device: str) -> str:
     elif dev.type != "cpu":
         raise OptionError(f"device '{device}' is not supported; use cpu, cuda, cuda:N or mps")
     return device
-
-
-def check_save_folder(save: Path, inputs: Sequence[str | Path]) -> None:
-    """Refuse a ``--save`` folder that holds input images (saves must not mix with the user's files)."""
-    root = save.resolve()
-    if any(Path(p).resolve().is_relative_to(root) for p in inputs):
-        raise OptionError(f"--save folder '{save}' holds input images; choose a folder of its own")
 
 
 def read_classes(path: str | Path) -> list[str]:
@@ -522,7 +530,7 @@ def check_bench_dependencies() -> None:
     missing = [pip for mod, pip in BENCH_NEEDS if importlib.util.find_spec(mod) is None]
     if missing:
         raise CnnlensError(f"the benchmark needs {', '.join(missing)}, which is not installed; "
-                           f"pip install {' '.join(repr(m) for m in missing)} (or: pip install 'cnnlens[bench]')")
+                           f"pip install {' '.join(repr(m) for m in missing)}")
 
 
 def find_study(path: str | Path) -> Path:

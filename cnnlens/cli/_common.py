@@ -253,10 +253,29 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], *, 
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=title, title_justify="left")
+    t = Table(title=Text(title), title_justify="left")
     for col in columns:
-        t.add_column(col, justify="right" if col in right else "left", no_wrap=col not in fold,
+        t.add_column(Text(col), justify="right" if col in right else "left", no_wrap=col not in fold,
                      overflow="fold" if col in fold else "ellipsis", ratio=1 if col in fold else None)
     for r in rows:
         t.add_row(*(Text(cell, style=(styles or {}).get(cell, "")) for cell in r))
     stdout().print(t)
+
+
+#: Words that read as a value given to an on/off flag (``--overwrite true``), not as an image name.
+_FLAG_VALUES = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
+
+
+def image_paths(images: Sequence[str]) -> list[str]:
+    """The image files that the IMAGES arguments name (files, folders, globs), expanded.
+
+    A missing ``true``/``false`` is taken for a value given to a flag (``--overwrite true``): flags
+    take no value, and the error says so rather than that an image is missing.
+    """
+    from cnnlens import images as img
+
+    for a in images:
+        if a.lower() in _FLAG_VALUES and not Path(a).exists():
+            raise OptionError(f"'{a}' is not an image: on/off options such as --overwrite take no value "
+                              "(write --overwrite alone)")
+    return img.expand(list(images))

@@ -28,33 +28,45 @@ LayerOpt = Annotated[str | None, typer.Option("--layer", help="Layer for CAM met
 OptionOpt = Annotated[list[str] | None, typer.Option("--option", "-o", help="Method option key=value, e.g. -o n_steps=16 (repeatable).")]
 SaveOpt = Annotated[Path | None, typer.Option("--save", help="Also write each explanation's overlays, maps and manifest.json into this folder.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per backend call.")]
-CmapOpt = Annotated[str, typer.Option("--cmap", help="Heatmap colormap (matplotlib's names).")]
+CmapOpt = Annotated[str | None, typer.Option("--cmap", help="Heatmap colormap, matplotlib's names (default: jet; bwr for --sign all).")]
 AlphaOpt = Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Heatmap weight in the overlay.")]
+SignOpt = Annotated[
+    str | None,
+    typer.Option("--sign", metavar="absolute|positive|negative|all",
+                 help="Draw the signed attribution as Captum's visualize_image_attr does: absolute, positive, negative, "
+                 "or all (a diverging map centred at zero, with a colour bar). Default: the [0, 1] maps "
+                 "(all for pixel maps reduced with sum or max)."),
+]
+OutlierOpt = Annotated[
+    float,
+    typer.Option("--outlier-perc",
+                 help="With --sign: percent of the total attribution left above the colour scale (Captum's outlier_perc)."),
+]
+ReduceOpt = Annotated[
+    str | None,
+    typer.Option("--reduce", metavar="abs_max|abs_sum|sum|max|l2|abs_mean",
+                 help="How pixel attributions become one map per image (default abs_max; sum and max keep the sign)."),
+]
+FitOpt = Annotated[
+    str,
+    typer.Option("--fit", metavar="whole|crop",
+                 help="whole: the model sees the whole picture resized to its input; crop: the centre crop of "
+                 "torchvision's preset. Overlays are drawn on the original picture either way."),
+]
 
 
 def _print_results(model: nn.Module, names: Sequence[str], expls: Sequence[Explanation]) -> None:
-    from rich.table import Table
-
     from cnnlens.jobs import model_name
 
-    console = c.stdout()
     first = expls[0]
-    table = Table(title=f"{c.escape(model_name(model))}: explained classes", title_justify="left")
-    table.add_column("image", no_wrap=True)
-    table.add_column("class", no_wrap=True)
-    table.add_column("p", justify="right", no_wrap=True)
+    rows = []
     for i, name in enumerate(names):
         label = first.labels[i] if first.labels else str(int(first.targets[i]))
         p = f"{float(first.scores[i]):.3f}" if first.scores is not None else "(given)"
-        table.add_row(c.escape(str(name)), c.escape(f"{label} ({int(first.targets[i])})"), p)
-    console.print(table)
-    times = Table(title="time per method and backend", title_justify="left")
-    for col in ("method", "backend", "layer"):
-        times.add_column(col, no_wrap=True)
-    times.add_column("seconds", justify="right", no_wrap=True)
-    for e in expls:
-        times.add_row(e.method, e.backend, c.escape(e.layer or "-"), f"{e.seconds:.2f}")
-    console.print(times)
+        rows.append([str(name), f"{label} ({int(first.targets[i])})", p])
+    c.table(f"{model_name(model)}: explained classes", ["image", "class", "p"], rows, right=["p"])
+    c.table("time per method and backend", ["method", "backend", "layer", "seconds"],
+            [[e.method, e.backend, e.layer or "-", f"{e.seconds:.2f}"] for e in expls], right=["seconds"])
 
 
 def _explain_job(
@@ -74,10 +86,14 @@ def _explain_job(
     save: Path | None,
     size: int | None,
     batch_size: int,
-    cmap: str,
+    cmap: str | None,
     alpha: float,
     dpi: int,
     palette: bool = False,
+    sign: str | None = None,
+    outlier_perc: float = 2.0,
+    reduce: str | None = None,
+    fit: str = "whole",
     title: str | None = None,
     per_pair: dict[tuple[str, str], dict[str, Any]] | None = None,
     demo: bool = False,
@@ -89,32 +105,33 @@ def _explain_job(
     from cnnlens import images as img
     from cnnlens import jobs, plot
 
-    # Every check before any work: the colour map, the output paths, the device, the model, the
+    # Every check before any work: how it is drawn, the output paths, the device, the model, the
     # explainers (methods, options, layers), the images and the targets.
-    jobs.check_cmap(cmap)
+    sign = jobs.check_picture_options(cmap=cmap, alpha=alpha, sign=sign, outlier_perc=outlier_perc, reduce=reduce,
+                                      fit=fit)
     jobs.check_device(device)
-    paths = img.demo_paths() if demo else img.expand(list(images))
-    plot.prepare_out_file(out, overwrite, inputs=paths)
+    paths = img.demo_paths() if demo else c.image_paths(images)
+    plot.prepare_out_file(out, overwrite, inputs=paths, option="--out")
     out_existed = out.exists()
     save_existed = save is not None and save.exists()
     if save is not None:
-        jobs.check_save_folder(save, paths)
-        plot.prepare_out_dir(save, overwrite)
+        plot.prepare_out_dir(save, overwrite, inputs=paths, option="--save")
     for n in notes:
         c.note(n)
     net = c.load_model(model, weights, arch, device, classes=classes, mean=mean, std=std)
-    explainers = jobs.build_explainers(net, pairs, layer=layer, options=options, per_pair=per_pair)
-    x = img.load_images(paths, net, size=size)
+    explainers = jobs.build_explainers(net, pairs, layer=layer, options=options, per_pair=per_pair, reduce=reduce)
+    x = img.load_images(paths, net, size=size, fit=fit)
     with c.progress_bar("explaining") as progress:
         expls = jobs.explain_all(explainers, x, target=c.target(target), batch_size=batch_size, progress=progress)
     if not json_out:
         _print_results(net, x.names, expls)
-    fig = plot.comparison_grid(expls, x, cmap=cmap, alpha=alpha, title=title or jobs.model_name(net))
+    look = {"cmap": cmap, "alpha": alpha, "sign": sign, "outlier_perc": outlier_perc}
+    fig = plot.comparison_grid(expls, x, title=title or jobs.model_name(net), **look)
     c.save_figure(fig, out, dpi, palette)
     folders: list[Path] = []
     if save is not None:
         try:
-            folders = jobs.save_all(expls, save, overwrite)
+            folders = jobs.save_all(expls, save, overwrite, **look)
         except OutputError:
             # Leave nothing this run wrote that would make the rerun ask for --overwrite.
             if not out_existed:
@@ -154,8 +171,12 @@ def explain(
     save: SaveOpt = None,
     size: c.SizeOpt = None,
     batch_size: BatchOpt = 8,
-    cmap: CmapOpt = "jet",
+    cmap: CmapOpt = None,
     alpha: AlphaOpt = 0.5,
+    sign: SignOpt = None,
+    outlier_perc: OutlierOpt = 2.0,
+    reduce: ReduceOpt = None,
+    fit: FitOpt = "whole",
     dpi: c.DpiOpt = 100,
     palette: c.PaletteOpt = False,
     json_out: c.JsonOpt = False,
@@ -167,7 +188,7 @@ def explain(
     _explain_job(images, pairs, notes, model=model, weights=weights, arch=arch, target=target, layer=layer,
                  device=device, out=out, overwrite=overwrite, options=c.options(option or []), save=save, size=size,
                  batch_size=batch_size, cmap=cmap, alpha=alpha, dpi=dpi, palette=palette, json_out=json_out,
-                 classes=classes, mean=mean, std=std)
+                 classes=classes, mean=mean, std=std, sign=sign, outlier_perc=outlier_perc, reduce=reduce, fit=fit)
 
 
 @command()
@@ -189,8 +210,12 @@ def compare(
     save: SaveOpt = None,
     size: c.SizeOpt = None,
     batch_size: BatchOpt = 8,
-    cmap: CmapOpt = "jet",
+    cmap: CmapOpt = None,
     alpha: AlphaOpt = 0.5,
+    sign: SignOpt = None,
+    outlier_perc: OutlierOpt = 2.0,
+    reduce: ReduceOpt = None,
+    fit: FitOpt = "whole",
     dpi: c.DpiOpt = 100,
     palette: c.PaletteOpt = False,
     json_out: c.JsonOpt = False,
@@ -202,7 +227,8 @@ def compare(
     _explain_job(images, pairs, notes, model=model, weights=weights, arch=arch, target=target, layer=layer,
                  device=device, out=out, overwrite=overwrite, options=c.options(option or []), save=save, size=size,
                  batch_size=batch_size, cmap=cmap, alpha=alpha, dpi=dpi, palette=palette,
-                 title=f"{method} on every backend", json_out=json_out, classes=classes, mean=mean, std=std)
+                 title=f"{method} on every backend", json_out=json_out, classes=classes, mean=mean, std=std,
+                 sign=sign, outlier_perc=outlier_perc, reduce=reduce, fit=fit)
 
 
 #: What `cnnlens demo` runs: one method per backend, and one method on two backends to compare.
@@ -235,6 +261,6 @@ def demo(
              for m, b, _ in DEMO_PAIRS if not registry.BACKENDS[b].installed]
     per_pair = {(m, b): opts for m, b, opts in DEMO_PAIRS}
     _explain_job([], pairs, notes, model=None, weights="DEFAULT", arch=None, target=None, layer=None, device=device,
-                 out=out, overwrite=overwrite, options={}, save=save, size=None, batch_size=8, cmap="jet", alpha=0.5,
+                 out=out, overwrite=overwrite, options={}, save=save, size=None, batch_size=8, cmap=None, alpha=0.5,
                  dpi=dpi, palette=palette, per_pair=per_pair, demo=True,
                  title="cnnlens demo: EfficientNet-Lite0 (embedded, ImageNet)")

@@ -35,7 +35,7 @@ def kernels(
 
     jobs.check_choice(mode, ("auto", "rgb", "mean", "channel"), "--mode")
     jobs.check_choice(normalize, ("filter", "layer"), "--normalize")
-    plot.prepare_out_file(out, overwrite)
+    plot.prepare_out_file(out, overwrite, option="--out")
     net = c.load_model(model, weights, arch, "cpu")
     k = get_kernels(net, layer, mode=mode, channel=channel, normalize=normalize)  # type: ignore[arg-type]
     fig = k.plot(ncols=ncols)
@@ -55,6 +55,7 @@ def features(
     std: c.StdOpt = None,
     device: c.DeviceOpt = "cpu",
     size: c.SizeOpt = None,
+    fit: Annotated[str, typer.Option("--fit", metavar="whole|crop", help="whole: the whole picture resized to the model's input; crop: the centre crop.")] = "whole",
     ncols: Annotated[int, typer.Option("--ncols", min=1, help="Channels per row.")] = 8,
     out: Annotated[Path, typer.Option("--out", help="Output picture.")] = Path("features.png"),
     overwrite: c.OverwriteOpt = False,
@@ -65,10 +66,11 @@ def features(
     from cnnlens import images as img
     from cnnlens import jobs, plot
 
-    paths = img.expand(list(images))
-    plot.prepare_out_file(out, overwrite, inputs=paths)
+    jobs.check_picture_options(fit=fit)
+    paths = c.image_paths(images)
+    plot.prepare_out_file(out, overwrite, inputs=paths, option="--out")
     net = c.load_model(model, weights, arch, device, mean=mean, std=std)
-    x = img.load_images(paths, net, size=size)
+    x = img.load_images(paths, net, size=size, fit=fit)
     names = c.csv(layers) or jobs.default_feature_layers(net, x.tensor)
     with c.progress_bar("forward") as progress:
         fm = jobs.capture_features(net, x, names, progress=progress)
@@ -99,7 +101,7 @@ def filters(
     """Visualize what filters respond to, by gradient ascent on the input (FlashTorch)."""
     from cnnlens import jobs, plot
 
-    plot.prepare_out_file(out, overwrite)
+    plot.prepare_out_file(out, overwrite, option="--out")
     chosen = c.ints(filter_ids, "--filters")
     net = c.load_model(model, weights, arch, device)
     with c.progress_bar("filters") as progress:
