@@ -180,6 +180,15 @@ def read_classes(path: str | Path) -> list[str]:
     return names
 
 
+def check_normalisation(mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+    """Refuse a mean or std that is not three numbers (one per RGB channel), or a std that is not positive."""
+    for what, values in (("--mean", mean), ("--std", std)):
+        if values is not None and len(values) != 3:
+            raise OptionError(f"{what} needs three comma-separated numbers (one per RGB channel); got {len(values)}")
+    if std is not None and any(not s > 0 for s in std):
+        raise OptionError(f"--std values must be positive; got {','.join(map(str, std))}")
+
+
 def label_model(
     model: nn.Module,
     *,
@@ -203,11 +212,7 @@ def label_model(
     from cnnlens import models
 
     meta = models.meta_of(model)
-    for what, values in (("--mean", mean), ("--std", std)):
-        if values is not None and len(values) != 3:
-            raise OptionError(f"{what} needs three comma-separated numbers (one per RGB channel); got {len(values)}")
-    if std is not None and any(s <= 0 for s in std):
-        raise OptionError(f"--std values must be positive; got {','.join(map(str, std))}")
+    check_normalisation(mean, std)
     changes: dict[str, Any] = {}
     if classes is not None:
         n = num_outputs(model, meta.crop)
@@ -557,6 +562,11 @@ def find_study(path: str | Path) -> Path:
     return p
 
 
+def existing_report(folder: str | Path) -> list[str]:
+    """The report files and folders (:data:`REPORT_OUTPUTS`) that already exist in ``folder``."""
+    return [name for name in REPORT_OUTPUTS if (Path(folder) / name).exists()]
+
+
 def check_report_out(folder: str | Path, overwrite: bool) -> Path:
     """Check that a report may be written into ``folder``, before any work.
 
@@ -577,7 +587,7 @@ def check_report_out(folder: str | Path, overwrite: bool) -> Path:
     if pictures:
         raise OutputExistsError(f"report folder '{out}' holds pictures ({', '.join(pictures[:3])}"
                                 f"{', ...' if len(pictures) > 3 else ''}); choose a folder of its own with --out")
-    existing = [name for name in REPORT_OUTPUTS if (out / name).exists()]
+    existing = existing_report(out)
     if existing and not overwrite:
         raise OutputExistsError(f"'{out}' already holds a report ({', '.join(existing)}); pass --overwrite to "
                                 "replace it, or choose another folder with --out")

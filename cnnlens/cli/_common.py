@@ -208,9 +208,7 @@ def load_model(model: str | None, weights_: str, arch: str | None, device: str, 
     jobs.check_device(device)
     names = jobs.read_classes(classes) if classes is not None else None
     mean_v, std_v = floats(mean, "--mean"), floats(std, "--std")
-    for what, values in (("--mean", mean_v), ("--std", std_v)):
-        if values is not None and len(values) != 3:
-            raise OptionError(f"{what} needs three comma-separated numbers (one per RGB channel); got {len(values)}")
+    jobs.check_normalisation(mean_v, std_v)
     net = _load(model, weights=weights(weights_), arch=arch, device=device)
     return jobs.label_model(net, classes=names, mean=mean_v, std=std_v)
 

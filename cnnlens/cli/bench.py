@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,8 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from cnnlens.cli import _common as c
-from cnnlens.cli._app import command
-from cnnlens.errors import CnnlensError
+from cnnlens.cli._app import EXIT_INTERRUPTED, command, error
+from cnnlens.errors import CnnlensError, OutputExistsError
 
 
 def _bench_module() -> Any:
@@ -41,17 +42,25 @@ def bench(
 
     engine = _bench_module()
     jobs.check_device(device)
+    if report and not overwrite:
+        # Before any work. A resumed study keeps its report until `cnnlens report --overwrite`
+        # rewrites it; --overwrite here starts the study afresh, report included.
+        existing = jobs.existing_report(out)
+        if existing:
+            raise OutputExistsError(f"'{out}' already holds a report ({', '.join(existing)}); rewrite it with "
+                                    f"`cnnlens report {out} --overwrite`, or run without --report")
     if report:
-        jobs.check_report_out(out, overwrite=True)  # a study folder's own report is rewritten with the study
+        jobs.check_report_out(out, overwrite=True)
     # The bar only on a terminal: in a log or a pipe tqdm's \r frames are noise, and an error must
     # stay the one line on stderr.
     try:
         db = Path(engine.run(suite, device=device, out=out, overwrite=overwrite,
                              progress=sys.stderr.isatty() and not no_progress))
     except KeyboardInterrupt:
-        c.stderr().print(f"interrupted: every finished cell is saved; rerun the same command to resume "
-                         f"(cnnlens bench --suite {c.escape(suite)} --out {c.escape(str(out))})", highlight=False)
-        raise
+        again = ["cnnlens", "bench", "--suite", suite, "--out", str(out), *(["--device", device] if device != "cpu" else []),
+                 *(["--report"] if report else [])]
+        error(f"interrupted; every finished cell is saved, and the same command resumes the study: {shlex.join(again)}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     c.wrote(db, "study database")
     if report:
         md, html = engine.report(db, out)
