@@ -595,6 +595,8 @@ class Outcome:
     meta: dict[str, Any]
     seconds: float
     compute: float
+    #: (host, pid) of the process that ran the cell.
+    where: tuple[str, int] | None = None
 
 
 def _error_text(exc: BaseException) -> str:
@@ -634,11 +636,6 @@ class Worker:
             del self.models[next(iter(self.models))]
         return net
 
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
-
     def run(self, kind: str, spec: dict[str, Any], records: list[Any], targets: dict[str, int]) -> Outcome:
         """Run one cell; a failing method is the cell's result (``status="error"``), not a crash."""
         t0 = time.perf_counter()
@@ -654,7 +651,14 @@ class Worker:
         except Exception as exc:  # a failing method is a result of the study, not a crash
             status, error, rows, arts = "error", _error_text(exc), [], []
             ctx.meta.pop("images", None)
-        return Outcome(status, error, rows, arts, ctx.meta, time.perf_counter() - t0, ctx.compute)
+        return Outcome(status, error, rows, arts, ctx.meta, time.perf_counter() - t0, ctx.compute, _where())
+
+
+def _where() -> tuple[str, int]:
+    import os
+    import socket
+
+    return socket.gethostname(), os.getpid()
 
 
 class LocalExecutor:
@@ -898,7 +902,7 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
             images = [(mid, iid, pos[iid], src, t, label, box, png) for iid, src, t, label, box, png in img_rows]
             targets[mid].update({iid: int(t) for iid, _s, t, *_ in img_rows})
         store.write_cell(c.key, c.kind, c.spec, o.status, o.rows, o.arts, o.error, o.seconds,
-                         images=images, meta=o.meta, compute=o.compute)
+                         images=images, meta=o.meta, compute=o.compute, where=o.where)
         status[c.key] = o.status
         if c.kind == "explain":
             explained[0] += len(c.spec["images"])

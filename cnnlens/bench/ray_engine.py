@@ -42,6 +42,33 @@ def require_ray() -> Any:
     return ray
 
 
+def start_local_ray(num_cpus: int, num_gpus: int = 0) -> str:
+    """Start a Ray on this machine, reachable on the loopback interface only; returns its address.
+
+    Ray binds its servers to the node's address, which it resolves to the machine's network
+    interface unless Ray clusters are disabled (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's
+    own switch, which makes it use the loopback address as on a laptop). The switch is set only
+    while this Ray starts (its processes inherit it) and then restored, so it changes nothing else.
+    """
+    ray = require_ray()
+    from ray._private import ray_constants
+
+    var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    before_env, before_flag = os.environ.get(var), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[var] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                       configure_logging=False)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        if before_env is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = before_env
+    return str(ctx.address_info["gcs_address"])
+
+
 class RayExecutor:
     """Runs cells on Ray actors; the driver's loop submits cells and polls for outcomes.
 
@@ -61,17 +88,13 @@ class RayExecutor:
         self.suite = suite
         self.started = False
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                      "configure_logging": False}
-            if address is None:
-                n = workers or os.cpu_count() or 1
-                kwargs.update(num_cpus=max(n, os.cpu_count() or 1), _node_ip_address="127.0.0.1")
-                if device.type == "cuda" and torch.cuda.is_available():
-                    kwargs["num_gpus"] = torch.cuda.device_count()
-            else:
-                kwargs["address"] = address
             try:
-                ray.init(**kwargs)
+                if address is None:
+                    n = max(workers or 1, os.cpu_count() or 1)
+                    gpus = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+                    start_local_ray(n, gpus)
+                else:
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = f"the Ray cluster at '{address}'" if address else "a local Ray"
                 raise OptionError(f"could not start or join {where}: {str(exc).splitlines()[0]}") from None
@@ -171,4 +194,4 @@ class RayExecutor:
             ray.shutdown()
 
 
-__all__ = ["DEPTH", "INSTALL", "MAX_ATTEMPTS", "RayExecutor", "require_ray"]
+__all__ = ["DEPTH", "INSTALL", "MAX_ATTEMPTS", "RayExecutor", "require_ray", "start_local_ray"]

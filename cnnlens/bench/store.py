@@ -224,11 +224,13 @@ class Store:
         images: Iterable[tuple[str, str, int, str, int, str | None, Any, bytes]] | None = None,
         meta: dict[str, Any] | None = None,
         compute: float | None = None,
+        where: tuple[str, int] | None = None,
     ) -> None:
         """Write a cell's rows, artifacts, image rows, metadata and status in one transaction.
 
         All or nothing: a study killed at any moment has each cell either whole or absent.
-        ``images`` rows are (model, image, position, source, target, label, box, png).
+        ``images`` rows are (model, image, position, source, target, label, box, png); ``where``
+        is the (host, pid) that ran the cell (default: this process).
         """
         import socket
 
@@ -255,7 +257,7 @@ class Store:
                 "INSERT OR IGNORE INTO cells (study, cell, kind, spec, status, error, seconds, host, pid, finished, "
                 "compute) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (self.study, cell, kind, json.dumps(spec, sort_keys=True, default=str), status, error, seconds,
-                 socket.gethostname(), os.getpid(), time.time(), compute),
+                 *(where or (socket.gethostname(), os.getpid())), time.time(), compute),
             )
 
     # ---------------------------------------------------------------- images and artifacts
