@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cnnlens.cli import _common as c
-from cnnlens.cli._app import EXIT_INTERRUPTED, command, error
+from cnnlens.cli._app import EXIT_INTERRUPTED, CnnlensCommand, CnnlensGroup, app, command, error
 from cnnlens.errors import CnnlensError, OutputExistsError
 
 
@@ -28,16 +28,29 @@ def _bench_module() -> Any:
     return bench
 
 
-@command()
+#: ``cnnlens bench`` runs a study; ``cnnlens bench export DB`` exports one (a group with a default action).
+bench_app = typer.Typer(cls=CnnlensGroup, invoke_without_command=True, no_args_is_help=False,
+                        help="Run a benchmark study of the toolkits (or export one: `cnnlens bench export DB`).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback()
 def bench(
+    ctx: typer.Context,
     suite: Annotated[str, typer.Option("--suite", help="smoke, standard, or a suite file (YAML/TOML/JSON).")] = "smoke",
     device: c.DeviceOpt = "cpu",
     out: Annotated[Path, typer.Option("--out", help="Study folder (holds the SQLite database; a rerun resumes).")] = Path("cnnlens-bench"),
-    overwrite: c.OverwriteOpt = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start the study afresh (deletes its database and report).")] = False,
     report: Annotated[bool, typer.Option("--report", help="Also write the report (report.md, report.html) into the study folder.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar (there is none in a pipe or a log anyway).")] = False,
+    engine_name: Annotated[str, typer.Option("--engine", help="local (this process) or ray (Ray actors; pip install 'cnnlens\\[ray]').")] = "local",
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Ray workers (default: one per CPU).")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Join a Ray cluster: auto or ray://host:port (default: start a local one).")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option("--gpus-per-worker", help="GPUs per Ray worker with --device cuda (0.5: two share a card).")] = None,
 ) -> None:
     """Run a benchmark study of the toolkits and write its SQLite database (a rerun resumes)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from cnnlens import jobs
 
     engine = _bench_module()
@@ -55,10 +68,11 @@ def bench(
     # stay the one line on stderr.
     try:
         db = Path(engine.run(suite, device=device, out=out, overwrite=overwrite,
-                             progress=sys.stderr.isatty() and not no_progress))
+                             progress=sys.stderr.isatty() and not no_progress, engine=engine_name, workers=workers,
+                             address=address, gpus_per_worker=gpus_per_worker))
     except KeyboardInterrupt:
         again = ["cnnlens", "bench", "--suite", suite, "--out", str(out), *(["--device", device] if device != "cpu" else []),
-                 *(["--report"] if report else [])]
+                 *(["--engine", engine_name] if engine_name != "local" else []), *(["--report"] if report else [])]
         error(f"interrupted; every finished cell is saved, and the same command resumes the study: {shlex.join(again)}")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     c.wrote(db, "study database")
@@ -68,7 +82,20 @@ def bench(
         c.wrote(Path(html), "report")
         c.wrote(Path(md), "report")
     else:
-        c.plain(f"next: cnnlens report {out}   (writes report.md and report.html into {out})")
+        c.plain(f"next: cnnlens report {shlex.quote(str(out))}   (writes report.md and report.html into {out})")
+
+
+@bench_app.command("export", cls=CnnlensCommand)
+def bench_export(
+    db: Annotated[Path, typer.Argument(help="A study folder or database written by `cnnlens bench`.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    out: Annotated[Path | None, typer.Option("--out", help="Output file (default: results.<format> next to DB).")] = None,
+) -> None:
+    """Export a study's results table (one row per model, image, method, backend, metric)."""
+    from cnnlens import jobs
+
+    engine = _bench_module()
+    c.wrote(Path(engine.export(jobs.find_study(db), out, format=fmt)), "results table")
 
 
 @command()
