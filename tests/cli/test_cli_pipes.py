@@ -16,7 +16,6 @@ import pytest
 
 import cnnlens
 from cnnlens import registry
-from cnnlens.cli import COMMAND_MODULES
 from cnnlens.testing import run_cli as run
 
 TINY = ["--model", "cnnlens.testing:tiny_cnn"]
@@ -152,6 +151,8 @@ def test_python_dash_m_cnnlens(tmp_path):
 
 def test_cli_is_a_package_of_command_modules():
     import importlib
+
+    from cnnlens.cli import COMMAND_MODULES
 
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"cnnlens.cli.{name}")
