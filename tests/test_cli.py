@@ -205,7 +205,7 @@ def test_layers_of_resnet50_without_weights():
 
 def test_demo_runs_and_refuses_to_clobber(tmp_path, monkeypatch):
     # The full demo (five pairs) takes a minute on two cores; one pair proves the wiring.
-    monkeypatch.setattr(cli, "DEMO_PAIRS", (("gradcam", "captum", {}),))
+    monkeypatch.setattr(cli.explain, "DEMO_PAIRS", (("gradcam", "captum", {}),))
     out = tmp_path / "demo" / "grid.png"
     result = run("demo", "--out", out)
     assert result.exit_code == 0, result.output

@@ -486,7 +486,7 @@ def test_report_on_a_full_disk_leaves_no_truncated_file(tiny_db, tiny_report, tm
         assert "report.html" not in left and not [k for k in left if k.endswith(".tmp")], sorted(left)
         for name, data in left.items():  # whatever was written is complete
             assert data == (tiny_report / name).read_bytes(), name
-        _one_line_error(_cli("report", tiny_db, "--out", disk), "disk is full")
+        _one_line_error(_cli("report", tiny_db, "--out", disk, "--overwrite"), "disk is full")
         grow(disk)
         bench.report(tiny_db, disk)
         assert _report_files(disk).keys() == sizes.keys()

@@ -1,0 +1,5 @@
+"""``python -m cnnlens``: the ``cnnlens`` command line."""
+
+from cnnlens.cli import main
+
+main()

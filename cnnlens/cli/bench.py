@@ -1,0 +1,117 @@
+"""``cnnlens bench`` and ``cnnlens report``: run a benchmark study and write its report."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cnnlens.cli import _common as c
+from cnnlens.cli._app import EXIT_INTERRUPTED, CnnlensCommand, CnnlensGroup, app, command, error
+from cnnlens.errors import CnnlensError, OutputExistsError
+
+
+def _bench_module() -> Any:
+    from cnnlens import jobs
+
+    jobs.check_bench_dependencies()
+    try:
+        import cnnlens.bench as bench
+
+        bench.run  # noqa: B018 - fail here, not half-way, when the engine is missing
+        bench.report  # noqa: B018
+    except (ImportError, AttributeError) as exc:
+        raise CnnlensError(f"the benchmark engine (cnnlens.bench) is not available: {exc}") from exc
+    return bench
+
+
+#: ``cnnlens bench`` runs a study; ``cnnlens bench export DB`` exports one (a group with a default action).
+bench_app = typer.Typer(cls=CnnlensGroup, invoke_without_command=True, no_args_is_help=False,
+                        help="Run a benchmark study of the toolkits (or export one: `cnnlens bench export DB`).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback()
+def bench(
+    ctx: typer.Context,
+    suite: Annotated[str, typer.Option("--suite", help="smoke, standard, or a suite file (YAML/TOML/JSON).")] = "smoke",
+    device: c.DeviceOpt = "cpu",
+    out: Annotated[Path, typer.Option("--out", help="Study folder (holds the SQLite database; a rerun resumes).")] = Path("cnnlens-bench"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start the study afresh (deletes its database and report).")] = False,
+    report: Annotated[bool, typer.Option("--report", help="Also write the report (report.md, report.html) into the study folder.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar (there is none in a pipe or a log anyway).")] = False,
+    engine_name: Annotated[str, typer.Option("--engine", help="local (this process) or ray (Ray actors; pip install 'cnnlens\\[ray]').")] = "local",
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Ray workers (default: one per CPU).")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Join a Ray cluster: auto or ray://host:port (default: start a local one).")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option("--gpus-per-worker", help="GPUs per Ray worker with --device cuda (0.5: two share a card).")] = None,
+) -> None:
+    """Run a benchmark study of the toolkits and write its SQLite database (a rerun resumes)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cnnlens import jobs
+
+    engine = _bench_module()
+    jobs.check_device(device)
+    if report and not overwrite:
+        # Before any work. A resumed study keeps its report until `cnnlens report --overwrite`
+        # rewrites it; --overwrite here starts the study afresh, report included.
+        existing = jobs.existing_report(out)
+        if existing:
+            raise OutputExistsError(f"'{out}' already holds a report ({', '.join(existing)}); rewrite it with "
+                                    f"`cnnlens report {out} --overwrite`, or run without --report")
+    if report:
+        jobs.check_report_out(out, overwrite=True)
+    # The bar only on a terminal: in a log or a pipe tqdm's \r frames are noise, and an error must
+    # stay the one line on stderr.
+    try:
+        db = Path(engine.run(suite, device=device, out=out, overwrite=overwrite,
+                             progress=sys.stderr.isatty() and not no_progress, engine=engine_name, workers=workers,
+                             address=address, gpus_per_worker=gpus_per_worker))
+    except KeyboardInterrupt:
+        again = ["cnnlens", "bench", "--suite", suite, "--out", str(out), *(["--device", device] if device != "cpu" else []),
+                 *(["--engine", engine_name] if engine_name != "local" else []), *(["--report"] if report else [])]
+        error(f"interrupted; every finished cell is saved, and the same command resumes the study: {shlex.join(again)}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    c.wrote(db, "study database")
+    if report:
+        md, html = engine.report(db, out)
+        jobs.tidy_sqlite(db)
+        c.wrote(Path(html), "report")
+        c.wrote(Path(md), "report")
+    else:
+        c.plain(f"next: cnnlens report {shlex.quote(str(out))}   (writes report.md and report.html into {out})")
+
+
+@bench_app.command("export", cls=CnnlensCommand)
+def bench_export(
+    db: Annotated[Path, typer.Argument(help="A study folder or database written by `cnnlens bench`.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    out: Annotated[Path | None, typer.Option("--out", help="Output file (default: results.<format> next to DB).")] = None,
+) -> None:
+    """Export a study's results table (one row per model, image, method, backend, metric)."""
+    from cnnlens import jobs
+
+    engine = _bench_module()
+    c.wrote(Path(engine.export(jobs.find_study(db), out, format=fmt)), "results table")
+
+
+@command()
+def report(
+    db: Annotated[Path, typer.Argument(help="A study folder or database written by `cnnlens bench`.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for report.md and report.html (default: the study folder).")] = None,
+    overwrite: c.OverwriteOpt = False,
+) -> None:
+    """Write the Markdown and HTML report of a benchmark study."""
+    from cnnlens import jobs
+
+    engine = _bench_module()
+    path = jobs.find_study(db)
+    folder = out if out is not None else path.parent
+    jobs.check_report_out(folder, overwrite)
+    md, html = engine.report(path, folder)
+    jobs.tidy_sqlite(path)
+    c.wrote(Path(html), "report")
+    c.wrote(Path(md), "report")
