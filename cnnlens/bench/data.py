@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,13 +30,21 @@ OBJECTS: dict[str, tuple[str, tuple[float, float, float, float], tuple[str, ...]
 
 @dataclass
 class BenchImage:
-    """One image of the study, at the model's input resolution."""
+    """One image of the study: a record that says where its pixels come from.
+
+    File-backed records (demo photos, scikit-image samples, user files) carry no pixels:
+    :func:`load_pixels` reads them one shard at a time, so a study's memory does not grow with
+    its number of images. Generated canvases (pasted objects) carry their pixels (``display``).
+    """
 
     id: str
     source: str
-    display: np.ndarray  # (H, W, 3) uint8, what the model sees before normalisation
+    display: np.ndarray | None = None  # (H, W, 3) uint8 at the model's input size, generated images only
     box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in pixels (exclusive ends)
     expected: tuple[str, ...] = ()  # classes that count as correct (pasted objects only)
+    path: str | None = None  # the image file (file-backed records)
+    flip: bool = False  # mirrored left-right after reading
+    target: int | None = None  # the class to explain when the source fixes it (pasted canvases)
 
 
 def _skimage_dir() -> Path:
@@ -51,15 +59,19 @@ def skimage_names() -> list[str]:
     return sorted(p.stem for p in d.iterdir() if p.suffix.lower() in (".png", ".jpg") and p.is_file())
 
 
-def _skimage_rgb(name: str) -> np.ndarray:
-    from cnnlens.images import read_rgb
-
+def _skimage_path(name: str) -> Path:
     d = _skimage_dir()
     for ext in (".png", ".jpg"):
         p = d / f"{name}{ext}"
         if p.is_file():
-            return read_rgb(p)
+            return p
     raise FileNotFoundError(name)
+
+
+def _skimage_rgb(name: str) -> np.ndarray:
+    from cnnlens.images import read_rgb
+
+    return read_rgb(_skimage_path(name))
 
 
 def _fit(arr: np.ndarray, resize: int, crop: int) -> np.ndarray:
@@ -122,50 +134,65 @@ def normalize(displays: list[np.ndarray], model: nn.Module) -> Tensor:
     return (x - mean) / std
 
 
-def build_images(spec: ImagesSpec, model: nn.Module, size: int | None = None) -> tuple[list[BenchImage], Tensor, list[int]]:
-    """The study's images for one model, its preprocessed batch and the target of each image.
-
-    The target is the model's top-1 class on the image; pasted canvases are kept only when that
-    class is one of the object's classes (or, with ``keep = "all"``, always; then the target is
-    the model's top-1 on the object pasted alone, centred on gray).
-    """
-    import torch
-
-    from cnnlens.images import demo_paths, expand, read_rgb
+def _sizes(model: nn.Module, size: int | None) -> tuple[int, int]:
+    """(resize, crop) of the model's preprocessing, scaled to ``size`` when the suite sets one."""
     from cnnlens.models import meta_of
 
     meta = meta_of(model)
     resize, crop = meta.resize, meta.crop
     if size is not None:
         resize, crop = round(size * resize / crop), size
+    return resize, crop
+
+
+def _device(model: nn.Module) -> Any:
+    import torch
+
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def predict(model: nn.Module, displays: list[np.ndarray]) -> list[int]:
+    """The model's top-1 class of each display image (chunks of 16, no gradients)."""
+    import torch
+
+    dev = _device(model)
+    out: list[int] = []
+    with torch.no_grad():
+        for i in range(0, len(displays), 16):
+            out.extend(int(t) for t in model(normalize(displays[i:i + 16], model).to(dev)).argmax(1).tolist())
+    return out
+
+
+def collect_images(spec: ImagesSpec, model: nn.Module, size: int | None = None) -> list[BenchImage]:
+    """The study's image records for one model, in study order, without reading file pixels.
+
+    Pasted canvases are generated here (their ground-truth box and, with ``keep = "correct"``,
+    whether the model recognises the object, need the pixels); they are kept only when the
+    model's top-1 class is one of the object's classes (or, with ``keep = "all"``, always; then
+    the target is the model's top-1 on the object pasted alone, centred on gray).
+
+    Raises:
+        SuiteError: No image survived.
+    """
+    from cnnlens.images import demo_paths, expand
+
+    _resize, crop = _sizes(model, size)
     items: list[BenchImage] = []
     for name in spec.demo:
-        arr = read_rgb(demo_paths([name])[0])
-        items.append(BenchImage(name, f"demo:{name}", _fit(arr, resize, crop)))
+        items.append(BenchImage(name, f"demo:{name}", path=str(demo_paths([name])[0])))
     if spec.flips:
         for name in spec.demo:
-            arr = read_rgb(demo_paths([name])[0])[:, ::-1]
-            items.append(BenchImage(f"{name}-flip", f"demo:{name}:flip", _fit(arr, resize, crop)))
+            items.append(BenchImage(f"{name}-flip", f"demo:{name}:flip", path=str(demo_paths([name])[0]), flip=True))
     for name in spec.skimage:
-        items.append(BenchImage(f"sk-{name}", f"skimage:{name}", _fit(_skimage_rgb(name), resize, crop)))
+        items.append(BenchImage(f"sk-{name}", f"skimage:{name}", path=str(_skimage_path(name))))
     if spec.files:
         for p in expand(list(spec.files)):
-            items.append(BenchImage(f"file-{p.stem}", str(p), _fit(read_rgb(p), resize, crop)))
+            items.append(BenchImage(f"file-{p.stem}", str(p), path=str(p)))
 
-    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-
-    def predict(displays: list[np.ndarray]) -> list[int]:
-        with torch.no_grad():
-            out = []
-            for i in range(0, len(displays), 16):
-                out.extend(model(normalize(displays[i:i + 16], model).to(dev)).argmax(1).tolist())
-            return out
-
-    targets = predict([b.display for b in items]) if items else []
     cats = getattr(model, "cnnlens_categories", None)
     kept = 0
     p = spec.paste
-    alone = {obj: predict([paste(obj, 0.9, (0.5, 0.5), "gray", crop).display])[0] for obj in p.objects} \
+    alone = {obj: predict(model, [paste(obj, 0.9, (0.5, 0.5), "gray", crop).display])[0] for obj in p.objects} \
         if p.keep == "all" else {}
     # Objects vary fastest, so a small ``max`` still gets every object that the model recognises.
     for bg in p.backgrounds:
@@ -175,20 +202,57 @@ def build_images(spec: ImagesSpec, model: nn.Module, size: int | None = None) ->
                     if kept >= p.max:
                         break
                     im = paste(obj, scale, pos, bg, crop)
-                    t = predict([im.display])[0]
+                    t = predict(model, [im.display])[0]
                     if p.keep == "correct":
                         name = cats[t] if cats and t < len(cats) else None
                         if name not in im.expected:
                             continue
                     else:
                         t = int(alone[obj])
+                    im.target = int(t)
                     items.append(im)
-                    targets.append(int(t))
                     kept += 1
     if not items:
         from cnnlens.errors import SuiteError
 
         raise SuiteError("no image survived: the pasted objects were not recognised by the model and no other "
                          "images were given; add [images] demo or set images.paste.keep = 'all'")
-    x = normalize([b.display for b in items], model)
-    return items, x, [int(t) for t in targets]
+    return items
+
+
+def read_display(record: BenchImage, resize: int, crop: int) -> np.ndarray:
+    """One record's display image (H, W, 3) uint8 at the model's input size."""
+    from cnnlens.images import read_rgb
+
+    if record.display is not None:
+        return record.display
+    if record.path is None:
+        raise ValueError(f"image record '{record.id}' has neither pixels nor a path")
+    arr = read_rgb(record.path)
+    if record.flip:
+        arr = arr[:, ::-1]
+    return _fit(arr, resize, crop)
+
+
+def load_pixels(records: list[BenchImage], model: nn.Module, size: int | None = None) -> tuple[list[np.ndarray], Tensor]:
+    """Read one shard: the records' display images and their normalised batch (on the CPU)."""
+    resize, crop = _sizes(model, size)
+    displays = [read_display(r, resize, crop) for r in records]
+    return displays, normalize(displays, model)
+
+
+def build_images(spec: ImagesSpec, model: nn.Module, size: int | None = None) -> tuple[list[BenchImage], Tensor, list[int]]:
+    """Every image of the study at once: records, their preprocessed batch and each one's target.
+
+    A thin wrapper over :func:`collect_images` and :func:`load_pixels` for small studies and
+    tests; the engine streams shards instead. The target is the record's own (pasted canvases)
+    or the model's top-1 class on the image.
+    """
+    items = collect_images(spec, model, size)
+    displays, x = load_pixels(items, model, size)
+    free = [i for i, r in enumerate(items) if r.target is None]
+    pred = dict(zip(free, predict(model, [displays[i] for i in free]), strict=True))
+    targets = [int(r.target) if r.target is not None else pred[i] for i, r in enumerate(items)]
+    for r, d in zip(items, displays, strict=True):
+        r.display = d
+    return items, x, targets
