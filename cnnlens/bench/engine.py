@@ -239,7 +239,7 @@ def run_explain(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Art
                 rows.append((mid, iid, m, b, "road.combined", float((lerf - morf) / 2), 1))
     if spec["localization"]:
         for j, iid in enumerate(spec["images"]):
-            box = ctx.images[ctx.index[iid]].box
+            box = ctx.images[ctx.index[iid]].region()  # the mask, else every box
             if box is not None:
                 rows.append((mid, iid, m, b, "pointing.hit", M.pointing_hit(maps[j], box), 1))
                 rows.append((mid, iid, m, b, "pointing.energy", M.energy_pointing(maps[j], box), 1))
@@ -536,7 +536,7 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
     budget = [max_cells if max_cells is not None else -1]
     for ms in s.models:
         model = load_model(ms.spec, weights=ms.weights, device=dev)
-        items, x, targets = build_images(s.images, model, ms.image_size)
+        items, x, targets = build_images(s.images, model, ms.image_size, s.target)
         cats = getattr(model, "cnnlens_categories", None)
         store.put_images(ms.id, [
             (im.id, i, im.source, t, cats[t] if cats and t < len(cats) else str(t), im.box, _png(im.display))
