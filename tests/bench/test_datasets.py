@@ -178,10 +178,13 @@ def test_voc_and_coco_boxes_drive_the_pointing_game(tmp_path):
     _img(tmp_path / "im" / "corner.png", 64, 64, seed=1)
     _voc(tmp_path / "voc", "mid.png", 64, 64, [(25, 25, 40, 40)])
     _voc(tmp_path / "voc", "corner.png", 64, 64, [(1, 1, 12, 12), (50, 50, 60, 60)])
+    _img(tmp_path / "im" / "second.png", 64, 64, seed=2)  # any of several boxes counts
+    _voc(tmp_path / "voc", "second.png", 64, 64, [(1, 1, 12, 12), (25, 25, 40, 40)])
     db = bench.run(_suite(tmp_path, f'files = ["{tmp_path}/im/*.png"]\nannotations = "voc"'),
                    out=tmp_path / "out", progress=False)
     got = _pointing(db)
     assert got[("mid.png", "pointing.hit")] == 1.0 and got[("corner.png", "pointing.hit")] == 0.0
+    assert got[("second.png", "pointing.hit")] == 1.0
     assert 0 < got[("corner.png", "pointing.energy")] < got[("mid.png", "pointing.energy")]
 
     coco = tmp_path / "coco"
