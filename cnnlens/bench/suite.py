@@ -30,6 +30,7 @@ from typing import Any, Literal
 import tomllib
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic import dataclasses as pdc
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from cnnlens.errors import CnnlensError, SuiteError, close_matches
@@ -351,6 +352,21 @@ class FaithSpec:
     road_images: int = Field(4, ge=0, le=MAX_IMAGES)  # ROAD runs on the first N images of the study (its imputer is slow)
     forward_batch: int = Field(32, ge=1, le=MAX_BATCH)
     images: int = Field(0, ge=0, le=MAX_IMAGES)  # deletion/insertion/drop on the first N images only (0: all)
+    # wt-captum's keys (ported from its FaithSpec): the toolkits' own metrics (cnnlens.bench.metrics,
+    # last block), on the same images; ARCC on the ROAD images only (it runs ROAD itself).
+    infidelity: bool = field(default=True, metadata=LATER)  # captum.metrics.infidelity
+    #: captum.metrics.sensitivity_max: re-explains perturb_samples copies per image
+    sensitivity: bool = field(default=False, metadata=LATER)
+    #: pytorch-grad-cam's CamMultImageConfidenceChange, Drop/IncreaseInConfidence
+    confidence_change: bool = field(default=True, metadata=LATER)
+    arcc: bool = field(default=False, metadata=LATER)  # pytorch-grad-cam's ARCC: one re-explanation and a ROAD per image
+    #: n_perturb_samples of infidelity and sensitivity_max
+    perturb_samples: int = Field(10, ge=1, le=1000, json_schema_extra=LATER)
+    #: Gaussian perturbation of infidelity, in model-input units
+    infidelity_stdev: float = Field(0.003, ge=1e-9, le=1000.0, json_schema_extra=LATER)
+    #: sensitivity_max's L-infinity radius (Captum's default)
+    perturb_radius: float = Field(0.02, ge=1e-9, le=1000.0, json_schema_extra=LATER)
+    arcc_percentiles: tuple[int, ...] = Field((20, 40, 60, 80), json_schema_extra=LATER)
 
     @field_validator("blur_kernel")
     @classmethod
@@ -359,7 +375,7 @@ class FaithSpec:
             raise _Problem(f"must be an odd integer between 1 and 255, got {v}")
         return v
 
-    @field_validator("road_percentiles")
+    @field_validator("road_percentiles", "arcc_percentiles")
     @classmethod
     def _percentiles(cls, v: tuple[int, ...]) -> tuple[int, ...]:
         for p in v:
@@ -519,7 +535,11 @@ def _plain(obj: Any) -> Any:
         out = {}
         for f in fields(obj):
             v = getattr(obj, f.name)
-            if f.metadata.get("digest") == LATER["digest"] and v == f.default:
+            # LATER sits in a dataclass field's metadata, or in a pydantic Field's json_schema_extra.
+            info = f.default if isinstance(f.default, FieldInfo) else None
+            marks = (info.json_schema_extra if info is not None else None) or f.metadata
+            default = info.default if info is not None else f.default
+            if hasattr(marks, "get") and marks.get("digest") == LATER["digest"] and v == default:
                 continue
             out[f.name] = _plain(v)
         return out
