@@ -132,17 +132,69 @@ def test_json_suite_is_the_same_study(tmp_path):
         load_suite(p)
 
 
-#: Digests of the shipped suites before the schema moved to pydantic: stored studies resume only
-#: with the same digest, so an unchanged suite must keep it.
-DIGESTS = {"smoke": "12b9f9ebf410010b", "standard": "1994887e15bec591", "gpu": "18a8c8eb99e2a622"}
+#: A suite touching every section, and its digest as computed by the hand-written parser that the
+#: pydantic schema replaced: stored studies resume only with the same digest, so an unchanged suite
+#: must keep it.
+RICH = """
+[study]
+name = "rich"
+description = "every section"
+seed = 7
+threads = 1
+[[models]]
+id = "tiny"
+spec = "cnnlens.testing:tiny_cnn"
+image_size = 48
+[images]
+demo = ["chelsea", "coffee"]
+flips = true
+skimage = ["camera"]
+batch = 2
+[images.paste]
+objects = ["cat", "espresso"]
+scales = [0.5, 0.4]
+positions = [[0.3, 0.3], [0.7, 0.6]]
+backgrounds = ["gray", "grass"]
+keep = "all"
+max = 3
+[methods]
+include = ["*cam*", "saliency", "integrated_gradients"]
+exclude = ["scorecam"]
+backends = ["captum", "pytorch-grad-cam"]
+baselines = false
+[methods.options]
+integrated_gradients = { n_steps = 4 }
+[methods.max_images]
+ablationcam = 1
+[agreement]
+within_backend = false
+topk = [5, 20]
+[faithfulness]
+steps = 4
+blur_kernel = 9
+blur_sigma = 3
+road_percentiles = [50]
+road_images = 1
+forward_batch = 16
+images = 2
+[sanity]
+images = 1
+max_steps = 3
+exclude = ["ablationcam"]
+[speed]
+batch_sizes = [1, 2]
+repeats = 2
+warmup = 0
+slow = ["ablationcam"]
+slow_repeats = 1
+[localization]
+enabled = false
+"""
+RICH_DIGEST = "75a7a854c3cf2aac"  # the base parser's (b8546bb)
 
 
-@pytest.mark.parametrize("name", list(DIGESTS))
-def test_digests_of_unchanged_suites_are_stable(name):
-    assert load_suite(name).digest() == DIGESTS[name]
-
-
-def test_mini_digest_is_stable(tmp_path):
+def test_digests_of_unchanged_suites_are_stable(tmp_path):
+    assert load_suite(_write(tmp_path, RICH)).digest() == RICH_DIGEST
     assert load_suite(_write(tmp_path, MINI)).digest() == "801d7bac9a380d07"
 
 
