@@ -891,19 +891,45 @@ def _bench_module() -> Any:
     return bench
 
 
-@app.command()
+# --- bench: engines and export (wt-ray, issue 18) -------------------------------------------------
+bench_app = typer.Typer(cls=TyperGroup, invoke_without_command=True, no_args_is_help=False,
+                        help="Run a benchmark study of the toolkits (or export one: `cnnlens bench export DB`).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.callback()
 def bench(
+    ctx: typer.Context,
     suite: Annotated[str, typer.Option("--suite", help="smoke, standard, or a suite file (YAML/TOML/JSON).")] = "smoke",
     device: DeviceOpt = "cpu",
     out: Annotated[Path, typer.Option("--out", help="Study folder (holds the SQLite database; a rerun resumes).")] = Path("cnnlens-bench"),
     overwrite: OverwriteOpt = False,
+    engine_name: Annotated[str, typer.Option("--engine", help="local (this process) or ray (Ray actors; pip install 'cnnlens\\[ray]').")] = "local",
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Ray workers (default: one per CPU).")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Join a Ray cluster: auto or ray://host:port (default: start a local one).")] = None,
+    gpus_per_worker: Annotated[float | None, typer.Option("--gpus-per-worker", help="GPUs per Ray worker with --device cuda (0.5: two share a card).")] = None,
 ) -> None:
     """Run a benchmark study of the toolkits and write its SQLite database."""
+    if ctx.invoked_subcommand is not None:
+        return
     engine = _bench_module()
     # The bar only on a terminal, as the other commands do: in a log or a pipe it is noise, and an
     # error must stay the one line on stderr.
-    db = engine.run(suite, device=device, out=out, overwrite=overwrite, progress=sys.stderr.isatty())
+    db = engine.run(suite, device=device, out=out, overwrite=overwrite, progress=sys.stderr.isatty(),
+                    engine=engine_name, workers=workers, address=address, gpus_per_worker=gpus_per_worker)
     _wrote(Path(db), "study database")
+
+
+@bench_app.command("export")
+def bench_export(
+    db: Annotated[Path, typer.Argument(help="A study database written by `cnnlens bench`.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet.")] = "csv",
+    out: Annotated[Path | None, typer.Option("--out", help="Output file (default: results.<format> next to DB).")] = None,
+) -> None:
+    """Export a study's results table (one row per model, image, method, backend, metric)."""
+    engine = _bench_module()
+    _wrote(Path(engine.export(db, out, format=fmt)), "results table")
+# --- end bench block ------------------------------------------------------------------------------
 
 
 @app.command()

@@ -7,7 +7,8 @@ Example:
     >>> import cnnlens.bench as bench  # doctest: +SKIP
     >>> db = bench.run("smoke", out="bench-out")
     >>> md, html = bench.report(db)
-    >>> df = bench.read_results(db)
+    >>> df = bench.load(db)
+    >>> bench.export(db, "results.parquet", format="parquet")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["export_csv", "load_suite", "read_results", "read_table", "report", "run", "summary"]
+__all__ = ["export", "export_csv", "load", "load_suite", "read_results", "read_table", "report", "run", "summary"]
 
 
 def run(
@@ -25,11 +26,19 @@ def run(
     overwrite: bool = False,
     progress: bool = True,
     max_cells: int | None = None,
+    engine: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    gpus_per_worker: float | None = None,
 ) -> Path:
-    """Run or resume a study; see :func:`cnnlens.bench.engine.run`. Returns the SQLite file."""
+    """Run or resume a study, on this process (``engine="local"``) or on Ray actors (``"ray"``).
+
+    See :func:`cnnlens.bench.engine.run`. Returns the SQLite file.
+    """
     from cnnlens.bench.engine import run as _run
 
-    return _run(suite, device=device, out=out, overwrite=overwrite, progress=progress, max_cells=max_cells)
+    return _run(suite, device=device, out=out, overwrite=overwrite, progress=progress, max_cells=max_cells,
+                engine=engine, workers=workers, address=address, gpus_per_worker=gpus_per_worker)
 
 
 def report(db: Path | str, out_dir: Path | str | None = None) -> tuple[Path, Path]:
@@ -58,6 +67,20 @@ def read_table(db: Path | str, table: str) -> Any:
     from cnnlens.bench.store import read_table as _read
 
     return _read(db, table)
+
+
+def load(db: Path | str) -> Any:
+    """The study's results as a pandas DataFrame; see :func:`cnnlens.bench.store.load`."""
+    from cnnlens.bench.store import load as _load
+
+    return _load(db)
+
+
+def export(db: Path | str, out: Path | str | None = None, format: str = "csv") -> Path:
+    """Write the results table as ``csv`` or ``parquet``; see :func:`cnnlens.bench.store.export`."""
+    from cnnlens.bench.store import export as _export
+
+    return _export(db, out, format)
 
 
 def export_csv(db: Path | str, path: Path | str | None = None) -> Path:

@@ -2,6 +2,7 @@
 
     python -m cnnlens.bench --suite smoke --out bench-out [--device cpu] [--overwrite] [--no-progress]
     python -m cnnlens.bench --report bench-out/smoke.sqlite [--out DIR]
+    python -m cnnlens.bench --suite FILE --engine ray [--workers N] [--address auto|ray://host:port]
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default bench-out; for --report, next to DB)")
     p.add_argument("--overwrite", action="store_true", help="start the study fresh instead of resuming")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--engine", default="local", help="local (this process) or ray")
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (actors)")
+    p.add_argument("--address", default=None, help="join a Ray cluster (auto, ray://host:port); default: start one")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker on cuda (0.5 shares)")
     p.add_argument("--max-cells", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
@@ -34,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         import cnnlens.bench as bench
 
         db = bench.run(args.suite, device=args.device, out=args.out or "bench-out", overwrite=args.overwrite,
-                       progress=not args.no_progress, max_cells=args.max_cells)
+                       progress=not args.no_progress, max_cells=args.max_cells, engine=args.engine,
+                       workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker)
         print(db)
         return 0
     except CnnlensError as exc:

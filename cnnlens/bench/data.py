@@ -267,6 +267,17 @@ def read_display(record: BenchImage, resize: int, crop: int) -> np.ndarray:
     return _fit(arr, resize, crop)
 
 
+def region_of(record: BenchImage, model: nn.Module, size: int | None = None) -> np.ndarray | tuple[tuple[int, int, int, int], ...] | None:
+    """What the localization measures score ``record`` against: its mask (read now if no shard read
+    has filled it in this process), else its boxes, else None."""
+    if record.mask_path is not None and record.mask is None:
+        from cnnlens.bench.datasets import load_mask
+
+        resize, crop = _sizes(model, size)
+        record.mask = load_mask(record.mask_path, resize, crop, record.flip)
+    return record.region()
+
+
 def load_pixels(records: list[BenchImage], model: nn.Module, size: int | None = None) -> tuple[list[np.ndarray], Tensor]:
     """Read one shard: the records' display images and their normalised batch (on the CPU)."""
     resize, crop = _sizes(model, size)

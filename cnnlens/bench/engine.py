@@ -49,20 +49,73 @@ class Cell:
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+class Shard:
+    """One shard's pixels, read on demand: the batch on the cell's device, targets and records."""
+
+    def __init__(self, ids: list[str], x: Tensor, targets: list[int], records: list[Any]) -> None:
+        self.ids = ids
+        self.x = x
+        self.targets = targets
+        self.records = records
+
+
+class PixelCache:
+    """The last shards' normalised pixels, by image id, so a shard's many cells read its files once.
+
+    It holds at most ``capacity`` images (two shards by default): memory stays flat however many
+    images the study has.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(1, capacity)
+        self.items: dict[tuple[str, str], Tensor] = {}
+
+    def get(self, model_id: str, model: nn.Module, size: int | None, records: list[Any]) -> Tensor:
+        from cnnlens.bench.data import load_pixels
+
+        missing = [r for r in records if (model_id, r.id) not in self.items]
+        if missing:
+            _displays, x = load_pixels(missing, model, size)
+            for r, xi in zip(missing, x, strict=True):
+                self.items[(model_id, r.id)] = xi
+        out = torch.stack([self.items[(model_id, r.id)] for r in records])
+        keep = {(model_id, r.id) for r in records}
+        while len(self.items) > max(self.capacity, len(keep)):
+            old = next(k for k in self.items if k not in keep)
+            del self.items[old]
+        return out
+
+
 @dataclass
 class Context:
-    """What the cells of one model share: loaded once per process, rebuilt identically anywhere."""
+    """What one cell sees: the model, the cell's image records and targets, and (on the driver) the store.
+
+    Pixels are not part of it: :meth:`shard` reads the cell's images on demand (through a small
+    cache), so no process ever holds the study's images at once.
+    """
 
     suite: Suite
     model_id: str
-    model: nn.Module
+    model: nn.Module | None
     layer: str | None
     device: torch.device
-    images: list[Any]
-    x: Tensor
-    targets: list[int]
-    index: dict[str, int]
-    store: Store
+    records: dict[str, Any]
+    targets: dict[str, int]
+    store: Store | None = None
+    image_size: int | None = None
+    pixels: PixelCache | None = None
+    #: Study metadata the cell found (sanity stages, memory probe); the driver writes it.
+    meta: dict[str, Any] = field(default_factory=dict)
+    #: Seconds spent inside ``explain()`` and the metric calls (the engine overhead is the rest).
+    compute: float = 0.0
+
+    def shard(self, ids: list[str]) -> Shard:
+        if self.model is None:
+            raise CnnlensError("this cell needs the model, but it runs where none is loaded")
+        recs = [self.records[i] for i in ids]
+        cache = self.pixels if self.pixels is not None else PixelCache(len(ids))
+        x = cache.get(self.model_id, self.model, self.image_size, recs)
+        return Shard(ids, x.to(self.device), [int(self.targets[i]) for i in ids], recs)
 
 
 def image_seed(suite_seed: int, image_id: str) -> int:
@@ -74,11 +127,36 @@ def image_seed(suite_seed: int, image_id: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def plan(suite: Suite, model_id: str, image_ids: list[str]) -> list[Cell]:
-    """Every cell of one model, in a runnable order."""
+def shard_size(suite: Suite) -> int:
+    """Images per shard (``[images] shard``; older suites call it ``batch``)."""
+    return int(getattr(suite.images, "shard", None) or suite.images.batch)
+
+
+def shards_of(image_ids: list[str], size: int, positions: dict[str, int] | None = None) -> list[list[str]]:
+    """Cut the study's images into shards of ``size``, by position (``position // size``).
+
+    Positions come from the store when a study is resumed: images already there keep their shard,
+    new ones are placed after them, so adding images to a study adds shards and leaves the
+    finished ones (and their cell keys) untouched.
+    """
+    pos = positions if positions is not None else {iid: i for i, iid in enumerate(image_ids)}
+    groups: dict[int, list[str]] = {}
+    for iid in sorted(image_ids, key=lambda i: pos[i]):
+        groups.setdefault(pos[iid] // size, []).append(iid)
+    return [groups[k] for k in sorted(groups)]
+
+
+def plan(suite: Suite, model_id: str, image_ids: list[str], positions: dict[str, int] | None = None) -> list[Cell]:
+    """Every cell of one model, in a runnable (streaming) order.
+
+    Shard by shard: the shard's images cell (targets and display copies), its explain cells, then
+    the agreement and cross-method cells that compare them; then sanity and speed. A cell's
+    ``deps`` are the cells whose output it reads, so any engine may run it once they are done.
+    """
     pairs = suite.pairs()
-    batch = suite.images.batch
-    batches = [image_ids[i:i + batch] for i in range(0, len(image_ids), batch)]
+    if positions is not None:
+        image_ids = sorted(image_ids, key=lambda i: positions[i])
+    batches = shards_of(image_ids, shard_size(suite), positions)
     faith = asdict(suite.faithfulness) if suite.faithfulness.enabled else None
     road_ids = image_ids[:suite.faithfulness.road_images] if faith else []
     n_faith = suite.faithfulness.images or len(image_ids)
@@ -94,8 +172,12 @@ def plan(suite: Suite, model_id: str, image_ids: list[str]) -> list[Cell]:
             by_method.setdefault(m, []).append(b)
     multi = {m for m, bs in by_method.items() if len(bs) > 1}
     cells: list[Cell] = []
-    explain_key: dict[tuple[str, str, int], str] = {}
-    for bi, all_ids in enumerate(batches):
+    shard_cell: dict[str, str] = {}
+    for all_ids in batches:
+        images = Cell("images", {"model": model_id, "images": all_ids})
+        cells.append(images)
+        shard_cell.update(dict.fromkeys(all_ids, images.key))
+        explain_key: dict[tuple[str, str], str] = {}
         for m, b in pairs:
             ids = allowed(m, all_ids)
             if not ids:
@@ -106,31 +188,34 @@ def plan(suite: Suite, model_id: str, image_ids: list[str]) -> list[Cell]:
                 "faith_images": [i for i in ids if i in faith_ids],
                 "road": [i for i in ids if i in road_ids], "localization": suite.localization.enabled,
                 "keep_raw": m in multi,
-            })
-            explain_key[(m, b, bi)] = c.key
+            }, deps=[images.key])
+            explain_key[(m, b)] = c.key
             cells.append(c)
-    if suite.agreement.enabled:
-        for bi, all_ids in enumerate(batches):
-            for m in sorted(multi):
-                ids = allowed(m, all_ids)
-                if not ids:
-                    continue
-                bs = by_method[m]
-                for i in range(len(bs)):
-                    for j in range(i + 1, len(bs)):
-                        a, b = sorted((bs[i], bs[j]))
-                        cells.append(Cell("agreement", {
-                            "model": model_id, "images": ids, "method": m, "backends": [a, b],
-                            "topk": list(suite.agreement.topk)},
-                            deps=[explain_key[(m, a, bi)], explain_key[(m, b, bi)]]))
+        if not suite.agreement.enabled:
+            continue
+        for m in sorted(multi):
+            ids = allowed(m, all_ids)
+            if not ids:
+                continue
+            bs = by_method[m]
+            for i in range(len(bs)):
+                for j in range(i + 1, len(bs)):
+                    a, b = sorted((bs[i], bs[j]))
+                    cells.append(Cell("agreement", {
+                        "model": model_id, "images": ids, "method": m, "backends": [a, b],
+                        "topk": list(suite.agreement.topk)},
+                        deps=[explain_key[(m, a)], explain_key[(m, b)]]))
         if suite.agreement.within_backend:
-            for bi, ids in enumerate(batches):
-                for b in sorted({b for _m, b in pairs if b != BASELINE_BACKEND}):
-                    ms = [m for m, bb in pairs if bb == b and allowed(m, ids)]
-                    if len(ms) > 1:
-                        cells.append(Cell("crossmethod", {"model": model_id, "images": ids, "backend": b,
-                                                          "methods": ms},
-                                          deps=[explain_key[(m, b, bi)] for m in ms]))
+            for b in sorted({b for _m, b in pairs if b != BASELINE_BACKEND}):
+                ms = [m for m, bb in pairs if bb == b and allowed(m, all_ids)]
+                if len(ms) > 1:
+                    cells.append(Cell("crossmethod", {"model": model_id, "images": all_ids, "backend": b,
+                                                      "methods": ms},
+                                      deps=[explain_key[(m, b)] for m in ms]))
+
+    def needs(ids: list[str]) -> list[str]:
+        return list(dict.fromkeys(shard_cell[i] for i in ids))
+
     if suite.sanity.enabled:
         for m, b in pairs:
             ids = allowed(m, image_ids[:suite.sanity.images])
@@ -139,7 +224,7 @@ def plan(suite: Suite, model_id: str, image_ids: list[str]) -> list[Cell]:
                 continue
             cells.append(Cell("sanity", {"model": model_id, "images": ids, "method": m, "backend": b,
                                          "options": suite.options_for(m, b), "seed": suite.seed,
-                                         "max_steps": suite.sanity.max_steps}))
+                                         "max_steps": suite.sanity.max_steps}, deps=needs(ids)))
     if suite.speed.enabled:
         for m, b in pairs:
             if b == BASELINE_BACKEND or not _match(m, suite.speed.include) or \
@@ -153,7 +238,7 @@ def plan(suite: Suite, model_id: str, image_ids: list[str]) -> list[Cell]:
                                             "batch_size": bs,
                                             "repeats": suite.speed.slow_repeats if is_slow else suite.speed.repeats,
                                             "warmup": 0 if is_slow else suite.speed.warmup,
-                                            "images": image_ids[:bs]}))
+                                            "images": image_ids[:bs]}, deps=needs(image_ids[:bs])))
     return cells
 
 
@@ -188,11 +273,42 @@ def _maps_for(ctx: Context, spec: dict[str, Any], x: Tensor, targets: list[int])
     return e.maps.float().cpu().numpy(), e.raw.float().cpu().numpy(), float(e.seconds)
 
 
+def run_images(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Artifact]]:
+    """Read one shard, fix each image's target and keep its display copy (the store's image rows).
+
+    The target is the record's own when its source fixes it (pasted canvases), its label when the
+    study explains labels, else the model's top-1 class on the image.
+    """
+    from cnnlens.bench.data import load_pixels, predict
+
+    recs = [ctx.records[i] for i in spec["images"]]
+    displays, _x = load_pixels(recs, ctx.model, ctx.image_size)
+    by_label = getattr(ctx.suite, "target", "predicted") == "label"
+
+    def fixed(r: Any) -> int | None:
+        if r.target is not None:
+            return int(r.target)
+        label = getattr(r, "label", None)
+        return int(label) if by_label and label is not None else None
+
+    free = [j for j, r in enumerate(recs) if fixed(r) is None]
+    pred = dict(zip(free, predict(ctx.model, [displays[j] for j in free]), strict=True)) if free else {}
+    cats = getattr(ctx.model, "cnnlens_categories", None)
+    rows = []
+    for j, (r, d) in enumerate(zip(recs, displays, strict=True)):
+        t = fixed(r)
+        t = pred[j] if t is None else t
+        rows.append((r.id, r.source, t, cats[t] if cats and t < len(cats) else str(t), r.box, _png(d)))
+    ctx.meta["images"] = rows
+    return [], []
+
+
 def run_explain(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Artifact]]:
     mid, m, b = ctx.model_id, spec["method"], spec["backend"]
-    idx = [ctx.index[i] for i in spec["images"]]
-    x = ctx.x[idx]
-    targets = [ctx.targets[i] for i in idx]
+    sh = ctx.shard(spec["images"])
+    x, targets = sh.x, sh.targets
+    idx = spec["images"]
+    t0 = time.perf_counter()
     maps, raw, seconds = _maps_for(ctx, spec, x, targets)
     rows: list[Row] = []
     arts: list[Artifact] = []
@@ -238,11 +354,14 @@ def run_explain(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Art
                 rows.append((mid, iid, m, b, "road.lerf", float(lerf), 1))
                 rows.append((mid, iid, m, b, "road.combined", float((lerf - morf) / 2), 1))
     if spec["localization"]:
+        from cnnlens.bench.data import region_of
+
         for j, iid in enumerate(spec["images"]):
-            box = ctx.images[ctx.index[iid]].region()  # the mask, else every box
+            box = region_of(ctx.records[iid], ctx.model, ctx.image_size)  # the mask, else every box
             if box is not None:
                 rows.append((mid, iid, m, b, "pointing.hit", M.pointing_hit(maps[j], box), 1))
                 rows.append((mid, iid, m, b, "pointing.energy", M.energy_pointing(maps[j], box), 1))
+    ctx.compute += time.perf_counter() - t0
     return rows, arts
 
 
@@ -255,11 +374,15 @@ def run_agreement(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[A
         mb = ctx.store.artifact(mid, iid, m, b, "map")
         if ma is None or mb is None:
             raise CnnlensError(f"maps of {m} for image {iid} are missing from the store")
+        t0 = time.perf_counter()
         res = M.agreement(ma.astype(np.float32), mb.astype(np.float32), spec["topk"])
+        ctx.compute += time.perf_counter() - t0
         ra = ctx.store.artifact(mid, iid, m, a, "raw")
         rb = ctx.store.artifact(mid, iid, m, b, "raw")
         if ra is not None and rb is not None:
+            t0 = time.perf_counter()
             res["raw_maxabs"], res["raw_maxabs_rel"] = M.raw_difference(ra, rb)
+            ctx.compute += time.perf_counter() - t0
         rows.extend((mid, iid, m, f"{a}|{b}", f"agree.{k}", v, 1) for k, v in res.items())
     return rows, []
 
@@ -271,11 +394,13 @@ def run_crossmethod(ctx: Context, spec: dict[str, Any], ok: set[str]) -> tuple[l
         maps = {m: ctx.store.artifact(mid, iid, m, b, "map") for m in spec["methods"] if m in ok}
         maps = {m: v.astype(np.float32) for m, v in maps.items() if v is not None}
         names = list(maps)
+        t0 = time.perf_counter()
         for i in range(len(names)):
             for j in range(i + 1, len(names)):
                 p, q = names[i], names[j]
                 rows.append((mid, iid, f"{p}|{q}", b, "cross.spearman", M.spearman(maps[p], maps[q]), 1))
                 rows.append((mid, iid, f"{p}|{q}", b, "cross.ssim", M.ssim(maps[p], maps[q]), 1))
+        ctx.compute += time.perf_counter() - t0
     return rows, []
 
 
@@ -312,9 +437,10 @@ def run_sanity(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Arti
     from cnnlens.registry import REGISTRY
 
     mid, m, b = ctx.model_id, spec["method"], spec["backend"]
-    idx = [ctx.index[i] for i in spec["images"]]
-    x = ctx.x[idx]
-    t = torch.as_tensor([ctx.targets[i] for i in idx], device=x.device)
+    sh = ctx.shard(spec["images"])
+    x = sh.x
+    t = torch.as_tensor(sh.targets, device=x.device)
+    t0 = time.perf_counter()
     opts = dict(spec["options"])
     if "seed" in REGISTRY[(m, b)].all_options():
         opts.setdefault("seed", spec["seed"])
@@ -344,7 +470,8 @@ def run_sanity(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Arti
             rows.append((mid, iid, m, b, f"sanity.spearman@{k:02d}", M.spearman(np.abs(base[j]), np.abs(new[j])), 1))
             rows.append((mid, iid, m, b, f"sanity.ssim@{k:02d}", M.ssim(base[j], new[j]), 1))
     labels = [stages[u - 1][0] for u in steps]
-    ctx.store.set_meta({f"sanity_steps:{mid}": labels})
+    ctx.meta[f"sanity_steps:{mid}"] = labels
+    ctx.compute += time.perf_counter() - t0
     return rows, []
 
 
@@ -352,9 +479,11 @@ def run_speed(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Artif
     from cnnlens.registry import REGISTRY
 
     mid, m, b, bs = ctx.model_id, spec["method"], spec["backend"], spec["batch_size"]
-    reps = -(-bs // len(ctx.images))
-    x = ctx.x.repeat(reps, 1, 1, 1)[:bs].contiguous()
-    t = torch.as_tensor((ctx.targets * reps)[:bs], device=x.device)
+    sh = ctx.shard(spec["images"])
+    reps = -(-bs // len(sh.ids))
+    x = sh.x.repeat(reps, 1, 1, 1)[:bs].contiguous()
+    t = torch.as_tensor((sh.targets * reps)[:bs], device=x.device)
+    t0 = time.perf_counter()
     ex = _explainer(ctx, m, b, spec["options"], spec["seed"])
     seconds: list[float] = []
     layer_name: list[str | None] = []
@@ -390,7 +519,8 @@ def run_speed(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Artif
         (mid, "*", m, b, f"speed.ratio_to_limit{sfx}", stats["latency_median"] / limit if limit > 0 else None, 0),
         (mid, "*", m, b, f"speed.limit_n.{unit}{sfx}", float(n), 1),
     ]
-    ctx.store.set_meta({f"memory_probe:{ctx.device.type}": mem.how})
+    ctx.meta[f"memory_probe:{ctx.device.type}"] = mem.how
+    ctx.compute += time.perf_counter() - t0
     return rows, []
 
 
@@ -445,6 +575,118 @@ def db_path(out: Path, suite: Suite) -> Path:
     return out / f"{suite.name}.sqlite"
 
 
+#: Cells the driver runs itself: they compare maps that other cells wrote to the store (only the
+#: driver reads the store) and cost little next to the explanations.
+DRIVER_KINDS = ("agreement", "crossmethod")
+
+RUNNERS: dict[str, Callable[[Context, dict[str, Any]], tuple[list[Row], list[Artifact]]]] = {
+    "images": run_images, "explain": run_explain, "sanity": run_sanity, "speed": run_speed,
+}
+
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class Outcome:
+    """What running a cell gave, wherever it ran; only the driver turns it into store rows."""
+
+    status: str
+    error: str | None
+    rows: list[Row]
+    arts: list[Artifact]
+    meta: dict[str, Any]
+    seconds: float
+    compute: float
+    #: (host, pid) of the process that ran the cell.
+    where: tuple[str, int] | None = None
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+
+
+class Worker:
+    """Runs the cells that need a model, for any engine: in the driver (``local``) or in a Ray actor.
+
+    It loads each model once (the last two are kept) and reads pixels through a cache of two
+    shards, so it can run any number of cells, of any shard, in any order, with flat memory.
+
+    Args:
+        suite: The validated suite (the models it names are loaded from it).
+        device: ``"cpu"`` or ``"cuda"`` (in a Ray actor, the GPU Ray assigned to it).
+        threads: torch CPU threads (0: leave torch's setting).
+    """
+
+    def __init__(self, suite: Suite, device: str | torch.device, threads: int = 0) -> None:
+        self.suite = suite
+        self.device = torch.device(device)
+        if threads:
+            torch.set_num_threads(threads)
+        self.models: dict[str, nn.Module] = {}
+        self.pixels = PixelCache(2 * shard_size(suite))
+
+    def model(self, model_id: str) -> nn.Module:
+        from cnnlens.models import load_model
+
+        if model_id in self.models:
+            self.models[model_id] = self.models.pop(model_id)  # most recently used last
+            return self.models[model_id]
+        ms = next(m for m in self.suite.models if m.id == model_id)
+        net = load_model(ms.spec, weights=ms.weights, device=self.device)
+        self.models[model_id] = net
+        while len(self.models) > 2:
+            del self.models[next(iter(self.models))]
+        return net
+
+    def run(self, kind: str, spec: dict[str, Any], records: list[Any], targets: dict[str, int]) -> Outcome:
+        """Run one cell; a failing method is the cell's result (``status="error"``), not a crash."""
+        t0 = time.perf_counter()
+        ms = next(m for m in self.suite.models if m.id == spec["model"])
+        ctx = Context(self.suite, ms.id, None, ms.layer, self.device, {r.id: r for r in records}, dict(targets),
+                      image_size=ms.image_size, pixels=self.pixels)
+        try:
+            ctx.model = self.model(ms.id)
+            rows, arts = RUNNERS[kind](ctx, spec)
+            status, error = "done", None
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # a failing method is a result of the study, not a crash
+            status, error, rows, arts = "error", _error_text(exc), [], []
+            ctx.meta.pop("images", None)
+        return Outcome(status, error, rows, arts, ctx.meta, time.perf_counter() - t0, ctx.compute, _where())
+
+
+def _where() -> tuple[str, int]:
+    import os
+    import socket
+
+    return socket.gethostname(), os.getpid()
+
+
+class LocalExecutor:
+    """Runs each cell at once in this process (the ``local`` engine)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.done: list[tuple[int, Outcome]] = []
+
+    def free(self) -> bool:
+        return not self.done
+
+    def busy(self) -> bool:
+        return bool(self.done)
+
+    def submit(self, i: int, kind: str, spec: dict[str, Any], records: list[Any], targets: dict[str, int]) -> None:
+        self.done.append((i, self.worker.run(kind, spec, records, targets)))
+
+    def poll(self) -> list[tuple[int, Outcome]]:
+        out, self.done = self.done, []
+        return out
+
+    def close(self) -> None:
+        pass
+
+
 def run(
     suite: str | Path,
     device: str = "cpu",
@@ -452,20 +694,35 @@ def run(
     overwrite: bool = False,
     progress: bool = True,
     max_cells: int | None = None,
+    engine: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    gpus_per_worker: float | None = None,
 ) -> Path:
     """Run (or resume) a study and return its SQLite file.
+
+    Images are read shard by shard (``[images] shard``), on demand, so memory does not grow with
+    the number of images; the driver (this process) alone writes the store.
 
     Args:
         suite: ``"smoke"``, ``"standard"``, ``"gpu"`` or a path to a suite TOML file. It is fully
             validated before any work starts (:class:`~cnnlens.errors.SuiteError`).
         device: ``"cpu"`` or ``"cuda"``.
         out: Output folder; the store is ``OUT/<study name>.sqlite``. Running again with the same
-            folder resumes: finished cells are skipped. A folder holding a *different* suite's
-            study is refused unless ``overwrite=True``, which deletes that study file (and nothing
-            else) and starts fresh.
+            folder resumes: finished cells are skipped, and images added to the suite (or to its
+            folders) only add shards. A folder holding a *different* suite's study is refused
+            unless ``overwrite=True``, which deletes that study file (and nothing else) and starts
+            fresh.
         overwrite: Start fresh instead of resuming.
-        progress: Show a progress bar (tqdm).
+        progress: Show one progress bar for the study (tqdm; drawn only when stderr is a terminal).
         max_cells: Stop after running this many new cells (the study stays resumable).
+        engine: ``"local"`` (this process) or ``"ray"`` (long-lived Ray actors, each loading a
+            model once and running many cells; needs ``pip install 'cnnlens[ray]'``).
+        workers: Ray actors (default: one per CPU of the local Ray, or of the joined cluster).
+        address: ``None`` starts a local Ray on this machine (loopback only) and stops it
+            afterwards; ``"auto"`` or ``"ray://host:port"`` joins a running cluster.
+        gpus_per_worker: GPUs each Ray actor asks for when ``device="cuda"`` (fractions share a
+            card; default: the cluster's GPUs divided among the workers, at most 1).
 
     Returns:
         The path of the study's SQLite file.
@@ -475,16 +732,32 @@ def run(
         StoreError: ``OUT/<study name>.sqlite`` is corrupt or another program's database.
         OutputError: The folder is read-only or the disk fills up; every finished cell is kept
             (SQLite commits each cell whole), so the same call resumes once there is room.
+        OptionError: An unknown engine, or workers/address/gpus_per_worker without Ray.
+        BackendUnavailableError: ``engine="ray"`` but Ray is not installed.
     """
+    from cnnlens.errors import OptionError
+
     s = load_suite(suite)
+    if engine not in ENGINES:
+        raise OptionError(f"unknown engine '{engine}'{_match_hint(engine, ENGINES)}; use 'local' or 'ray'")
+    if engine == "local" and (workers not in (None, 1) or address is not None or gpus_per_worker is not None):
+        raise OptionError("workers, address and gpus_per_worker need engine='ray' (CLI: --engine ray)")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise OptionError(f"workers must be a whole number >= 1, got {workers!r}")
+    if gpus_per_worker is not None and not (0 < float(gpus_per_worker) <= 8):
+        raise OptionError(f"gpus_per_worker must be > 0 and <= 8 (fractions share a GPU), got {gpus_per_worker!r}")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
         raise ModelError(f"invalid device '{device}': use 'cpu' or 'cuda'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if dev.type == "cuda" and engine == "local" and not torch.cuda.is_available():
         raise ModelError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
     if dev.type not in ("cpu", "cuda"):
         raise ModelError(f"device '{device}' is not supported by the benchmark; use 'cpu' or 'cuda'")
+    if engine == "ray":
+        from cnnlens.bench.ray_engine import require_ray
+
+        require_ray()
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out '{out}' exists and is not a folder; choose a folder path")
@@ -499,8 +772,9 @@ def run(
             except OSError as exc:
                 raise output_error(p, exc, "study database", "--out") from None
     store = Store(path, s.name)
+    how = {"engine": engine, "workers": workers, "address": address, "gpus_per_worker": gpus_per_worker}
     try:
-        _resume(s, dev, store, progress, max_cells)
+        _resume(s, dev, store, progress, max_cells, how)
     except sqlite3.Error as exc:
         raise sqlite_error(path, exc, writing=True) from None
     finally:
@@ -508,84 +782,191 @@ def run(
     return path
 
 
-def _resume(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None) -> None:
+def _match_hint(word: str, choices: tuple[str, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(word), choices, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def study_digest(s: Suite) -> str:
+    """A hash of the study without its image list: the same study with images added is resumed.
+
+    The shard size stays in it (it decides every cell's images).
+    """
+    d = s.to_dict()
+    d["images"] = {"shard": shard_size(s)}
+    blob = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _resume(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None,
+            how: dict[str, Any]) -> None:
     """Check that the store holds this suite's study (or none), record the run, run the pending cells."""
     path = store.path
-    old = store.meta().get("suite_digest")
-    if old is not None and old != s.digest():
+    known = store.meta()
+    old = known.get("study_digest")
+    if (old is not None and old != study_digest(s)) or \
+            (old is None and known.get("suite_digest") not in (None, s.digest())):
         raise OutputExistsError(
             f"'{path}' holds a study of a different version of suite '{s.name}'; pass overwrite=True "
             "(CLI: --overwrite) to start fresh, or choose another --out folder"
         )
     meta = run_metadata(s, dev)
     store.set_meta(meta)  # the first run's metadata stays; later runs add their own entry
-    store.set_meta({f"run:{int(time.time())}": {k: meta[k] for k in ("git_revision", "versions", "device")}})
+    # the suite itself is the latest run's: it may list more images than the first one
+    store.set_meta({"suite": meta["suite"], "suite_digest": meta["suite_digest"], "study_digest": study_digest(s)},
+                   replace=True)
+    store.set_meta({f"run:{int(time.time())}": {**{k: meta[k] for k in ("git_revision", "versions", "device")},
+                                                "engine": how}})
     threads = torch.get_num_threads()
     if s.threads:
         torch.set_num_threads(s.threads)
     try:
-        _run_study(s, dev, store, progress, max_cells)
+        _run_study(s, dev, store, progress, max_cells, how)
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None) -> None:
-    from cnnlens.bench.data import build_images
-    from cnnlens.models import load_model
+def _positions(records: list[Any], known: dict[str, int], size: int) -> dict[str, int]:
+    """Each image's position: the stored one when the study already has it; new images after them,
+    from the next shard boundary on (so they never join a finished shard)."""
+    nxt = -(-(max(known.values()) + 1) // size) * size if known else 0
+    pos: dict[str, int] = {}
+    for r in records:
+        if r.id in pos:
+            continue
+        if r.id in known:
+            pos[r.id] = known[r.id]
+        else:
+            pos[r.id] = nxt
+            nxt += 1
+    return pos
 
-    budget = [max_cells if max_cells is not None else -1]
+
+def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None,
+               how: dict[str, Any]) -> bool:
+    """Plan every model's cells, then run the pending ones as their inputs become ready.
+
+    Returns False when ``max_cells`` stopped the study early.
+    """
+    import heapq
+
+    from cnnlens.bench.data import collect_images
+
+    size = shard_size(s)
+    engine = how["engine"]
+    local = Worker(s, dev) if engine == "local" else None
+    planner = local if local is not None else \
+        Worker(s, dev if dev.type != "cuda" or torch.cuda.is_available() else torch.device("cpu"))
+    cells: list[Cell] = []
+    records: dict[str, dict[str, Any]] = {}
+    positions: dict[str, dict[str, int]] = {}
+    targets: dict[str, dict[str, int]] = {}
     for ms in s.models:
-        model = load_model(ms.spec, weights=ms.weights, device=dev)
-        items, x, targets = build_images(s.images, model, ms.image_size, s.target)
-        cats = getattr(model, "cnnlens_categories", None)
-        store.put_images(ms.id, [
-            (im.id, i, im.source, t, cats[t] if cats and t < len(cats) else str(t), im.box, _png(im.display))
-            for i, (im, t) in enumerate(zip(items, targets, strict=True))
-        ])
-        ctx = Context(s, ms.id, model, ms.layer, dev, items, x.to(dev), targets,
-                      {im.id: i for i, im in enumerate(items)}, store)
-        cells = plan(s, ms.id, [im.id for im in items])
-        if not _run_cells(ctx, cells, progress, budget):
-            return
+        recs = collect_images(s.images, planner.model(ms.id), ms.image_size, s.target)
+        records[ms.id] = {r.id: r for r in recs}
+        positions[ms.id] = _positions(recs, store.positions(ms.id), size)
+        targets[ms.id] = store.targets(ms.id)
+        cells.extend(plan(s, ms.id, list(positions[ms.id]), positions[ms.id]))
+    if local is None:
+        planner.models.clear()
+    del planner
 
+    seen: set[str] = set()
+    cells = [c for c in cells if not (c.key in seen or seen.add(c.key))]
+    status = dict(store.finished())
+    pending = [i for i, c in enumerate(cells) if c.key not in status]
+    waiting = {i: sum(1 for d in cells[i].deps if d not in status) for i in pending}
+    dependents: dict[str, list[int]] = {}
+    for i in pending:
+        for d in cells[i].deps:
+            if d not in status:
+                dependents.setdefault(d, []).append(i)
+    ready = [i for i in pending if waiting[i] == 0]
+    heapq.heapify(ready)
 
-def _run_cells(ctx: Context, cells: list[Cell], progress: bool, budget: list[int]) -> bool:
     from tqdm.auto import tqdm
 
-    finished = ctx.store.finished()
-    pending = [c for c in cells if c.key not in finished]
-    runners: dict[str, Callable[..., tuple[list[Row], list[Artifact]]]] = {
-        "explain": run_explain, "agreement": run_agreement, "sanity": run_sanity, "speed": run_speed,
-    }
-    bar = tqdm(total=len(cells), initial=len(cells) - len(pending), disable=not progress,
-               desc=f"{ctx.suite.name}:{ctx.model_id}", unit="cell")
-    try:
-        for cell in pending:
-            if budget[0] == 0:
-                return False
-            bar.set_postfix_str(f"{cell.kind} {cell.spec.get('method', cell.spec.get('backend', ''))}"[:40])
-            t0 = time.perf_counter()
-            dep_status = [ctx.store.status(d) for d in cell.deps]
-            status, error, rows, arts = "done", None, [], []
-            if cell.kind == "agreement" and any(st != "done" for st in dep_status):
-                status, error = "skipped", "a compared explanation failed or is missing"
+    # disable=None: tqdm draws only on a terminal, so logs and pipes get no carriage-return frames.
+    bar = tqdm(total=len(cells), initial=len(cells) - len(pending), disable=None if progress else True,
+               desc=s.name, unit="cell", mininterval=0.5)
+    t_start = time.perf_counter()
+    explained = [0]
+
+    def finish(i: int, o: Outcome) -> None:
+        c = cells[i]
+        img_rows = o.meta.pop("images", None)
+        mid = c.spec["model"]
+        images = None
+        if img_rows is not None:
+            pos = positions[mid]
+            images = [(mid, iid, pos[iid], src, t, label, box, png) for iid, src, t, label, box, png in img_rows]
+            targets[mid].update({iid: int(t) for iid, _s, t, *_ in img_rows})
+        store.write_cell(c.key, c.kind, c.spec, o.status, o.rows, o.arts, o.error, o.seconds,
+                         images=images, meta=o.meta, compute=o.compute, where=o.where)
+        status[c.key] = o.status
+        if c.kind == "explain":
+            explained[0] += len(c.spec["images"])
+        for j in dependents.pop(c.key, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+        bar.update(1)
+        rate = explained[0] / max(time.perf_counter() - t_start, 1e-9)
+        bar.set_postfix_str(f"{rate:.1f} img/s", refresh=False)
+
+    def on_driver(c: Cell) -> Outcome | None:
+        """Cells that run here: store comparisons, and cells whose inputs failed (skipped)."""
+        dep_status = [status.get(d) for d in c.deps]
+        if c.kind != "crossmethod" and any(st != "done" for st in dep_status):
+            why = "a compared explanation failed or is missing" if c.kind == "agreement" else \
+                "its images could not be read (see the shard's images cell)"
+            return Outcome("skipped", why, [], [], {}, 0.0, 0.0)
+        if c.kind not in DRIVER_KINDS:
+            return None
+        ctx = Context(s, c.spec["model"], None, None, dev, {}, {}, store)
+        t0 = time.perf_counter()
+        try:
+            if c.kind == "crossmethod":
+                ok = {m for m, d in zip(c.spec["methods"], dep_status, strict=True) if d == "done"}
+                rows, arts = run_crossmethod(ctx, c.spec, ok)
             else:
-                try:
-                    if cell.kind == "crossmethod":
-                        ok = {c for c, d in zip(cell.spec["methods"], dep_status, strict=True) if d == "done"}
-                        rows, arts = run_crossmethod(ctx, cell.spec, ok)
-                    else:
-                        rows, arts = runners[cell.kind](ctx, cell.spec)
-                except (KeyboardInterrupt, SystemExit, sqlite3.Error):
-                    raise  # a store failure (full disk) stops the study; it is not the method's result
-                except Exception as exc:  # a failing method is a result of the study, not a crash
-                    status, error = "error", f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-                    rows, arts = [], []
-            ctx.store.write_cell(cell.key, cell.kind, cell.spec, status, rows, arts, error,
-                                 time.perf_counter() - t0)
-            bar.update(1)
-            if budget[0] > 0:
-                budget[0] -= 1
+                rows, arts = run_agreement(ctx, c.spec)
+            st, err = "done", None
+        except (KeyboardInterrupt, SystemExit, sqlite3.Error):
+            raise  # a store failure (full disk) stops the study; it is not the method's result
+        except Exception as exc:
+            st, err, rows, arts = "error", _error_text(exc), [], []
+        return Outcome(st, err, rows, arts, ctx.meta, time.perf_counter() - t0, ctx.compute)
+
+    if local is not None:
+        executor: Any = LocalExecutor(local)
+    else:
+        from cnnlens.bench.ray_engine import RayExecutor
+
+        executor = RayExecutor(s, dev, workers=how["workers"], address=how["address"],
+                               gpus_per_worker=how["gpus_per_worker"])
+    started = 0
+    try:
+        while ready or executor.busy():
+            while ready and (max_cells is None or started < max_cells) and executor.free():
+                i = heapq.heappop(ready)
+                c = cells[i]
+                started += 1
+                o = on_driver(c)
+                if o is not None:
+                    finish(i, o)
+                    continue
+                mid = c.spec["model"]
+                recs = [records[mid][iid] for iid in c.spec["images"]]
+                tg = {iid: targets[mid][iid] for iid in c.spec["images"] if iid in targets[mid]}
+                executor.submit(i, c.kind, c.spec, recs, tg)
+            if max_cells is not None and started >= max_cells and not executor.busy():
+                break
+            for i, o in executor.poll():
+                finish(i, o)
     finally:
         bar.close()
-    return True
+        executor.close()
+    return max_cells is None or started < max_cells

@@ -4,11 +4,16 @@ Tables:
 
 * ``meta`` (study, key, value): run metadata (package versions, device, git revision, suite, options).
 * ``cells`` (study, cell, ...): one row per finished cell with its status (``done``, ``error``,
-  ``skipped``), its spec as JSON and its wall time.
+  ``skipped``), its spec as JSON, its wall time and (``compute``) the seconds of it spent inside
+  ``explain()`` and the metric calls (studies written before that column get it added, empty).
 * ``results`` (study, model, image, method, backend, metric) -> value: the table. ``deterministic``
   is 0 for timing and memory rows, which change from run to run.
 * ``artifacts``: maps (float16) and raw attributions (float32) that later cells (agreement) read.
-* ``images``: each image's display copy (PNG), target and ground-truth box, for the report.
+* ``images``: each image's display copy (PNG), target and ground-truth box, for the report; written
+  shard by shard, by the cell that reads the shard (``kind = 'images'``).
+
+Only the process that runs the study (the driver) writes the file, whatever the engine: workers
+return their rows to it, so SQLite never sees two writers.
 
 Every cell is written in one transaction together with its ``cells`` row, and every insert is
 ``INSERT OR IGNORE`` on a primary key, so a study killed at any moment resumes without losing or
@@ -42,7 +47,7 @@ CREATE TABLE IF NOT EXISTS meta (
     PRIMARY KEY (study, key));
 CREATE TABLE IF NOT EXISTS cells (
     study TEXT NOT NULL, cell TEXT NOT NULL, kind TEXT NOT NULL, spec TEXT NOT NULL,
-    status TEXT NOT NULL, error TEXT, seconds REAL, host TEXT, pid INTEGER, finished REAL,
+    status TEXT NOT NULL, error TEXT, seconds REAL, host TEXT, pid INTEGER, finished REAL, compute REAL,
     PRIMARY KEY (study, cell));
 CREATE TABLE IF NOT EXISTS results (
     study TEXT NOT NULL, cell TEXT NOT NULL, model TEXT NOT NULL, image TEXT NOT NULL,
@@ -151,6 +156,9 @@ class Store:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.executescript(SCHEMA)
+            cols = {r[1] for r in self.conn.execute("PRAGMA table_info(cells)")}
+            if "compute" not in cols:  # a study written before the column existed
+                self.conn.execute("ALTER TABLE cells ADD COLUMN compute REAL")
         except sqlite3.Error as exc:
             self.conn.close()
             raise sqlite_error(self.path, exc, writing=True) from None
@@ -213,12 +221,29 @@ class Store:
         artifacts: Iterable[tuple[str, str, str, str, str, np.ndarray]] = (),
         error: str | None = None,
         seconds: float | None = None,
+        images: Iterable[tuple[str, str, int, str, int, str | None, Any, bytes]] | None = None,
+        meta: dict[str, Any] | None = None,
+        compute: float | None = None,
+        where: tuple[str, int] | None = None,
     ) -> None:
-        """Write a cell's rows, artifacts and status in one transaction (all or nothing)."""
-        import os
+        """Write a cell's rows, artifacts, image rows, metadata and status in one transaction.
+
+        All or nothing: a study killed at any moment has each cell either whole or absent.
+        ``images`` rows are (model, image, position, source, target, label, box, png); ``where``
+        is the (host, pid) that ran the cell (default: this process).
+        """
         import socket
 
         with self.transaction() as c:
+            if images:
+                c.executemany(
+                    "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(self.study, model, img, pos, src, tgt, label, json.dumps(box), png)
+                     for model, img, pos, src, tgt, label, box, png in images],
+                )
+            if meta:
+                c.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?, ?)",
+                              [(self.study, k, json.dumps(v, default=str)) for k, v in meta.items()])
             c.executemany(
                 "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(self.study, cell, m, i, me, b, k, None if v is None else float(v), int(d))
@@ -229,9 +254,10 @@ class Store:
                 [(self.study, cell, m, i, me, b, name, _array_bytes(a)) for m, i, me, b, name, a in artifacts],
             )
             c.execute(
-                "INSERT OR IGNORE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO cells (study, cell, kind, spec, status, error, seconds, host, pid, finished, "
+                "compute) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (self.study, cell, kind, json.dumps(spec, sort_keys=True, default=str), status, error, seconds,
-                 socket.gethostname(), os.getpid(), time.time()),
+                 *(where or (socket.gethostname(), os.getpid())), time.time(), compute),
             )
 
     # ---------------------------------------------------------------- images and artifacts
@@ -242,6 +268,18 @@ class Store:
                 [(self.study, model, img, pos, src, tgt, label, json.dumps(box), png)
                  for img, pos, src, tgt, label, box, png in items],
             )
+
+    def positions(self, model: str) -> dict[str, int]:
+        """image -> position, for the images of ``model`` already in the study."""
+        rows = self.conn.execute("SELECT image, position FROM images WHERE study = ? AND model = ?",
+                                 (self.study, model)).fetchall()
+        return {i: int(p) for i, p in rows}
+
+    def targets(self, model: str) -> dict[str, int]:
+        """image -> target class, for the images of ``model`` already in the study."""
+        rows = self.conn.execute("SELECT image, target FROM images WHERE study = ? AND model = ?",
+                                 (self.study, model)).fetchall()
+        return {i: int(t) for i, t in rows if t is not None}
 
     def artifact(self, model: str, image: str, method: str, backend: str, name: str) -> np.ndarray | None:
         row = self.conn.execute(
@@ -348,6 +386,40 @@ def read_table(db: str | Path, table: str) -> Any:
         return _query(Path(db), conn, f"SELECT * FROM {table}")
     finally:
         conn.close()
+
+
+def load(db: str | Path) -> Any:
+    """The study's results as a pandas DataFrame: one row per (model, image, method, backend, metric).
+
+    Columns: study, model, image, method, backend, metric, value, deterministic (0 for timing
+    and memory rows) and cell (the key of the cell that wrote the row).
+    """
+    return read_results(db)
+
+
+EXPORT_FORMATS = ("csv", "parquet")
+
+
+def export(db: str | Path, out: str | Path | None = None, format: str = "csv") -> Path:
+    """Write the results table to CSV or Parquet (default: ``results.<format>`` next to the database).
+
+    Raises:
+        StoreError: ``db`` is not a readable study.
+        OutputError: ``format`` is unknown, or the file could not be written.
+    """
+    from cnnlens._files import write_atomic
+
+    if format not in EXPORT_FORMATS:
+        raise OutputError(f"unknown export format '{format}'; use one of: {', '.join(EXPORT_FORMATS)}")
+    target = Path(out) if out is not None else Path(db).with_name(f"results.{format}")
+    df = read_results(db).drop(columns=["cell"])
+    if format == "csv":
+        return write_atomic(target, df.to_csv(index=False), "results CSV")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise OutputError("Parquet export needs pyarrow: pip install pyarrow (or export --format csv)") from None
+    return write_atomic(target, lambda tmp: df.to_parquet(tmp, index=False), "results Parquet")
 
 
 def export_csv(db: str | Path, path: str | Path | None = None) -> Path:

@@ -1,0 +1,197 @@
+"""``engine="ray"``: the study's cells on long-lived Ray actors, on this machine or a cluster.
+
+Each actor is a :class:`~cnnlens.bench.engine.Worker`: it loads a model once and runs many cells,
+reading each shard's image files itself (decoding is spread over the workers). The driver keeps
+the plan, hands each actor at most two cells at a time (one running, one queued, so an actor is
+never idle while the driver writes), and alone writes the store with what the actors return.
+
+Faults: an actor that dies mid-cell (killed, out of memory, a crash in a toolkit) is replaced by a
+new one and its cells go back to the queue, to run on whichever actor is free next; a cell that
+killed its worker :data:`MAX_ATTEMPTS` times is recorded as an error instead of being retried
+forever. The driver's own death loses nothing: every finished cell is in the store, and a rerun
+skips it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+
+from cnnlens.bench.engine import Outcome, Worker, _error_text
+from cnnlens.bench.suite import Suite
+from cnnlens.errors import BackendUnavailableError, ModelError, OptionError
+
+#: Times a cell may take its worker down with it before it is recorded as an error.
+MAX_ATTEMPTS = 3
+
+#: Cells handed to one actor at a time (one running, one queued behind it).
+DEPTH = 2
+
+INSTALL = "pip install 'cnnlens[ray]'"
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or one clear error saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise BackendUnavailableError(f"--engine ray needs Ray, which is not installed: {INSTALL}") from None
+    return ray
+
+
+def start_local_ray(num_cpus: int, num_gpus: int = 0) -> str:
+    """Start a Ray on this machine, reachable on the loopback interface only; returns its address.
+
+    Ray binds its servers to the node's address, which it resolves to the machine's network
+    interface unless Ray clusters are disabled (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's
+    own switch, which makes it use the loopback address as on a laptop). The switch is set only
+    while this Ray starts (its processes inherit it) and then restored, so it changes nothing else.
+    """
+    ray = require_ray()
+    from ray._private import ray_constants
+
+    var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    before_env, before_flag = os.environ.get(var), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[var] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                       configure_logging=False)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before_flag
+        if before_env is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = before_env
+    return str(ctx.address_info["gcs_address"])
+
+
+class RayExecutor:
+    """Runs cells on Ray actors; the driver's loop submits cells and polls for outcomes.
+
+    Args:
+        suite: The validated suite (each actor loads its models from it).
+        device: The suite's device; ``cuda`` makes each actor ask Ray for ``gpus_per_worker`` GPUs.
+        workers: Actors to start (default: the CPUs Ray has, divided by one per actor).
+        address: ``None`` starts a local Ray on 127.0.0.1 and shuts it down in :meth:`close`;
+            ``"auto"`` or ``"ray://host:port"`` joins a running cluster (left running).
+        gpus_per_worker: GPUs per actor on ``cuda`` (fractions share a card).
+    """
+
+    def __init__(self, suite: Suite, device: torch.device, workers: int | None, address: str | None,
+                 gpus_per_worker: float | None) -> None:
+        ray = require_ray()
+        self.ray = ray
+        self.suite = suite
+        self.started = False
+        if not ray.is_initialized():
+            try:
+                if address is None:
+                    n = max(workers or 1, os.cpu_count() or 1)
+                    gpus = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+                    start_local_ray(n, gpus)
+                else:
+                    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = f"the Ray cluster at '{address}'" if address else "a local Ray"
+                raise OptionError(f"could not start or join {where}: {str(exc).splitlines()[0]}") from None
+            self.started = True
+        res = ray.cluster_resources()
+        cpus = int(res.get("CPU", 1))
+        self.workers = workers or max(1, cpus)
+        cpus_each = max(1, cpus // self.workers) if address is None else 1
+        opts: dict[str, Any] = {"num_cpus": cpus_each}
+        if device.type == "cuda":
+            gpus = float(res.get("GPU", 0))
+            if gpus <= 0:
+                self.close()
+                raise ModelError("device 'cuda' was asked for but the Ray cluster has no GPU; use --device cpu")
+            opts["num_gpus"] = float(gpus_per_worker) if gpus_per_worker else min(1.0, gpus / self.workers)
+        self.threads = suite.threads or cpus_each
+        self.device = str(device)
+        self.actor_cls = ray.remote(max_restarts=0)(Worker).options(**opts)
+        self.actors = [self._new_actor() for _ in range(self.workers)]
+        self.load: dict[Any, int] = dict.fromkeys(self.actors, 0)
+        #: task reference -> (cell index, kind, spec, records, targets, actor, attempt)
+        self.inflight: dict[Any, tuple[int, str, dict[str, Any], list[Any], dict[str, int], Any, int]] = {}
+        self.retry: list[tuple[int, str, dict[str, Any], list[Any], dict[str, int], int]] = []
+        self.deaths = 0
+
+    def _new_actor(self) -> Any:
+        return self.actor_cls.remote(self.suite, self.device, self.threads)
+
+    def free(self) -> bool:
+        self._drain_retries()
+        return any(n < DEPTH for n in self.load.values())
+
+    def busy(self) -> bool:
+        return bool(self.inflight or self.retry)
+
+    def submit(self, i: int, kind: str, spec: dict[str, Any], records: list[Any], targets: dict[str, int],
+               attempt: int = 1) -> None:
+        actor = min(self.load, key=lambda a: self.load[a])
+        ref = actor.run.remote(kind, spec, records, targets)
+        self.load[actor] += 1
+        self.inflight[ref] = (i, kind, spec, records, targets, actor, attempt)
+
+    def _drain_retries(self) -> None:
+        while self.retry and any(n < DEPTH for n in self.load.values()):
+            i, kind, spec, records, targets, attempt = self.retry.pop(0)
+            self.submit(i, kind, spec, records, targets, attempt)
+
+    def poll(self, timeout: float = 1.0) -> list[tuple[int, Outcome]]:
+        """Outcomes of the cells that finished (waits up to ``timeout`` seconds for the first)."""
+        ray = self.ray
+        self._drain_retries()
+        if not self.inflight:
+            return []
+        done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=timeout)
+        if done:  # take every other finished one too, without waiting
+            more, _ = ray.wait([r for r in self.inflight if r not in done], num_returns=len(self.inflight) - 1,
+                               timeout=0) if len(self.inflight) > 1 else ([], [])
+            done = done + more
+        out: list[tuple[int, Outcome]] = []
+        for ref in done:
+            i, kind, spec, records, targets, actor, attempt = self.inflight.pop(ref)
+            if actor in self.load:
+                self.load[actor] -= 1
+            try:
+                out.append((i, ray.get(ref)))
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
+                    ray.exceptions.ActorUnavailableError) as exc:
+                self._replace(actor)
+                if attempt >= MAX_ATTEMPTS:
+                    why = f"its worker died {attempt} times running it ({type(exc).__name__})"
+                    out.append((i, Outcome("error", why, [], [], {}, 0.0, 0.0)))
+                else:
+                    self.retry.append((i, kind, spec, records, targets, attempt + 1))
+            except ray.exceptions.RayTaskError as exc:  # the worker caught method errors; this is cnnlens's
+                out.append((i, Outcome("error", _error_text(exc.cause if exc.cause else exc), [], [], {}, 0.0, 0.0)))
+        self._drain_retries()
+        return out
+
+    def _replace(self, actor: Any) -> None:
+        """Swap a dead actor for a fresh one (its other queued cells come back as failures too)."""
+        if actor not in self.load:
+            return
+        self.deaths += 1
+        del self.load[actor]
+        self.actors = [a for a in self.actors if a is not actor]
+        fresh = self._new_actor()
+        self.actors.append(fresh)
+        self.load[fresh] = 0
+
+    def close(self) -> None:
+        ray = self.ray
+        for a in getattr(self, "actors", []):
+            with contextlib.suppress(Exception):  # an actor already gone is fine
+                ray.kill(a)
+        self.actors = []
+        if self.started and ray.is_initialized():
+            ray.shutdown()
+
+
+__all__ = ["DEPTH", "INSTALL", "MAX_ATTEMPTS", "RayExecutor", "require_ray", "start_local_ray"]
