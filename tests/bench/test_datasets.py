@@ -276,3 +276,39 @@ def test_a_bad_dataset_fails_the_run_before_any_cell(tmp_path):
         bench.run(_suite(tmp_path, 'folder = "data"'), out=out, progress=False)
     dbs = list(out.glob("*.sqlite")) if out.exists() else []
     assert all(bench.read_table(db, "cells").empty for db in dbs)
+
+
+# --------------------------------------------------------------------------------------------
+# The same dataset study on the local engine and on Ray
+# --------------------------------------------------------------------------------------------
+
+
+def _has_ray() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _has_ray(), reason="Ray is not installed (pip install 'cnnlens[ray]')")
+def test_an_imagefolder_study_is_identical_on_local_and_ray(tmp_path):
+    """A folder with VOC boxes, explained for its labels: the deterministic results of ``--engine local``
+    and ``--engine ray --workers 2`` (records, boxes and targets travel to the actors) are identical."""
+    from bench_helpers import deterministic_table
+
+    for i, cls in enumerate(("n01440764", "n01443537", "n01484850")):
+        for j in range(2):
+            _img(tmp_path / "data" / cls / f"{j}.png", 64, 64, seed=3 * i + j)
+            _voc(tmp_path / "voc", f"{j}.png", 64, 64, [(1, 1, 20, 20), (25, 25, 40, 40)][j:j + 1])
+    suite = _suite(tmp_path, 'folder = "data"\nannotations = "voc"', extra='target = "label"')
+    local = bench.run(suite, out=tmp_path / "local", progress=False)
+    ray_db = bench.run(suite, out=tmp_path / "ray", progress=False, engine="ray", workers=2)
+    ref = deterministic_table(local)
+    assert set(ref.metric) >= {"pointing.hit", "pointing.energy"} and len(set(ref.image)) == 6
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(deterministic_table(ray_db), ref)
+    images = bench.read_table(local, "images")
+    assert sorted(images.target.tolist()) == [0, 0, 1, 1, 2, 2]  # the labels, not the model's top-1
