@@ -74,6 +74,10 @@ def _header(path: Path) -> tuple[int, int] | str:
         with Image.open(path) as im:
             w, h = im.size
             orientation = im.getexif().get(0x0112, 1)
+    except FileNotFoundError:
+        return "missing"
+    except IsADirectoryError:
+        return "a folder"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         return f"{type(exc).__name__}"
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
@@ -319,10 +323,11 @@ def records(spec: ImagesSpec, model: Any, resize: int, crop: int) -> list[BenchI
     out: list[BenchImage] = []
     outside: list[str] = []
     dropped = 0
+    prefix = str(root) + os.sep if root is not None else ""
     labels = {label for _p, label, _b, _m in rows if label is not None}
     index = class_index(labels, spec.classes, model) if labels else {}
     for p, label, boxes, mask in rows:
-        size = _header(p) if p.is_file() else "missing"
+        size = _header(p)
         if isinstance(size, str):
             bad.append(f"{p} ({size})")
             continue
@@ -339,7 +344,8 @@ def records(spec: ImagesSpec, model: Any, resize: int, crop: int) -> list[BenchI
                 outside.append(f"{p.name} {[round(v, 1) for v in b]} ({w}x{h})")
         mapped, lost = map_boxes(boxes, size, resize, crop)
         dropped += lost
-        rel = p.relative_to(root).as_posix() if root is not None and p.is_relative_to(root) else p.name
+        sp = str(p)
+        rel = sp[len(prefix):].replace(os.sep, "/") if prefix and sp.startswith(prefix) else p.name
         out.append(BenchImage(rel, str(p), path=str(p), box=mapped[0] if mapped else None,
                               label=index[label] if label is not None else None, boxes=tuple(mapped),
                               mask_path=mask))
