@@ -312,3 +312,13 @@ def test_an_imagefolder_study_is_identical_on_local_and_ray(tmp_path):
     pd.testing.assert_frame_equal(deterministic_table(ray_db), ref)
     images = bench.read_table(local, "images")
     assert sorted(images.target.tolist()) == [0, 0, 1, 1, 2, 2]  # the labels, not the model's top-1
+
+
+def test_a_bad_dataset_is_one_line_in_the_cli(tmp_path):
+    from cnnlens.testing import one_line_error, run_cli
+
+    _img(tmp_path / "data" / "1" / "ok.png")
+    (tmp_path / "data" / "1" / "bad.jpg").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    one_line_error(run_cli("bench", "--suite", _suite(tmp_path, 'folder = "data"'), "--out", out),
+                   "1 of 2 images cannot be read", "bad.jpg", "skip_unreadable = true")
