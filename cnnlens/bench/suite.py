@@ -72,7 +72,8 @@ class _Problem(PydanticCustomError):
     def __new__(cls, message: str, sub: str | None = None) -> _Problem:
         # "must ..." reads after the path with a space, anything else after a colon.
         kind = "suite_must" if message.startswith(("must ", "values are ", "are ", "needs ", "selects ")) else "suite"
-        return super().__new__(cls, kind, message.replace("{", "{{").replace("}", "}}"), {"sub": sub})
+        # pydantic fills only "{key}" placeholders of the context keys in the message; braces stay as written.
+        return super().__new__(cls, kind, message, {"sub": sub})
 
 
 def _hint(name: str, pool: Any, fmt: str = "{}") -> str:
