@@ -48,8 +48,8 @@ class BenchImage:
     label: int | None = None  # the dataset's class index of the image (folder, manifest)
     #: Ground-truth boxes (x0, y0, x1, y1) in model-input pixels (exclusive ends); ``box`` is the first.
     boxes: tuple[tuple[int, int, int, int], ...] = ()
-    mask: np.ndarray | None = None  # (H, W) bool at the model's input size, read with the pixels
-    mask_path: str | None = None  # the mask file (manifest ``mask`` column)
+    mask: np.ndarray | None = None  # (H, W) bool at the model's input size (generated masks)
+    mask_path: str | None = None  # a mask file (manifest ``mask`` column), read by :func:`region_of`
 
     def __post_init__(self) -> None:
         if self.box is not None and not self.boxes:
@@ -268,13 +268,16 @@ def read_display(record: BenchImage, resize: int, crop: int) -> np.ndarray:
 
 
 def region_of(record: BenchImage, model: nn.Module, size: int | None = None) -> np.ndarray | tuple[tuple[int, int, int, int], ...] | None:
-    """What the localization measures score ``record`` against: its mask (read now if no shard read
-    has filled it in this process), else its boxes, else None."""
-    if record.mask_path is not None and record.mask is None:
+    """What the localization measures score ``record`` against: its mask, else its boxes, else None.
+
+    A mask file is read here, through a small bounded cache, and not kept on the record: a study's
+    memory must not grow with its number of images.
+    """
+    if record.mask is None and record.mask_path is not None:
         from cnnlens.bench.datasets import load_mask
 
         resize, crop = _sizes(model, size)
-        record.mask = load_mask(record.mask_path, resize, crop, record.flip)
+        return load_mask(record.mask_path, resize, crop, record.flip)
     return record.region()
 
 
@@ -282,11 +285,6 @@ def load_pixels(records: list[BenchImage], model: nn.Module, size: int | None = 
     """Read one shard: the records' display images and their normalised batch (on the CPU)."""
     resize, crop = _sizes(model, size)
     displays = [read_display(r, resize, crop) for r in records]
-    for r in records:
-        if r.mask_path is not None and r.mask is None:
-            from cnnlens.bench.datasets import load_mask
-
-            r.mask = load_mask(r.mask_path, resize, crop, r.flip)
     return displays, normalize(displays, model)
 
 

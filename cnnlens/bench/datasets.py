@@ -6,7 +6,7 @@ proves it is an image, so a 50,000-image folder lists in seconds and an unreadab
 before any work. Boxes are mapped from the original image's pixels to the model's input pixels with
 torchvision's own box transforms (``resize`` of the shorter side, then ``center_crop``: what the
 image goes through in :func:`cnnlens.bench.data.read_display`), clipped to the crop; a box that
-falls outside the crop is dropped and reported. Masks are read with the image's pixels
+falls outside the crop is dropped and reported. Masks are read when a measure needs them
 (:func:`load_mask`), through the same resize and crop.
 
 Labels map to the model's classes through, in order: a ``classes`` file (one name per line, or
@@ -17,6 +17,7 @@ the table is :data:`IMAGENET_WNIDS`), the model's category names, or integer lab
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import re
@@ -170,9 +171,10 @@ def map_boxes(boxes: Sequence[Sequence[float]], size: tuple[int, int], resize: i
     return out, len(boxes) - len(out)
 
 
+@functools.lru_cache(maxsize=64)
 def load_mask(path: str, resize: int, crop: int, flip: bool = False) -> np.ndarray:
     """A mask file (non-zero = object) as a bool (crop, crop) array, resized (nearest) and cropped like
-    its image."""
+    its image. The last few are cached (a shard's cells score the same masks), read-only."""
     import torch
     import torchvision.transforms.v2.functional as TF
     from PIL import Image, ImageOps
@@ -184,7 +186,9 @@ def load_mask(path: str, resize: int, crop: int, flip: bool = False) -> np.ndarr
         arr = arr[:, ::-1]
     m = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(arr)).to(torch.uint8)[None])
     m = TF.center_crop(TF.resize(m, [resize]), [crop, crop])
-    return m[0].numpy().astype(bool)
+    out = m[0].numpy().astype(bool)
+    out.flags.writeable = False
+    return out
 
 
 def _voc(path: Path) -> dict[str, list[tuple[float, ...]]]:

@@ -14,7 +14,7 @@ from PIL import Image
 
 import cnnlens.bench as bench
 from cnnlens.bench import datasets
-from cnnlens.bench.data import collect_images, load_pixels
+from cnnlens.bench.data import collect_images, load_pixels, region_of
 from cnnlens.bench.metrics import baseline_map
 from cnnlens.bench.suite import load_suite
 from cnnlens.errors import SuiteError
@@ -121,11 +121,12 @@ def test_a_csv_manifest_with_several_boxes_and_a_mask(tmp_path):
     assert a.label == 2 and b.label == 4
     assert a.boxes == (_expected_box((20, 4, 40, 20), 64, 32), _expected_box((30, 10, 50, 30), 64, 32))
     assert a.box == a.boxes[0] and b.boxes == () and b.mask is None
-    load_pixels(recs, tiny_cnn(), SIZE)
-    assert b.mask is not None and b.mask.shape == (SIZE, SIZE) and b.mask.dtype == bool
-    assert isinstance(b.region(), np.ndarray) and a.region() == a.boxes
+    model = tiny_cnn()
+    mask = region_of(b, model, SIZE)
+    assert isinstance(mask, np.ndarray) and mask.shape == (SIZE, SIZE) and mask.dtype == bool
+    assert region_of(a, model, SIZE) == a.boxes and b.mask is None  # not kept on the record
     # the mask went through the image's own resize + crop: its centre pixel is inside
-    assert b.mask[SIZE // 2, SIZE // 2] and not b.mask[0, 0]
+    assert mask[SIZE // 2, SIZE // 2] and not mask[0, 0]
 
 
 def test_a_jsonl_manifest(tmp_path):
