@@ -45,6 +45,21 @@ class BenchImage:
     path: str | None = None  # the image file (file-backed records)
     flip: bool = False  # mirrored left-right after reading
     target: int | None = None  # the class to explain when the source fixes it (pasted canvases)
+    label: int | None = None  # the dataset's class index of the image (folder, manifest)
+    #: Ground-truth boxes (x0, y0, x1, y1) in model-input pixels (exclusive ends); ``box`` is the first.
+    boxes: tuple[tuple[int, int, int, int], ...] = ()
+    mask: np.ndarray | None = None  # (H, W) bool at the model's input size (generated masks)
+    mask_path: str | None = None  # a mask file (manifest ``mask`` column), read by :func:`region_of`
+
+    def __post_init__(self) -> None:
+        if self.box is not None and not self.boxes:
+            self.boxes = (self.box,)
+
+    def region(self) -> np.ndarray | tuple[tuple[int, int, int, int], ...] | None:
+        """What the localization measures score against: the mask, else the boxes, else None."""
+        if self.mask is not None:
+            return self.mask
+        return self.boxes or None
 
 
 def _skimage_dir() -> Path:
@@ -163,7 +178,8 @@ def predict(model: nn.Module, displays: list[np.ndarray]) -> list[int]:
     return out
 
 
-def collect_images(spec: ImagesSpec, model: nn.Module, size: int | None = None) -> list[BenchImage]:
+def collect_images(spec: ImagesSpec, model: nn.Module, size: int | None = None,
+                   target: str = "predicted") -> list[BenchImage]:
     """The study's image records for one model, in study order, without reading file pixels.
 
     Pasted canvases are generated here (their ground-truth box and, with ``keep = "correct"``,
@@ -171,12 +187,18 @@ def collect_images(spec: ImagesSpec, model: nn.Module, size: int | None = None) 
     model's top-1 class is one of the object's classes (or, with ``keep = "all"``, always; then
     the target is the model's top-1 on the object pasted alone, centred on gray).
 
+    The user's dataset (``folder``, ``manifest``, ``annotations``) comes from
+    :func:`cnnlens.bench.datasets.records`, with labels, boxes and masks. With ``target="label"``
+    each image is explained for its label (``[study] target``).
+
     Raises:
-        SuiteError: No image survived.
+        SuiteError: No image survived; a bad dataset (see :func:`cnnlens.bench.datasets.records`);
+            ``target="label"`` and an image without a label.
     """
+    from cnnlens.bench import datasets
     from cnnlens.images import demo_paths, expand
 
-    _resize, crop = _sizes(model, size)
+    resize, crop = _sizes(model, size)
     items: list[BenchImage] = []
     for name in spec.demo:
         items.append(BenchImage(name, f"demo:{name}", path=str(demo_paths([name])[0])))
@@ -185,9 +207,20 @@ def collect_images(spec: ImagesSpec, model: nn.Module, size: int | None = None) 
             items.append(BenchImage(f"{name}-flip", f"demo:{name}:flip", path=str(demo_paths([name])[0]), flip=True))
     for name in spec.skimage:
         items.append(BenchImage(f"sk-{name}", f"skimage:{name}", path=str(_skimage_path(name))))
-    if spec.files:
+    if spec.files and not (spec.annotations and not spec.folder):  # else the annotated files are records below
         for p in expand(list(spec.files)):
             items.append(BenchImage(f"file-{p.stem}", str(p), path=str(p)))
+    items.extend(datasets.records(spec, model, resize, crop))
+    if target == "label":
+        unlabelled = [im.id for im in items if im.label is None]
+        if unlabelled:
+            from cnnlens.errors import SuiteError
+
+            raise SuiteError(f"[study] target = 'label' but {len(unlabelled)} images have no label (e.g. "
+                             f"{', '.join(unlabelled[:5])}); give labels (folder names, manifest label) or "
+                             "use target = 'predicted'")
+        for im in items:
+            im.target = im.label
 
     cats = getattr(model, "cnnlens_categories", None)
     kept = 0
@@ -234,6 +267,20 @@ def read_display(record: BenchImage, resize: int, crop: int) -> np.ndarray:
     return _fit(arr, resize, crop)
 
 
+def region_of(record: BenchImage, model: nn.Module, size: int | None = None) -> np.ndarray | tuple[tuple[int, int, int, int], ...] | None:
+    """What the localization measures score ``record`` against: its mask, else its boxes, else None.
+
+    A mask file is read here, through a small bounded cache, and not kept on the record: a study's
+    memory must not grow with its number of images.
+    """
+    if record.mask is None and record.mask_path is not None:
+        from cnnlens.bench.datasets import load_mask
+
+        resize, crop = _sizes(model, size)
+        return load_mask(record.mask_path, resize, crop, record.flip)
+    return record.region()
+
+
 def load_pixels(records: list[BenchImage], model: nn.Module, size: int | None = None) -> tuple[list[np.ndarray], Tensor]:
     """Read one shard: the records' display images and their normalised batch (on the CPU)."""
     resize, crop = _sizes(model, size)
@@ -241,14 +288,15 @@ def load_pixels(records: list[BenchImage], model: nn.Module, size: int | None = 
     return displays, normalize(displays, model)
 
 
-def build_images(spec: ImagesSpec, model: nn.Module, size: int | None = None) -> tuple[list[BenchImage], Tensor, list[int]]:
+def build_images(spec: ImagesSpec, model: nn.Module, size: int | None = None,
+                 target: str = "predicted") -> tuple[list[BenchImage], Tensor, list[int]]:
     """Every image of the study at once: records, their preprocessed batch and each one's target.
 
     A thin wrapper over :func:`collect_images` and :func:`load_pixels` for small studies and
     tests; the engine streams shards instead. The target is the record's own (pasted canvases)
     or the model's top-1 class on the image.
     """
-    items = collect_images(spec, model, size)
+    items = collect_images(spec, model, size, target)
     displays, x = load_pixels(items, model, size)
     free = [i for i, r in enumerate(items) if r.target is None]
     pred = dict(zip(free, predict(model, [displays[i] for i in free]), strict=True))

@@ -354,8 +354,10 @@ def run_explain(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Art
                 rows.append((mid, iid, m, b, "road.lerf", float(lerf), 1))
                 rows.append((mid, iid, m, b, "road.combined", float((lerf - morf) / 2), 1))
     if spec["localization"]:
+        from cnnlens.bench.data import region_of
+
         for j, iid in enumerate(spec["images"]):
-            box = ctx.records[iid].box
+            box = region_of(ctx.records[iid], ctx.model, ctx.image_size)  # the mask, else every box
             if box is not None:
                 rows.append((mid, iid, m, b, "pointing.hit", M.pointing_hit(maps[j], box), 1))
                 rows.append((mid, iid, m, b, "pointing.energy", M.energy_pointing(maps[j], box), 1))
@@ -862,7 +864,7 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
     positions: dict[str, dict[str, int]] = {}
     targets: dict[str, dict[str, int]] = {}
     for ms in s.models:
-        recs = collect_images(s.images, planner.model(ms.id), ms.image_size)
+        recs = collect_images(s.images, planner.model(ms.id), ms.image_size, s.target)
         records[ms.id] = {r.id: r for r in recs}
         positions[ms.id] = _positions(recs, store.positions(ms.id), size)
         targets[ms.id] = store.targets(ms.id)

@@ -274,21 +274,36 @@ def road_scores(
 # --------------------------------------------------------------------------------------------
 
 
-def pointing_hit(saliency: np.ndarray, box: tuple[int, int, int, int]) -> float:
-    """1 if the map's maximum lies in the box (first maximum on ties), else 0; an all-zero map misses."""
+Region = tuple[int, int, int, int] | Sequence[tuple[int, int, int, int]] | np.ndarray
+
+
+def region_mask(shape: tuple[int, ...], region: Region) -> np.ndarray:
+    """A bool (H, W) mask of a region: a box (x0, y0, x1, y1, exclusive ends), several boxes (their
+    union: any instance of the class counts), or a bool mask itself."""
+    if isinstance(region, np.ndarray):
+        return region.astype(bool)
+    boxes = [region] if region and isinstance(region[0], (int, np.integer)) else list(region)  # type: ignore[list-item]
+    m = np.zeros(shape[-2:], bool)
+    for x0, y0, x1, y1 in boxes:  # type: ignore[misc]
+        m[y0:y1, x0:x1] = True
+    return m
+
+
+def pointing_hit(saliency: np.ndarray, box: Region) -> float:
+    """1 if the map's maximum lies in the box, any of several boxes or the mask (first maximum on
+    ties), else 0; an all-zero map misses."""
     s = np.asarray(saliency)
     if not np.any(s > 0):
         return 0.0
     y, x = np.unravel_index(int(np.argmax(s)), s.shape)
-    x0, y0, x1, y1 = box
-    return float(x0 <= x < x1 and y0 <= y < y1)
+    return float(region_mask(s.shape, box)[y, x])
 
 
-def energy_pointing(saliency: np.ndarray, box: tuple[int, int, int, int]) -> float | None:
-    """Energy-based pointing game: the share of the map's mass inside the box (None for a zero map)."""
+def energy_pointing(saliency: np.ndarray, box: Region) -> float | None:
+    """Energy-based pointing game: the share of the map's mass inside the box, boxes or mask (None
+    for a zero map)."""
     s = np.asarray(saliency, np.float64)
     total = s.sum()
     if total <= 0:
         return None
-    x0, y0, x1, y1 = box
-    return float(s[y0:y1, x0:x1].sum() / total)
+    return float(s[region_mask(s.shape, box)].sum() / total)

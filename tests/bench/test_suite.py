@@ -130,3 +130,109 @@ def test_json_suite_is_the_same_study(tmp_path):
     p.write_text("{not json")
     with pytest.raises(SuiteError, match="not valid JSON"):
         load_suite(p)
+
+
+#: A suite touching every section, and its digest as computed by the hand-written parser that the
+#: pydantic schema replaced: stored studies resume only with the same digest, so an unchanged suite
+#: must keep it.
+RICH = """
+[study]
+name = "rich"
+description = "every section"
+seed = 7
+threads = 1
+[[models]]
+id = "tiny"
+spec = "cnnlens.testing:tiny_cnn"
+image_size = 48
+[images]
+demo = ["chelsea", "coffee"]
+flips = true
+skimage = ["camera"]
+batch = 2
+[images.paste]
+objects = ["cat", "espresso"]
+scales = [0.5, 0.4]
+positions = [[0.3, 0.3], [0.7, 0.6]]
+backgrounds = ["gray", "grass"]
+keep = "all"
+max = 3
+[methods]
+include = ["*cam*", "saliency", "integrated_gradients"]
+exclude = ["scorecam"]
+backends = ["captum", "pytorch-grad-cam"]
+baselines = false
+[methods.options]
+integrated_gradients = { n_steps = 4 }
+[methods.max_images]
+ablationcam = 1
+[agreement]
+within_backend = false
+topk = [5, 20]
+[faithfulness]
+steps = 4
+blur_kernel = 9
+blur_sigma = 3
+road_percentiles = [50]
+road_images = 1
+forward_batch = 16
+images = 2
+[sanity]
+images = 1
+max_steps = 3
+exclude = ["ablationcam"]
+[speed]
+batch_sizes = [1, 2]
+repeats = 2
+warmup = 0
+slow = ["ablationcam"]
+slow_repeats = 1
+[localization]
+enabled = false
+"""
+RICH_DIGEST = "75a7a854c3cf2aac"  # the base parser's (b8546bb)
+
+
+def test_digests_of_unchanged_suites_are_stable(tmp_path):
+    assert load_suite(_write(tmp_path, RICH)).digest() == RICH_DIGEST
+    assert load_suite(_write(tmp_path, MINI)).digest() == "801d7bac9a380d07"
+
+
+def test_shard_is_the_batch_and_new_keys_enter_the_digest_only_when_set(tmp_path):
+    by_batch = load_suite(_write(tmp_path, MINI.replace('demo = ["chelsea"]', 'demo = ["chelsea"]\nbatch = 3')))
+    by_shard = load_suite(_write(tmp_path, MINI.replace('demo = ["chelsea"]', 'demo = ["chelsea"]\nshard = 3')))
+    assert by_shard.images.shard == by_shard.images.batch == 3 and by_shard.digest() == by_batch.digest()
+    labelled = load_suite(_write(tmp_path, MINI.replace('name = "mini"', 'name = "mini"\ntarget = "label"')))
+    assert labelled.target == "label" and labelled.digest() != by_batch.digest()
+    with pytest.raises(SuiteError, match=r"images.shard must be between 1 and 1024, got 0"):
+        load_suite(_write(tmp_path, MINI.replace('demo = ["chelsea"]', 'demo = ["chelsea"]\nshard = 0')))
+
+
+def test_every_problem_is_reported_one_per_line(tmp_path):
+    text = MINI + "[faithfulness]\nsteps = 'ten'\nblur_sigma = nan\n[speed]\nrepeat = 3\n"
+    with pytest.raises(SuiteError) as info:
+        load_suite(_write(tmp_path, text))
+    lines = str(info.value).splitlines()
+    assert lines[0] == "suite.toml: 3 problems:", lines
+    assert lines[1:] == ["  faithfulness.steps must be int, got 'ten';",
+                         "  faithfulness.blur_sigma must be between 0.01 and 1000.0, got nan;",
+                         "  unknown key 'repeat' in [speed] (did you mean repeats, slow_repeats?); valid keys: "
+                         "batch_sizes, enabled, exclude, include, repeats, slow, slow_repeats, warmup;"]
+
+
+@pytest.mark.parametrize(("line", "needle"), [
+    ('foldr = "x"', "unknown key 'foldr' in [images] (did you mean folder?)"),
+    ('folder = "no/such/dir"', "images.folder: folder 'no/such/dir' does not exist"),
+    ('manifest = "m.csv"', "images.manifest: manifest file 'm.csv' does not exist"),
+    ("skip_unreadable = 1", "images.skip_unreadable must be bool, got 1"),
+    ('annotations_format = "yolo"', "images.annotations_format must be 'auto', 'voc' or 'coco', got 'yolo'"),
+])
+def test_dataset_keys_are_checked(tmp_path, line, needle):
+    with pytest.raises(SuiteError) as info:
+        load_suite(_write(tmp_path, MINI.replace('demo = ["chelsea"]', f'demo = ["chelsea"]\n{line}')))
+    assert needle in str(info.value), str(info.value)
+
+
+def test_target_must_be_predicted_or_label(tmp_path):
+    with pytest.raises(SuiteError, match=r"study.target must be 'predicted' or 'label', got 'labels'"):
+        load_suite(_write(tmp_path, MINI.replace('name = "mini"', 'name = "mini"\ntarget = "labels"')))
