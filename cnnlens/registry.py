@@ -164,6 +164,17 @@ PER_EVAL = Option(None, "perturbations evaluated per forward pass (None: cnnlens
                   _pos_int, POS_INT + " or None")
 AUG_SMOOTH = Option(False, "test-time augmentation smoothing (pytorch-grad-cam)", _bool, BOOL)
 EIGEN_SMOOTH = Option(False, "first principal component of the weighted activations (pytorch-grad-cam)", _bool, BOOL)
+
+
+def _reshape(v: Any) -> bool:
+    from cnnlens import reshape  # only when a value is given: it imports torch
+
+    return reshape.valid(v)
+
+
+RESHAPE = Option(None, "layer output to (N, C, H, W) for token or channels-last layers (None: picked for known "
+                       "families such as ViT, DeiT, Swin, ConvNeXt; see cnnlens.reshape)", _reshape,
+                 "None, a callable (layer output) -> (N, C, H, W), or a preset: vit, deit, tokens, swin, channels_last")
 CAM_BATCH = Option(None, "masked or ablated inputs per forward (None: cnnlens picks within memory)",
                    _pos_int, POS_INT + " or None")
 
@@ -317,7 +328,7 @@ _PGC = "cnnlens.adapters.pytorch_grad_cam:PytorchGradCamAdapter"
 _CAPTUM = "cnnlens.adapters.captum:CaptumAdapter"
 _FLASH = "cnnlens.adapters.flashtorch:FlashTorchAdapter"
 
-_CAM_OPTS = {"aug_smooth": AUG_SMOOTH, "eigen_smooth": EIGEN_SMOOTH}
+_CAM_OPTS = {"aug_smooth": AUG_SMOOTH, "eigen_smooth": EIGEN_SMOOTH, "reshape": RESHAPE}
 #: pytorch-grad-cam's CAM classes by method: the one table the adapter, the direct tests and the
 #: benchmarks read.
 PGC_CAMS: dict[str, str] = {
@@ -350,9 +361,10 @@ def _pgc_options(method: str) -> dict[str, Option]:
     if method in ("scorecam", "ablationcam"):
         opts["batch_size"] = CAM_BATCH
     if method == "fem":
-        opts = {"k": Option(2, "k in the k-sigma rule", _nonneg_num, NONNEG)}
+        opts = {"k": Option(2, "k in the k-sigma rule", _nonneg_num, NONNEG), "reshape": RESHAPE}
     if method == "fullgrad":
         opts.pop("eigen_smooth")
+        opts.pop("reshape")  # every layer at once, none chosen: no reshape to give
     return opts
 
 
@@ -385,7 +397,7 @@ _IMPLS: list[Implementation] = [
                    notes="guides nn.ReLU modules only; pytorch-grad-cam's own GuidedBackpropReLUModel, called by "
                          "cnnlens one image at a time (it explains image 0), the model's own ReLU modules put back"),
     Implementation("guided_gradcam", "pytorch-grad-cam", _PGC, "GuidedBackpropReLUModel x GradCAM",
-                   substitutions={PGC_EARLY_STOP: _PGC_EARLY_STOP_GAIN},
+                   {"reshape": RESHAPE}, substitutions={PGC_EARLY_STOP: _PGC_EARLY_STOP_GAIN},
                    notes="pytorch-grad-cam's recipe: its GuidedBackpropReLUModel (one image per call) times its "
                          "GradCAM image (after ReLU, scaling and resize)"),
     Implementation("gradcam", "captum", _CAPTUM, "LayerGradCam"),

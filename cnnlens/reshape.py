@@ -19,6 +19,7 @@ user names none.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -152,12 +153,10 @@ def _path(model: nn.Module, layer_name: str) -> list[tuple[str, nn.Module]] | No
 
 
 def _tv(name: str) -> type | None:
-    """A torchvision model class, or None when torchvision lacks it (or is absent)."""
-    try:
-        import torchvision.models as tvm
-    except ImportError:
-        return None
-    return getattr(tvm, name, None)
+    """A torchvision model class, or None when torchvision lacks it or was never imported (then no
+    model can be an instance of its classes, and importing it just to tell would be slow)."""
+    tvm = sys.modules.get("torchvision.models")
+    return getattr(tvm, name, None) if tvm is not None else None
 
 
 def _is_tv(m: nn.Module, name: str) -> bool:
@@ -226,6 +225,28 @@ def for_layer(model: nn.Module, layer_name: str) -> Reshape | None:
             if layout == "channels_last":
                 return PRESETS["channels_last"]
     return None
+
+
+def candidate_layers(model: nn.Module) -> list[str]:
+    """Layers of a known family that give a CAM a meaningful map, best first (empty if unknown).
+
+    ViT: the first norm of the last three blocks (a block's output is read by the head through the
+    class token only, so its patch tokens get no gradient); Swin: the final norm and the last two
+    stages; ConvNeXt: the last two stages.
+    """
+    if _is_tv(model, "VisionTransformer"):
+        return [f"encoder.layers.{n}.ln_1" for n, _m in list(model.encoder.layers.named_children())[::-1][:3]]
+    if _is_tv(model, "SwinTransformer"):
+        k = len(model.features)
+        return ["norm", f"features.{k - 1}", f"features.{k - 3}"]
+    if _is_tv(model, "ConvNeXt"):
+        k = len(model.features)
+        return [f"features.{k - 1}", f"features.{k - 3}"]
+    if _timm_vit(model):
+        return [f"blocks.{i}.norm1" for i in range(len(model.blocks) - 1, max(len(model.blocks) - 4, -1), -1)
+                if hasattr(model.blocks[i], "norm1")]
+    first = preferred_layer(model)
+    return [first] if first is not None else []
 
 
 def preferred_layer(model: nn.Module) -> str | None:

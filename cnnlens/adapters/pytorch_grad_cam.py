@@ -43,10 +43,12 @@ import numpy as np
 import pytorch_grad_cam as pgc
 import threadpoolctl
 import torch
+from pytorch_grad_cam.ablation_layer import AblationLayerVit
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
+from cnnlens import reshape
 from cnnlens._resolve import internal_batch
 from cnnlens.adapters.base import FROZEN_PARAMS, Adapter
 from cnnlens.errors import CnnlensError, LayerError, ModelError
@@ -62,6 +64,8 @@ CAPTURED_DRIVE = ("CAM recorded as get_cam_image returns it (before pytorch-grad
                   "resize), and the call stopped there: the final image it would build is not used")
 CAPTURED_DRIVE_FULLGRAD = ("FullGrad's per-layer maps recorded as compute_cam_per_layer returns them, and the "
                            "call stopped there: the aggregated image it would build is not used")
+RESHAPE_DRIVE = ("layer output and its gradient reshaped to (N, C, H, W) by cnnlens.reshape {!r}, given to "
+                 "pytorch-grad-cam as its reshape_transform")
 PER_IMAGE_DRIVE = ("one image per call, with a bounded internal batch_size (pytorch-grad-cam builds every "
                    "masked input of the whole batch at once)")
 PER_IMAGE_SEEDED = ("one KPCA_CAM call per image, each image's random ARPACK start vector drawn from the seed "
@@ -148,6 +152,14 @@ class PytorchGradCamAdapter(Adapter):
 
     def check_input(self, x: Tensor) -> None:
         if self.method == "shapleycam":
+            if self.options.get("reshape") is not None:
+                # ShapleyCAM keeps the graph (detach=False), and pytorch-grad-cam's recorder then
+                # stores the layer output as it is, without its reshape_transform.
+                raise LayerError(
+                    "pytorch-grad-cam ShapleyCAM ignores reshape_transform (its recorder skips it when it keeps the "
+                    "graph), so it cannot use a token or channels-last layer; pick an (N, C, H, W) layer, or use "
+                    "gradcam or hirescam on this one"
+                )
             self._check_shapley_layer(x)
 
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
@@ -165,13 +177,24 @@ class PytorchGradCamAdapter(Adapter):
 
     # -- CAMs -----------------------------------------------------------------------------------
 
+    def _reshape(self) -> Callable[[Tensor], Tensor] | None:
+        fn = reshape.get(self.options.get("reshape"))
+        if fn is not None:
+            self.driven.append(RESHAPE_DRIVE.format(reshape.name_of(fn)))
+        return fn
+
     def _make(self, method: str) -> Any:
         cls = getattr(pgc, CLASSES[method])
         if method == "fullgrad":
             return cls(self.model, target_layers=[])
+        fn = self._reshape()
+        kwargs: dict[str, Any] = {"reshape_transform": fn}
         if method == "fem":
-            return cls(self.model, target_layers=[self.layer], k=self.options.get("k", 2))
-        return cls(self.model, target_layers=[self.layer])
+            kwargs["k"] = self.options.get("k", 2)
+        if method == "ablationcam" and fn is not None:
+            # pytorch-grad-cam's ablation layer for token and channels-last outputs (its ViT/Swin docs).
+            kwargs["ablation_layer"] = AblationLayerVit()
+        return cls(self.model, target_layers=[self.layer], **kwargs)
 
     def _cam(self, method: str, x: Tensor, targets: Tensor, final: bool = False) -> Tensor:
         """Run one pytorch-grad-cam class; return the pre-ReLU CAM, or its final output if ``final``."""
