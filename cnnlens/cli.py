@@ -837,7 +837,7 @@ def layers(
     import torch
     from rich.table import Table
 
-    from cnnlens import _resolve
+    from cnnlens import _resolve, reshape
     from cnnlens.models import meta_of
 
     net = _load_model(model, weights, arch, "cpu")
@@ -869,6 +869,8 @@ def layers(
         mod = named.get(name)
         kind = getattr(mod, "original_name", None) or type(mod).__name__
         mark = "← default CAM layer" if name == default else ""
+        shape_as = reshape.name_of(reshape.for_layer(net, name))  # token / channels-last layer: its reshape
+        mark = f"{mark} reshape={shape_as}".strip() if shape_as else mark
         table.add_row(str(i), name, kind, "x".join(map(str, shape)) if shape else "(not a tensor)", mark)
     console = _stdout()
     console.print(table)
