@@ -445,9 +445,9 @@ _IMPLS: list[Implementation] = [
                    {"reshape": RESHAPE}, substitutions={PGC_EARLY_STOP: _PGC_EARLY_STOP_GAIN},
                    notes="pytorch-grad-cam's recipe: its GuidedBackpropReLUModel (one image per call) times its "
                          "GradCAM image (after ReLU, scaling and resize)"),
-    Implementation("gradcam", "captum", _CAPTUM, "LayerGradCam"),
+    Implementation("gradcam", "captum", _CAPTUM, "LayerGradCam", {"reshape": RESHAPE}),
     Implementation("guided_backprop", "captum", _CAPTUM, "GuidedBackprop", notes="overrides nn.ReLU modules only"),
-    Implementation("guided_gradcam", "captum", _CAPTUM, "GuidedGradCam"),
+    Implementation("guided_gradcam", "captum", _CAPTUM, "GuidedGradCam", {"reshape": RESHAPE}),
     Implementation("saliency", "captum", _CAPTUM, "Saliency", notes="called with abs=False; cnnlens reduces"),
     Implementation("deconvolution", "captum", _CAPTUM, "Deconvolution", notes="overrides nn.ReLU modules only"),
     Implementation("input_x_gradient", "captum", _CAPTUM, "InputXGradient"),

@@ -18,12 +18,14 @@ user names none.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from cnnlens.errors import LayerError, OptionError
@@ -71,6 +73,50 @@ class Reshape:
                 f"form a {rows}x{cols} patch grid; pass reshape=<callable> for this layout"
             )
         return t[:, self.prefix_tokens :].reshape(n, rows, cols, c).permute(0, 3, 1, 2)
+
+
+    def restore(self, grid: Tensor, original: Tensor) -> Tensor:
+        """The inverse of :meth:`__call__`: ``grid`` back in ``original``'s layout, with the dropped
+        prefix tokens taken from ``original`` (same values; the gradient reaching ``grid`` is the
+        gradient of the patch tokens)."""
+        if self.layout == "channels_last":
+            return grid.permute(0, 2, 3, 1)
+        n, c = grid.shape[0], grid.shape[1]
+        patches = grid.permute(0, 2, 3, 1).reshape(n, -1, c)
+        return torch.cat([original[:, : self.prefix_tokens], patches], dim=1) if self.prefix_tokens else patches
+
+
+class GridView(nn.Module):
+    """A module outside the model whose output is a layer's output as (N, C, H, W); see :func:`grid_view`."""
+
+    def __init__(self, fn: Reshape) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.fn(t)
+
+
+@contextlib.contextmanager
+def grid_view(layer: nn.Module, fn: Reshape) -> Iterator[GridView]:
+    """For toolkits with no ``reshape_transform`` argument (Captum's ``LayerGradCam``): a module that
+    runs inside the forward pass right after ``layer`` and outputs its output as (N, C, H, W).
+
+    A forward hook on ``layer`` passes the output through the :class:`GridView` and hands the next
+    module :meth:`Reshape.restore` of it: the same values, so the model computes what it always
+    does, while the toolkit, given the view as its layer, hooks an (N, C, H, W) activation whose
+    gradient is the patch tokens' gradient. The hook is removed on exit, also after an exception.
+    """
+    view = GridView(fn)
+
+    def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
+        return fn.restore(view(out), out) if isinstance(out, Tensor) else out
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield view
+    finally:
+        handle.remove()
 
 
 def _square(patches: int, r: Reshape) -> tuple[int, int]:

@@ -76,16 +76,21 @@ def test_gradcam_auto_layer_gives_a_map(big, name):
     assert _varies(e) and not e.warnings
 
 
-def test_captum_takes_nchw_layers_and_refuses_token_layers(big):
-    # Captum's LayerGradCam averages the gradient over dims 2.. of the layer output: on (N, L, C)
-    # tokens or (N, H, W, C) maps that is not a channel weight, so such layers are refused.
-    for name, layer in (("vit_b_16", "conv_proj"), ("swin_t", "permute"), ("convnext_tiny", "features.7")):
-        e = cnnlens.explain(big[name], _x(), "gradcam", backend="captum", target=3)
-        assert e.layer == layer and _varies(e) and not e.warnings
-    with pytest.raises(LayerError, match="permute"):
-        cnnlens.explain(big["swin_t"], _x(), "gradcam", backend="captum", layer="norm", target=3)
-    with pytest.raises(LayerError, match="conv_proj"):
-        cnnlens.explain(big["vit_b_16"], _x(), "gradcam", backend="captum", layer=AUTO["vit_b_16"], target=3)
+@pytest.mark.parametrize("name", list(AUTO))
+def test_captum_layer_gradcam_through_a_grid_view(big, name):
+    """Captum's LayerGradCam has no reshape argument: it is given a view of the token / channels-
+    last layer as (N, C, H, W) (cnnlens.reshape.grid_view) and then agrees with pytorch-grad-cam's
+    GradCAM given the same reshape (both before ReLU: sum over channels of mean gradient x activation)."""
+    x, t = _x(2), torch.tensor([3, 7])
+    c = cnnlens.explain(big[name], x, "gradcam", backend="captum", target=t)
+    p = cnnlens.explain(big[name], x, "gradcam", backend="pytorch-grad-cam", target=t)
+    assert c.layer == p.layer == AUTO[name] and _varies(c) and not c.warnings
+    np.testing.assert_allclose(c.raw[:, 0].numpy(), p.raw.numpy(), rtol=1e-4, atol=1e-5 * float(p.raw.abs().max()))
+    if name != "convnext_tiny":
+        assert any("view of the token" in d for d in c.provenance.driven)
+        with pytest.raises(OptionError, match="preset"):  # a plain callable cannot be undone
+            preset = reshape.for_layer(big[name], AUTO[name])
+            cnnlens.explain(big[name], x, "gradcam", backend="captum", target=t, reshape=lambda a: preset(a))
 
 
 @pytest.mark.parametrize(("name", "layer", "shortcuts"),
