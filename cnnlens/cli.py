@@ -869,7 +869,7 @@ def layers(
         mod = named.get(name)
         kind = getattr(mod, "original_name", None) or type(mod).__name__
         mark = "← default CAM layer" if name == default else ""
-        shape_as = reshape.name_of(reshape.for_layer(net, name))  # token / channels-last layer: its reshape
+        shape_as = reshape.name_of(reshape.for_layer(net, name)) if shape else None  # token / channels-last layer
         mark = f"{mark} reshape={shape_as}".strip() if shape_as else mark
         table.add_row(str(i), name, kind, "x".join(map(str, shape)) if shape else "(not a tensor)", mark)
     console = _stdout()

@@ -68,5 +68,5 @@ def list_layers(model: nn.Module, size: int | None = None) -> tuple[list[LayerIn
         if mod is None:
             raise ModelError(f"module '{name}' ran in the forward pass but is not among the model's modules")
         rows.append(LayerInfo(name, getattr(mod, "original_name", None) or type(mod).__name__, shape, probe.calls(name),
-                              reshape.name_of(reshape.for_layer(model, name))))
+                              reshape.name_of(reshape.for_layer(model, name)) if shape else None))
     return rows, default

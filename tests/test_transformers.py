@@ -23,7 +23,7 @@ from cnnlens.errors import LayerError, OptionError
 from cnnlens.explainer import CnnlensWarning
 from cnnlens.layer_list import list_layers
 from cnnlens.registry import REGISTRY
-from cnnlens.testing import assert_same_state, snapshot
+from cnnlens.testing import assert_same_state, run_cli, snapshot
 
 SIDE = 64
 
@@ -189,6 +189,14 @@ def test_layer_list_marks_token_layers():
     assert by[default].reshape == "vit" and by[default].spatial
     assert by["conv_proj"].reshape is None and by["conv_proj"].spatial
     assert by["heads.head"].reshape is None and not by["heads.head"].spatial
+
+
+def test_cli_layers_shows_the_reshape():
+    result = run_cli("layers", "--model", "vit_b_16", "--weights", "none", "--pattern", "encoder.layers.encoder_layer_11.*")
+    assert result.exit_code == 0, result.output
+    assert "default CAM" in result.stdout and "reshape=vit" in result.stdout
+    result = run_cli("layers", "--model", "vit_b_16", "--weights", "none", "--pattern", "conv_proj")
+    assert result.exit_code == 0 and "reshape=" not in result.stdout
 
 
 def test_timm_models():
