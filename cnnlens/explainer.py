@@ -182,7 +182,7 @@ class Explainer:
                 f"or a gradient/perturbation method on backend 'captum': {free}"
             )
         self._probe_cache: dict[tuple[int, ...], _resolve.ProbeResult] = {}
-        self._layer_cache: dict[int, tuple[_resolve.ProbeResult, nn.Module, str]] = {}
+        self._layer_cache: dict[int, tuple[_resolve.ProbeResult, nn.Module, str, Any]] = {}
 
     # A context manager for symmetry with the toolkits; every call already cleans up after itself.
     def __enter__(self) -> Explainer:

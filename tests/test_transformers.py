@@ -93,6 +93,23 @@ def test_captum_layer_gradcam_through_a_grid_view(big, name):
             cnnlens.explain(big[name], x, "gradcam", backend="captum", target=t, reshape=lambda a: preset(a))
 
 
+def test_a_pair_without_reshape_gets_nchw_layers_only(monkeypatch):
+    """A (method, backend) with no reshape option (a backend yet to take one) is never handed a token
+    or channels-last layer: the automatic choice skips them, a named one is refused with the
+    (N, C, H, W) layers that work."""
+    import dataclasses
+
+    from cnnlens import registry
+
+    key = ("gradcam", "captum")
+    monkeypatch.setitem(registry.REGISTRY, key, dataclasses.replace(registry.REGISTRY[key], options={}))
+    model, x = tiny_swin(), _x(1, 32)
+    e = cnnlens.explain(model, x, "gradcam", backend="captum", target=1)
+    assert e.layer == "permute"
+    with pytest.raises(LayerError, match=r"'norm' outputs swin-layout .*: features\.0\.0, permute"):
+        cnnlens.explain(model, x, "gradcam", backend="captum", layer="norm", target=1)
+
+
 @pytest.mark.parametrize(("name", "layer", "shortcuts"),
                          [("vit_b_16", AUTO["vit_b_16"], True), ("swin_t", "norm", True), ("swin_t", "norm", False)])
 def test_matches_pytorch_grad_cam_called_with_reshape_transform(big, name, layer, shortcuts):
