@@ -34,6 +34,9 @@ _LAZY: dict[str, str] = {
     "filters": "cnnlens.activmax:filters",
     "plot_filters": "cnnlens.activmax:plot_filters",
     "FilterImages": "cnnlens.activmax:FilterImages",
+    # Deep Feature Factorization (pytorch-grad-cam); module "dff", not "concepts", for the same reason.
+    "concepts": "cnnlens.dff:concepts",
+    "Concepts": "cnnlens.dff:Concepts",
     "errors": "cnnlens.errors",
     "CnnlensError": "cnnlens.errors:CnnlensError",
 }
@@ -48,6 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from cnnlens.activmax import plot_filters as plot_filters
     from cnnlens.conv_kernels import Kernels as Kernels
     from cnnlens.conv_kernels import kernels as kernels
+    from cnnlens.dff import Concepts as Concepts
+    from cnnlens.dff import concepts as concepts
     from cnnlens.errors import CnnlensError as CnnlensError
     from cnnlens.explainer import CnnlensWarning as CnnlensWarning
     from cnnlens.explainer import Explainer as Explainer

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from cnnlens import reshape
 from cnnlens.errors import InputError, LayerError, ModelError, TargetError, close_matches
 
 #: Images larger than this many pixels (per channel) are refused: beyond it a single backward pass
@@ -275,11 +276,18 @@ def probe_or_fail(model: nn.Module, x: Tensor, at: str = "") -> ProbeResult:
         raise ModelError(f"the model's forward pass failed{at}: {type(exc).__name__}: {exc}") from exc
 
 
-def resolve_layer(model: nn.Module, layer: nn.Module | str | None, probe_result: ProbeResult | None) -> tuple[nn.Module, str]:
+def resolve_layer(model: nn.Module, layer: nn.Module | str | None, probe_result: ProbeResult | None,
+                  *, reshape_ok: bool = True) -> tuple[nn.Module, str]:
     """Turn a module, a dotted name or ``None`` into ``(module, name)``.
 
-    ``None`` picks the last module, in execution order, whose output is 4-D with a spatial extent
-    larger than 1x1: the last feature map before the classifier.
+    ``None`` picks, for a known transformer or modern backbone, the layer that gives a meaningful
+    map (:func:`cnnlens.reshape.preferred_layer`: a ViT's last block's first norm, Swin's final
+    norm, ConvNeXt's last stage); otherwise the last module, in execution order, whose output is
+    4-D with a spatial extent larger than 1x1: the last feature map before the classifier.
+
+    Args:
+        reshape_ok: Whether the backend can use a layer whose output needs a reshape (tokens, or a
+            channels-last map); when False, only layers that output (N, C, H, W) are picked.
     """
     named = dict(model.named_modules())
     if layer is model or (isinstance(model, OutputSelector) and layer is model.model):
@@ -303,8 +311,15 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None, probe_result:
     if probe_result is None:
         raise LayerError("no layer given and none could be inferred")
     reused = set(probe_result.reused())
+    base = model.model if isinstance(model, OutputSelector) else model
+    preferred = reshape.preferred_layer(base)
+    if (preferred is not None and preferred in named and probe_result.calls(preferred) == 1
+            and (reshape_ok or reshape.for_layer(base, preferred) is None)):
+        return named[preferred], preferred
     spatial = [n for n, s in probe_result.order
                if s is not None and len(s) == 4 and (s[2] > 1 or s[3] > 1) and n not in reused]
+    # A 4-D channels-last output (Swin, inside ConvNeXt blocks) is no (N, C, H, W) map as it is.
+    spatial = [n for n in spatial if reshape.for_layer(base, n) is None]
     if not spatial:
         raise LayerError(
             "no layer with a spatial (N, C, H, W) output was found; CAM methods need a convolutional "
@@ -314,11 +329,115 @@ def resolve_layer(model: nn.Module, layer: nn.Module | str | None, probe_result:
     return named[name], name
 
 
-def check_spatial_layer(name: str, probe_result: ProbeResult | None) -> None:
-    """A CAM needs a feature map: refuse layers whose output is not (N, C, H, W)."""
+def layer_reshape(model: nn.Module, name: str, given: Any, accepted: bool,
+                  probe_result: ProbeResult | None) -> Callable[[Tensor], Tensor] | None:
+    """The reshape a CAM at layer ``name`` uses: the ``reshape=`` option, else the known family's.
+
+    Args:
+        given: The ``reshape=`` option (None, a preset name or a callable).
+        accepted: Whether the (method, backend) pair takes a reshape at all; when it does not and
+            the layer needs one, the layer is refused with the layers that would work.
+        probe_result: For the error's list of (N, C, H, W) layers.
+    """
+    base = model.model if isinstance(model, OutputSelector) else model
+    chosen = reshape.get(given) if given is not None else reshape.for_layer(base, name)
+    if chosen is not None and not accepted:
+        hint = ""
+        if probe_result is not None:
+            flat = [n for n, s in probe_result.order if s is not None and len(s) == 4 and (s[2] > 1 or s[3] > 1)
+                    and reshape.for_layer(base, n) is None]
+            hint = f"; layers with an (N, C, H, W) output: {', '.join(dict.fromkeys(flat[-3:]))}" if flat else ""
+        raise LayerError(
+            f"layer '{name}' outputs {reshape.name_of(chosen)}-layout features that need a reshape to (N, C, H, W), "
+            f"which this backend's method cannot take{hint}; or use backend 'pytorch-grad-cam', which takes one"
+        )
+    return chosen
+
+
+def reshaped_shape(fn: Callable[[Tensor], Tensor] | None, shape: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """The shape ``fn`` turns a layer output of ``shape`` into (computed on the meta device, no data).
+
+    A user's callable that cannot run on a meta tensor leaves the shape unchecked (None); a
+    preset's own error (a wrong layout) is raised.
+    """
+    if fn is None or shape is None:
+        return shape
+    if isinstance(fn, reshape.Reshape):
+        return tuple(fn(torch.empty(shape, device="meta")).shape)
+    try:
+        out = fn(torch.empty(shape, device="meta"))
+    except Exception:
+        return None
+    return tuple(out.shape) if isinstance(out, Tensor) else None
+
+
+def better_layers(model: nn.Module, probe_result: ProbeResult, current: str, reshape_ok: bool) -> list[str]:
+    """Up to three layers other than ``current`` that give a CAM a feature map: the known family's
+    candidates (:func:`cnnlens.reshape.candidate_layers`), then the last leaf modules, latest first,
+    with an (N, C, H, W) output (or, when the backend takes a reshape, one a known reshape turns into
+    that), running once per forward."""
+    base = model.model if isinstance(model, OutputSelector) else model
+    reused = set(probe_result.reused())
+    named = dict(base.named_modules())
+    ran = {n for n, _s in probe_result.order}
+    out = [n for n in reshape.candidate_layers(base)
+           if n != current and n in ran and (reshape_ok or reshape.for_layer(base, n) is None)][:3]
+    for name, shape in reversed(probe_result.order):
+        if len(out) >= 3:
+            break
+        leaf = name in named and not named[name]._modules
+        if name == current or name in out or name in reused or shape is None or not leaf:
+            continue
+        fn = reshape.for_layer(base, name)
+        if fn is not None and not reshape_ok:
+            continue
+        try:
+            after = reshaped_shape(fn, shape)
+        except LayerError:
+            continue
+        if after is not None and len(after) == 4 and (after[2] > 1 or after[3] > 1):
+            out.append(name)
+    return out
+
+
+def constant_map_warning(model: nn.Module, maps: Tensor, layer: str, probe_result: ProbeResult,
+                         reshape_ok: bool) -> str | None:
+    """A warning when the automatically chosen layer gave a constant map for some image, else None.
+
+    A constant map says nothing about the image: the gradient or the activations reaching the
+    layer do not vary over it (a ViT's last block output, whose patch tokens the head never reads,
+    or a classifier head that still has its zero initialisation).
+    """
+    flat_maps = maps.reshape(maps.shape[0], -1)
+    lo, hi = torch.aminmax(flat_maps, dim=1)
+    flat = [i for i, constant in enumerate((hi - lo <= 0).tolist()) if constant]
+    if not flat:
+        return None
+    which = "every image" if len(flat) == maps.shape[0] else "image(s) " + ", ".join(map(str, flat[:5]))
+    better = better_layers(model, probe_result, layer, reshape_ok)
+    hint = f"; try layer= one of: {', '.join(better)}" if better else "; pass layer=... (`cnnlens layers` lists them)"
+    return (f"the automatically chosen layer '{layer}' gave a constant map for {which}, which shows nothing "
+            f"(the layer's activations or gradients do not vary over the image, or the model's scores do not "
+            f"depend on it, e.g. a classifier head still at its zero initialisation){hint}")
+
+
+def check_spatial_layer(name: str, probe_result: ProbeResult | None,
+                        fn: Callable[[Tensor], Tensor] | None = None) -> None:
+    """A CAM needs a feature map: refuse layers whose output (after ``fn``, the layer's reshape)
+    is not (N, C, H, W)."""
     if probe_result is None:
         return
     shapes = [s for n, s in probe_result.order if n == name]
+    if fn is not None and len(shapes) == 1:
+        after = reshaped_shape(fn, shapes[0])
+        if after is None:
+            return  # a user's callable the meta device cannot run: the toolkit's own call tells
+        if len(after) != 4:
+            raise LayerError(
+                f"reshape {reshape.name_of(fn)!r} turns layer '{name}' output {shapes[0]} into {after}, "
+                "not a (N, C, H, W) feature map"
+            )
+        return
     if len(shapes) > 1:
         raise LayerError(
             f"layer '{name}' runs {len(shapes)} times per forward pass (outputs {', '.join(str(s) for s in shapes[:3])}); "

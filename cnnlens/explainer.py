@@ -182,7 +182,7 @@ class Explainer:
                 f"or a gradient/perturbation method on backend 'captum': {free}"
             )
         self._probe_cache: dict[tuple[int, ...], _resolve.ProbeResult] = {}
-        self._layer_cache: dict[int, tuple[_resolve.ProbeResult, nn.Module, str]] = {}
+        self._layer_cache: dict[int, tuple[_resolve.ProbeResult, nn.Module, str, Any]] = {}
 
     # A context manager for symmetry with the toolkits; every call already cleans up after itself.
     def __enter__(self) -> Explainer:
@@ -215,18 +215,21 @@ class Explainer:
                 f"give one name per class ({num_classes}), or categories=None for class indices"
             )
 
-    def _layer(self, probe: _resolve.ProbeResult) -> tuple[nn.Module | None, str | None]:
+    def _layer(self, probe: _resolve.ProbeResult) -> tuple[nn.Module | None, str | None, Any]:
+        """The layer, its name and its reshape (tokens or channels-last to (N, C, H, W); None if none)."""
         if self.method == "fullgrad" or (not self.spec.needs_layer and self._layer_arg is None):
-            return None, None
+            return None, None, None
         # Resolved once per input shape; reused while the model still holds that module under that
         # name (a lookup along the dotted path instead of naming every module on every call).
         cached = self._layer_cache.get(id(probe))
         if cached is not None and cached[0] is probe and _module_at(self.model, cached[2]) is cached[1]:
-            return cached[1], cached[2]
-        module, name = _resolve.resolve_layer(self.model, self._layer_arg, probe)
-        _resolve.check_spatial_layer(name, probe)
-        self._layer_cache[id(probe)] = (probe, module, name)
-        return module, name
+            return cached[1], cached[2], cached[3]
+        takes_reshape = "reshape" in self.impl.options
+        module, name = _resolve.resolve_layer(self.model, self._layer_arg, probe, reshape_ok=takes_reshape)
+        reshape = _resolve.layer_reshape(self.model, name, self.options.get("reshape"), takes_reshape, probe)
+        _resolve.check_spatial_layer(name, probe, reshape)
+        self._layer_cache[id(probe)] = (probe, module, name, reshape)
+        return module, name, reshape
 
     def _guided_warning(self) -> str | None:
         if self.method not in RELU_GUIDED:
@@ -305,7 +308,7 @@ class Explainer:
         with ModelGuard(self.model, freeze_params=self.impl.freeze_params and self.shortcuts,
                         copy_params=self.impl.mutates_params) as guard:
             probe = self._probe(x)
-            layer, layer_name = self._layer(probe)
+            layer, layer_name, reshape = self._layer(probe)
             predicted = scores = None
             if target is None:
                 with torch.no_grad():
@@ -329,7 +332,8 @@ class Explainer:
             # copy back to the device on every call.
             given = isinstance(target, Tensor) and target.dim() == 1 and target.dtype == torch.long
             on_device = target.detach().clone() if given and target.device == device else targets.to(device)
-            adapter = self._adapter_cls(self.net, self.impl, layer, self.options, shortcuts=self.shortcuts)
+            options = self.options if reshape is None else {**self.options, "reshape": reshape}
+            adapter = self._adapter_cls(self.net, self.impl, layer, options, shortcuts=self.shortcuts)
             adapter.check_input(x)
             seed = self.options.get("seed") if self.spec.stochastic else None
             with seeded(seed, device), torch.enable_grad():
@@ -347,6 +351,11 @@ class Explainer:
             # restore (Python on the CPU) overlaps with these kernels instead of following them.
             raw = raw.detach().to(out_device)
             maps = _post.to_maps(raw, self.spec.kind, (x.shape[2], x.shape[3]), self.reduce)
+            if self._layer_arg is None and layer_name is not None and self.spec.kind == "cam":
+                flat = _resolve.constant_map_warning(self.model, maps, layer_name, probe, "reshape" in self.impl.options)
+                if flat:
+                    warnings.warn(f"{self.method} ({self.backend}): {flat}", CnnlensWarning, stacklevel=2)
+                    warn_msgs.append(f"{self.method} ({self.backend}): {flat}")
         if finite is not None:
             _resolve.check_finite(inputs, finite)
         if changed:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cnnlens import _resolve
+from cnnlens import _resolve, reshape
 from cnnlens.errors import CnnlensError, ModelError
 
 
@@ -23,11 +23,17 @@ class LayerInfo:
     shape: tuple[int, ...] | None
     #: How many times the module ran in one forward pass (a CAM needs a module that runs once).
     calls: int = 1
+    #: The :mod:`cnnlens.reshape` preset a CAM at this layer would use (a token or channels-last
+    #: output of a known family, such as ViT's "vit" or Swin's "swin"), or None.
+    reshape: str | None = None
 
     @property
     def spatial(self) -> bool:
-        """Whether the output is an (N, C, H, W) feature map with a spatial extent (a CAM can use it)."""
+        """Whether the output is an (N, C, H, W) feature map with a spatial extent (a CAM can use it),
+        or a token / channels-last output that :attr:`reshape` turns into one."""
         s = self.shape
+        if self.reshape is not None:
+            return s is not None and len(s) in (3, 4)
         return s is not None and len(s) == 4 and (s[2] > 1 or s[3] > 1)
 
 
@@ -61,5 +67,6 @@ def list_layers(model: nn.Module, size: int | None = None) -> tuple[list[LayerIn
         mod = named.get(name)
         if mod is None:
             raise ModelError(f"module '{name}' ran in the forward pass but is not among the model's modules")
-        rows.append(LayerInfo(name, getattr(mod, "original_name", None) or type(mod).__name__, shape, probe.calls(name)))
+        rows.append(LayerInfo(name, getattr(mod, "original_name", None) or type(mod).__name__, shape, probe.calls(name),
+                              reshape.name_of(reshape.for_layer(model, name)) if shape else None))
     return rows, default

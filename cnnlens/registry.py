@@ -164,6 +164,17 @@ PER_EVAL = Option(None, "perturbations evaluated per forward pass (None: cnnlens
                   _pos_int, POS_INT + " or None")
 AUG_SMOOTH = Option(False, "test-time augmentation smoothing (pytorch-grad-cam)", _bool, BOOL)
 EIGEN_SMOOTH = Option(False, "first principal component of the weighted activations (pytorch-grad-cam)", _bool, BOOL)
+
+
+def _reshape(v: Any) -> bool:
+    from cnnlens import reshape  # only when a value is given: it imports torch
+
+    return reshape.valid(v)
+
+
+RESHAPE = Option(None, "layer output to (N, C, H, W) for token or channels-last layers (None: picked for known "
+                       "families such as ViT, DeiT, Swin, ConvNeXt; see cnnlens.reshape)", _reshape,
+                 "None, a callable (layer output) -> (N, C, H, W), or a preset: vit, deit, tokens, swin, channels_last")
 CAM_BATCH = Option(None, "masked or ablated inputs per forward (None: cnnlens picks within memory)",
                    _pos_int, POS_INT + " or None")
 
@@ -293,6 +304,14 @@ METHODS: dict[str, MethodSpec] = {
         _m("kpca_cam", "cam", True, True, True, "KPCA-CAM: kernel PCA of the activations (random ARPACK start: seeded)"),
         _m("shapleycam", "cam", True, True, False, "ShapleyCAM: gradient and Hessian-vector product weights"),
         _m("fem", "cam", True, False, False, "FEM: k-sigma feature explanation (no target)"),
+        _m("finercam", "cam", True, True, False, "Finer-CAM: Grad-CAM of the target score minus alpha x the most "
+                                                 "similar classes' scores"),
+        _m("sess", "cam", True, False, False, "SESS: Grad-CAMs of scaled sliding windows, weighted by their scores "
+                                             "and fused"),
+        _m("seg_eigencam", "cam", True, True, False, "Seg-Eigen-CAM: sign-corrected first principal component of "
+                                                    "|gradient| x activation"),
+        _m("randomcam", "cam", True, True, True, "Random-CAM: activations weighted by uniform random channel weights "
+                                                "(a baseline)"),
         _m("guided_backprop", "pixel", False, True, False, "Guided backpropagation (Springenberg 2015)"),
         _m("guided_gradcam", "pixel", True, True, False, "Guided Grad-CAM: guided backprop x Grad-CAM"),
         _m("saliency", "pixel", False, True, False, "Vanilla gradient of the target score (Simonyan 2014)"),
@@ -317,7 +336,7 @@ _PGC = "cnnlens.adapters.pytorch_grad_cam:PytorchGradCamAdapter"
 _CAPTUM = "cnnlens.adapters.captum:CaptumAdapter"
 _FLASH = "cnnlens.adapters.flashtorch:FlashTorchAdapter"
 
-_CAM_OPTS = {"aug_smooth": AUG_SMOOTH, "eigen_smooth": EIGEN_SMOOTH}
+_CAM_OPTS = {"aug_smooth": AUG_SMOOTH, "eigen_smooth": EIGEN_SMOOTH, "reshape": RESHAPE}
 #: pytorch-grad-cam's CAM classes by method: the one table the adapter, the direct tests and the
 #: benchmarks read.
 PGC_CAMS: dict[str, str] = {
@@ -335,6 +354,10 @@ PGC_CAMS: dict[str, str] = {
     "kpca_cam": "KPCA_CAM",
     "shapleycam": "ShapleyCAM",
     "fem": "FEM",
+    "finercam": "FinerCAM",
+    "sess": "SESS",
+    "seg_eigencam": "SegEigenCAM",
+    "randomcam": "RandomCAM",
 }
 
 
@@ -350,9 +373,23 @@ def _pgc_options(method: str) -> dict[str, Option]:
     if method in ("scorecam", "ablationcam"):
         opts["batch_size"] = CAM_BATCH
     if method == "fem":
-        opts = {"k": Option(2, "k in the k-sigma rule", _nonneg_num, NONNEG)}
+        opts = {"k": Option(2, "k in the k-sigma rule", _nonneg_num, NONNEG), "reshape": RESHAPE}
     if method == "fullgrad":
         opts.pop("eigen_smooth")
+        opts.pop("reshape")  # every layer at once, none chosen: no reshape to give
+    if method in ("finercam", "sess"):
+        opts.pop("aug_smooth")  # their forward takes none
+    if method == "finercam":
+        opts["alpha"] = Option(1.0, "weight of the similar classes' scores subtracted from the target's",
+                               _finite_num, "a finite number")
+    if method == "sess":
+        opts["num_scales"] = Option(12, "image scales the sliding window runs over", _pos_int, POS_INT)
+        opts["pool"] = Option("mean", "fusion of the window CAMs: 'mean' (weighted average) or 'max'",
+                              lambda v: v in ("mean", "max"), "'mean' or 'max'")
+        opts["smooth"] = Option(True, "Gaussian blur of the fused CAM", _bool, BOOL)
+        opts["batch_size"] = Option(32, "windows per forward pass", _pos_int, POS_INT)
+    if method == "seg_eigencam":
+        opts.pop("eigen_smooth")  # its get_cam_image is already a projection and ignores the flag
     return opts
 
 
@@ -375,22 +412,42 @@ def _pgc_substitutions(method: str) -> dict[str, str]:
     return subs
 
 
+#: pytorch-grad-cam CAMs that run with the parameters as the user left them: ShapleyCAM needs the
+#: graph through the weights; the others backpropagate from the scores, which with frozen parameters
+#: would need the early stop at the layer (measured and registered for the older CAMs only).
+_PGC_FULL_BACKWARD = frozenset({"shapleycam", "finercam", "sess", "seg_eigencam", "randomcam"})
+
+
+def _pgc_notes(method: str) -> str:
+    if method == "sess":
+        return ("pytorch-grad-cam's SESS over its GradCAM, the result as SESS returns it (fused, scaled to [0, 1], "
+                "blurred when smooth=True)")
+    notes = "cnnlens records the CAM before pytorch-grad-cam's ReLU, scaling and resize, and stops the call there"
+    if method in ("scorecam", "ablationcam"):
+        notes += "; one image per call"
+    if method == "finercam":
+        notes += ("; one call per image with target_idx=<target> (FinerCAM picks the comparison classes, the "
+                  "target's nearest scores, by itself)")
+    if method == "randomcam":
+        notes += "; each image's weights drawn from the seed afresh: a random baseline at the CAM layer"
+    return notes
+
+
 _IMPLS: list[Implementation] = [
-    *(Implementation(m, "pytorch-grad-cam", _PGC, cls, _pgc_options(m), freeze_params=m != "shapleycam",
+    *(Implementation(m, "pytorch-grad-cam", _PGC, cls, _pgc_options(m), freeze_params=m not in _PGC_FULL_BACKWARD,
                      substitutions=_pgc_substitutions(m),
-                     notes="cnnlens records the CAM before pytorch-grad-cam's ReLU, scaling and resize, and stops "
-                           "the call there" + ("; one image per call" if m in ("scorecam", "ablationcam") else ""))
+                     notes=_pgc_notes(m))
       for m, cls in PGC_CAMS.items()),
     Implementation("guided_backprop", "pytorch-grad-cam", _PGC, "GuidedBackpropReLUModel",
                    notes="guides nn.ReLU modules only; pytorch-grad-cam's own GuidedBackpropReLUModel, called by "
                          "cnnlens one image at a time (it explains image 0), the model's own ReLU modules put back"),
     Implementation("guided_gradcam", "pytorch-grad-cam", _PGC, "GuidedBackpropReLUModel x GradCAM",
-                   substitutions={PGC_EARLY_STOP: _PGC_EARLY_STOP_GAIN},
+                   {"reshape": RESHAPE}, substitutions={PGC_EARLY_STOP: _PGC_EARLY_STOP_GAIN},
                    notes="pytorch-grad-cam's recipe: its GuidedBackpropReLUModel (one image per call) times its "
                          "GradCAM image (after ReLU, scaling and resize)"),
-    Implementation("gradcam", "captum", _CAPTUM, "LayerGradCam"),
+    Implementation("gradcam", "captum", _CAPTUM, "LayerGradCam", {"reshape": RESHAPE}),
     Implementation("guided_backprop", "captum", _CAPTUM, "GuidedBackprop", notes="overrides nn.ReLU modules only"),
-    Implementation("guided_gradcam", "captum", _CAPTUM, "GuidedGradCam"),
+    Implementation("guided_gradcam", "captum", _CAPTUM, "GuidedGradCam", {"reshape": RESHAPE}),
     Implementation("saliency", "captum", _CAPTUM, "Saliency", notes="called with abs=False; cnnlens reduces"),
     Implementation("deconvolution", "captum", _CAPTUM, "Deconvolution", notes="overrides nn.ReLU modules only"),
     Implementation("input_x_gradient", "captum", _CAPTUM, "InputXGradient"),

@@ -31,6 +31,7 @@ import torch
 from captum import attr as ca
 from torch import Tensor
 
+from cnnlens import reshape
 from cnnlens._resolve import internal_batch
 from cnnlens.adapters.base import Adapter
 from cnnlens.errors import CnnlensError, ModelError, OptionError
@@ -43,6 +44,8 @@ SIMPLE = {
     "lrp": ca.LRP,
 }
 #: Named in ``provenance.driven`` when Captum is called once per image.
+GRID_VIEW_DRIVE = ("Captum's layer is a view of the token / channels-last layer output as (N, C, H, W) (cnnlens.reshape "
+                   "{!r}, run by a forward hook on the layer that hands the model the same values back)")
 PER_IMAGE_SEEDED = "one Captum call per image, each image drawn from the seed afresh"
 PER_IMAGE_BASELINES = "one Captum call per image, with that image's own baseline distribution"
 
@@ -114,6 +117,20 @@ class CaptumAdapter(Adapter):
 
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
         m, o, model, t = self.method, self.options, self.model, targets
+        if m in ("gradcam", "guided_gradcam") and o.get("reshape") is not None:
+            # A token or channels-last layer: Captum's layer is a view of it as (N, C, H, W) (cnnlens.reshape).
+            fn = o["reshape"]
+            if not isinstance(fn, reshape.Reshape):
+                raise OptionError(
+                    "backend 'captum' needs a cnnlens.reshape preset (vit, deit, tokens, swin, channels_last) or a "
+                    "cnnlens.reshape.Reshape: Captum's layer is a view of the layer output, which must be undone; "
+                    "a plain callable works with backend 'pytorch-grad-cam'"
+                )
+            self.driven.append(GRID_VIEW_DRIVE.format(fn.name))
+            with reshape.grid_view(self.layer, fn) as view:
+                if m == "gradcam":
+                    return ca.LayerGradCam(model, view).attribute(x, target=t, relu_attributions=False)
+                return ca.GuidedGradCam(model, view).attribute(x, target=t)
         if m == "gradcam":
             out = ca.LayerGradCam(model, self.layer).attribute(x, target=t, relu_attributions=False)
         elif m == "guided_gradcam":

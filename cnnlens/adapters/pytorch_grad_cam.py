@@ -43,10 +43,12 @@ import numpy as np
 import pytorch_grad_cam as pgc
 import threadpoolctl
 import torch
+from pytorch_grad_cam.ablation_layer import AblationLayerVit
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
+from cnnlens import reshape
 from cnnlens._resolve import internal_batch
 from cnnlens.adapters.base import FROZEN_PARAMS, Adapter
 from cnnlens.errors import CnnlensError, LayerError, ModelError
@@ -62,6 +64,10 @@ CAPTURED_DRIVE = ("CAM recorded as get_cam_image returns it (before pytorch-grad
                   "resize), and the call stopped there: the final image it would build is not used")
 CAPTURED_DRIVE_FULLGRAD = ("FullGrad's per-layer maps recorded as compute_cam_per_layer returns them, and the "
                            "call stopped there: the aggregated image it would build is not used")
+RESHAPE_DRIVE = ("layer output and its gradient reshaped to (N, C, H, W) by cnnlens.reshape {!r}, given to "
+                 "pytorch-grad-cam as its reshape_transform")
+FINER_DRIVE = ("one FinerCAM call per image, with targets=None and target_idx=<that image's target>, so that "
+               "FinerCAM picks the comparison classes itself")
 PER_IMAGE_DRIVE = ("one image per call, with a bounded internal batch_size (pytorch-grad-cam builds every "
                    "masked input of the whole batch at once)")
 PER_IMAGE_SEEDED = ("one KPCA_CAM call per image, each image's random ARPACK start vector drawn from the seed "
@@ -148,6 +154,14 @@ class PytorchGradCamAdapter(Adapter):
 
     def check_input(self, x: Tensor) -> None:
         if self.method == "shapleycam":
+            if self.options.get("reshape") is not None:
+                # ShapleyCAM keeps the graph (detach=False), and pytorch-grad-cam's recorder then
+                # stores the layer output as it is, without its reshape_transform.
+                raise LayerError(
+                    "pytorch-grad-cam ShapleyCAM ignores reshape_transform (its recorder skips it when it keeps the "
+                    "graph), so it cannot use a token or channels-last layer; pick an (N, C, H, W) layer, or use "
+                    "gradcam or hirescam on this one"
+                )
             self._check_shapley_layer(x)
 
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
@@ -165,13 +179,26 @@ class PytorchGradCamAdapter(Adapter):
 
     # -- CAMs -----------------------------------------------------------------------------------
 
+    def _reshape(self) -> Callable[[Tensor], Tensor] | None:
+        fn = reshape.get(self.options.get("reshape"))
+        if fn is not None:
+            self.driven.append(RESHAPE_DRIVE.format(reshape.name_of(fn)))
+        return fn
+
     def _make(self, method: str) -> Any:
         cls = getattr(pgc, CLASSES[method])
         if method == "fullgrad":
             return cls(self.model, target_layers=[])
+        fn = self._reshape()
+        kwargs: dict[str, Any] = {"reshape_transform": fn}
         if method == "fem":
-            return cls(self.model, target_layers=[self.layer], k=self.options.get("k", 2))
-        return cls(self.model, target_layers=[self.layer])
+            kwargs["k"] = self.options.get("k", 2)
+        if method == "sess":
+            kwargs.update({k: self.options[k] for k in ("num_scales", "pool", "smooth", "batch_size")})
+        if method == "ablationcam" and fn is not None:
+            # pytorch-grad-cam's ablation layer for token and channels-last outputs (its ViT/Swin docs).
+            kwargs["ablation_layer"] = AblationLayerVit()
+        return cls(self.model, target_layers=[self.layer], **kwargs)
 
     def _cam(self, method: str, x: Tensor, targets: Tensor, final: bool = False) -> Tensor:
         """Run one pytorch-grad-cam class; return the pre-ReLU CAM, or its final output if ``final``."""
@@ -181,52 +208,66 @@ class PytorchGradCamAdapter(Adapter):
         if self.impl.spec.stochastic:
             return self.each_image(x, targets, lambda xi, ti, _i: self._cam_chunk(method, xi, ti, final),
                                    PER_IMAGE_SEEDED)
+        if method == "finercam":
+            return self.each_image(x, targets, lambda xi, ti, _i: self._cam_chunk(method, xi, ti, final),
+                                   FINER_DRIVE)
         return self._cam_chunk(method, x, targets, final)
 
     def _cam_chunk(self, method: str, x: Tensor, targets: Tensor, final: bool) -> Tensor:
         cam = self._make(method)
+        # FinerCAM and SESS are meta-methods over a BaseCAM they create (GradCAM by default).
+        base = getattr(cam, "base_cam", cam)
         captured: list[np.ndarray] = []
         aug = bool(self.options.get("aug_smooth", False))
         eigen = bool(self.options.get("eigen_smooth", False))
+        final = final or method == "sess"  # SESS fuses many window CAMs: its result is the method's output
         if method in PER_IMAGE:
             cam.batch_size = self.options.get("batch_size") or internal_batch(x)
         if self.shortcuts and method in ("eigencam", "eigengradcam"):
             cam.get_cam_image = _eigen_cam_image(method)
             self.substitutions.append(ECONOMY_SVD)
+        spied = "compute_cam_per_layer" if method == "fullgrad" else "get_cam_image"
         if not aug and not final:
-            name = "compute_cam_per_layer" if method == "fullgrad" else "get_cam_image"
-            inner = getattr(cam, name)
+            inner = getattr(base, spied)
 
             def spy(*args: Any, **kwargs: Any) -> Any:
                 out = inner(*args, **kwargs)
                 captured.append(out)
                 raise _Captured
 
-            setattr(cam, name, spy)
+            setattr(base, spied, spy)
             self.driven.append(CAPTURED_DRIVE if method != "fullgrad" else CAPTURED_DRIVE_FULLGRAD)
         handle = None
-        if (self.shortcuts and self.impl.freeze_params and cam.uses_gradients and not cam.compute_input_gradient
-                and cam.detach and self.layer is not None):
+        if (self.shortcuts and EARLY_STOP in self.impl.substitutions and self.impl.freeze_params
+                and base.uses_gradients and not base.compute_input_gradient and base.detach and self.layer is not None):
             handle = self.layer.register_forward_hook(_leaf_at(self.layer), prepend=True)
             self.substitutions.append(EARLY_STOP)
         result = None
+        pgc_targets = [ClassifierOutputTarget(int(t)) for t in targets.tolist()]
         try:
             with _quiet_progress(method in PER_IMAGE):
-                result = cam(
-                    input_tensor=x,
-                    targets=[ClassifierOutputTarget(int(t)) for t in targets.tolist()],
-                    aug_smooth=aug,
-                    **({} if method == "fullgrad" and not eigen else {"eigen_smooth": eigen}),
-                )
+                if method == "finercam":
+                    # FinerCAM picks the classes nearest the target's score itself when given no targets.
+                    result = cam(input_tensor=x, targets=None, eigen_smooth=eigen,
+                                 alpha=float(self.options.get("alpha", 1.0)), target_idx=int(targets[0]))
+                elif method == "sess":
+                    result = cam(input_tensor=x, targets=pgc_targets, eigen_smooth=eigen)
+                else:
+                    result = cam(
+                        input_tensor=x,
+                        targets=pgc_targets,
+                        aug_smooth=aug,
+                        **({} if method in ("fullgrad", "seg_eigencam") and not eigen else {"eigen_smooth": eigen}),
+                    )
         except _Captured:
             pass
         finally:
             if handle is not None:
                 handle.remove()
-            cam.activations_and_grads.release()
+            base.activations_and_grads.release()
             # The spy holds the CAM's bound method: without this, the cycle through BaseCAM.__del__
             # can keep the model alive until a second garbage collection.
-            cam.__dict__.pop("compute_cam_per_layer" if method == "fullgrad" else "get_cam_image", None)
+            base.__dict__.pop(spied, None)
         if captured:
             raw = captured[-1]
             if method == "fullgrad":

@@ -41,7 +41,9 @@ def _targets(targets: Tensor) -> list[ClassifierOutputTarget]:
 #: image's weights come from differences of scores taken from the batch's forward, which differ from a
 #: one-image forward's in the last bits; the subtraction amplifies that (1.7e-5 of the map's range on
 #: tiny_cnn, Ablation-CAM). KPCA-CAM: each image's random start is drawn from the seed afresh.
-PER_IMAGE = {"scorecam", "ablationcam", "kpca_cam"}
+PER_IMAGE = {"scorecam", "ablationcam", "kpca_cam", "randomcam", "finercam"}
+#: Seeded per image from NumPy's global RNG (KernelPCA's ARPACK start, RandomCAM's weights).
+SEEDED = {"kpca_cam", "randomcam"}
 
 
 def _cam_call(method: str, cls_name: str) -> DirectCall:
@@ -59,25 +61,38 @@ def _one_call(method: str, cls_name: str) -> DirectCall:
     def call(model: nn.Module, x: Tensor, targets: Tensor, layer: nn.Module | None, options: dict[str, Any]) -> Tensor:
         cls = getattr(pytorch_grad_cam, cls_name)
         kwargs: dict[str, Any] = {"k": options["k"]} if method == "fem" else {}
+        if method == "sess":
+            kwargs.update({k: options[k] for k in ("num_scales", "pool", "smooth", "batch_size")})
+        if options.get("reshape") is not None:
+            kwargs["reshape_transform"] = options["reshape"]
         layers = [] if method == "fullgrad" else [layer]
-        call_kw: dict[str, Any] = {"aug_smooth": options.get("aug_smooth", False)}
+        call_kw: dict[str, Any] = {"targets": _targets(targets)}
+        if "aug_smooth" in options:
+            call_kw["aug_smooth"] = options["aug_smooth"]
         if "eigen_smooth" in options:
             call_kw["eigen_smooth"] = options["eigen_smooth"]
+        if method == "finercam":
+            # FinerCAM's documented use: no targets, target_idx names the class (one image per call).
+            call_kw.update(targets=None, alpha=options["alpha"], target_idx=int(targets[0]))
         recorded: list[np.ndarray] = []
-        if method == "kpca_cam":
-            # KernelPCA's ARPACK start vector comes from NumPy's global RNG: seeded per image, as cnnlens does.
+        if method in SEEDED:
+            # KernelPCA's ARPACK start vector and RandomCAM's weights come from NumPy's global RNG:
+            # seeded per image, as cnnlens does.
             np.random.seed(options["seed"] % 2**32)
         with cls(model=model, target_layers=layers, **kwargs) as cam:
             name = "compute_cam_per_layer" if method == "fullgrad" else "get_cam_image"
-            inner = getattr(cam, name)
+            owner = getattr(cam, "base_cam", cam)  # FinerCAM's and SESS's inner GradCAM
+            inner = getattr(owner, name)
 
             def spy(*args: Any, **kw: Any) -> Any:  # pass-through: records, changes nothing
                 out = inner(*args, **kw)
                 recorded.append(out)
                 return out
 
-            setattr(cam, name, spy)
-            cam(input_tensor=x, targets=_targets(targets), **call_kw)
+            setattr(owner, name, spy)
+            result = cam(input_tensor=x, **call_kw)
+        if method == "sess":
+            return torch.as_tensor(np.asarray(result, dtype=np.float32))  # SESS's fused result is the method's
         raw = recorded[-1][:, 0] if method == "fullgrad" else recorded[-1]
         return torch.as_tensor(np.asarray(raw, dtype=np.float32))
 
