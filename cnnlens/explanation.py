@@ -298,8 +298,9 @@ class Explanation:
             data["files"] = [e["file"] for e in images]  # the overlays, one per image
             data["arrays"] = {k: f"{k}.npy" for k in arrays}
             data["images"] = images
-            data["view"] = {"sign": sign, "outlier_perc": outlier_perc, "cmap": cmap or plot.default_cmap(sign),
-                            "alpha": alpha}
+            shown = plot.auto_sign(self, sign)  # None: maps, as the contract has them
+            data["view"] = {"sign": shown, "outlier_perc": outlier_perc if shown else None,
+                            "cmap": cmap or plot.default_cmap(shown), "alpha": alpha}
             text = json.dumps(data, indent=2)
             written.append(_files.write_atomic(out / "manifest.json", text))
         except OutputError:

@@ -146,11 +146,21 @@ def as_map(m: Any) -> np.ndarray:
     return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
 
 
+def _map32(m: Any) -> np.ndarray:
+    """:func:`as_map` in float32, for full-size pictures (a 12-megapixel map in float64 is 100 MB
+    per temporary)."""
+    a = np.squeeze(_numpy(m))
+    if a.ndim != 2:
+        raise InputError(f"a map must be (H, W); got shape {_numpy(m).shape}")
+    a = a.astype(np.float32, copy=False)
+    return a if np.isfinite(a).all() else np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if m.shape == size:
         return m
-    t = torch.from_numpy(m)[None, None].float()
-    return torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].double().numpy()
+    t = torch.from_numpy(np.ascontiguousarray(m))[None, None].float()
+    return torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def _cmap(name: str) -> Any:
@@ -201,7 +211,7 @@ def overlay(image: Any, map: Any, cmap: str = "jet", alpha: float = 0.5, weighte
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
         raise OptionError(f"alpha must be a number in [0, 1], got {alpha!r}")
     img = as_uint8_image(image)
-    m = as_map(map)
+    m = _map32(map)
     colour = _cmap(cmap)  # validate the name even when the map turns out empty
     if m.size == 0:
         return img.copy()
@@ -292,7 +302,7 @@ def overlay_signed(image: Any, map: Any, cmap: str = DIVERGING_CMAP, alpha: floa
     """
     check_style(cmap, alpha)
     img = as_uint8_image(image).astype(np.float32)
-    m = np.clip(as_map(map), -1.0, 1.0)
+    m = np.clip(_map32(map), -1.0, 1.0)
     if m.shape != img.shape[:2]:
         m = _resize_map(m, img.shape[:2])
     grey = img.mean(axis=2, keepdims=True)
@@ -374,7 +384,7 @@ def _placed(src: Any, m: np.ndarray, i: int, shape: tuple[int, int]) -> tuple[np
         top, left, bh, bw = fit.box
         fit = _replace(fit, original=shape, box=(top * ky, left * kx, bh * ky, bw * kx))
     values, inside = map_to_original(torch.from_numpy(np.ascontiguousarray(m)).float(), fit)
-    return values.astype(np.float64), inside
+    return values, inside
 
 
 def _is_images(obj: Any) -> bool:
