@@ -211,9 +211,16 @@ def test_layer_list_marks_token_layers():
 def test_cli_layers_shows_the_reshape():
     result = run_cli("layers", "--model", "vit_b_16", "--weights", "none", "--pattern", "encoder.layers.encoder_layer_11.*")
     assert result.exit_code == 0, result.output
-    assert "default CAM" in result.stdout and "reshape=vit" in result.stdout
-    result = run_cli("layers", "--model", "vit_b_16", "--weights", "none", "--pattern", "conv_proj")
-    assert result.exit_code == 0 and "reshape=" not in result.stdout
+    assert "reshape" in result.stdout.splitlines()[1]  # the column
+    row = next(line for line in result.stdout.splitlines() if "encoder_layer_11.ln_1 " in line)
+    assert "default CAM" in row and " vit " in row
+    result = run_cli("layers", "--model", "vit_b_16", "--weights", "none", "--pattern", "conv_proj", "--json")
+    assert result.exit_code == 0
+    import json
+
+    rows = json.loads(result.stdout)
+    rows = rows["layers"] if isinstance(rows, dict) else rows
+    assert [r.get("reshape") for r in rows if r["name"] == "conv_proj"] == [None]
 
 
 def test_timm_models():
