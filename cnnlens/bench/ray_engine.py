@@ -23,7 +23,7 @@ import torch
 
 from cnnlens.bench.engine import Outcome, Worker, _error_text
 from cnnlens.bench.suite import Suite
-from cnnlens.errors import BackendUnavailableError, ModelError, OptionError
+from cnnlens.errors import BackendError, BackendUnavailableError, ModelError, OptionError
 
 #: Times a cell may take its worker down with it before it is recorded as an error.
 MAX_ATTEMPTS = 3
@@ -147,6 +147,7 @@ class RayExecutor:
         self.inflight: dict[Any, tuple[int, str, dict[str, Any], list[Any], dict[str, int], Any, int]] = {}
         self.retry: list[tuple[int, str, dict[str, Any], list[Any], dict[str, int], int]] = []
         self.deaths = 0
+        self.finished = 0
 
     def _new_actor(self) -> Any:
         return self.actor_cls.remote(self.suite, self.device, self.threads)
@@ -188,9 +189,15 @@ class RayExecutor:
                 self.load[actor] -= 1
             try:
                 out.append((i, ray.get(ref)))
+                self.finished += 1
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.ActorUnavailableError) as exc:
                 self._replace(actor)
+                if not self.finished and self.deaths > MAX_ATTEMPTS * self.workers:
+                    raise BackendError(
+                        f"every Ray worker died before finishing a single cell ({self.deaths} deaths; last: "
+                        f"{str(exc).splitlines()[0][:300]}); check that cnnlens and the suite's models import "
+                        "on the cluster's nodes, or run with --engine local") from None
                 if attempt >= MAX_ATTEMPTS:
                     why = f"its worker died {attempt} times running it ({type(exc).__name__})"
                     out.append((i, Outcome("error", why, [], [], {}, 0.0, 0.0)))
