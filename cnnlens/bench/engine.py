@@ -76,14 +76,18 @@ class PixelCache:
         missing = [r for r in records if (model_id, r.id) not in self.items]
         if missing:
             _displays, x = load_pixels(missing, model, size)
-            for r, xi in zip(missing, x, strict=True):
-                self.items[(model_id, r.id)] = xi
+            self.put(model_id, [r.id for r in missing], x)
         out = torch.stack([self.items[(model_id, r.id)] for r in records])
         keep = {(model_id, r.id) for r in records}
         while len(self.items) > max(self.capacity, len(keep)):
             old = next(k for k in self.items if k not in keep)
             del self.items[old]
         return out
+
+    def put(self, model_id: str, ids: list[str], x: Tensor) -> None:
+        """Keep these images' pixels (copies: a row must not hold its whole batch's memory)."""
+        for iid, xi in zip(ids, x, strict=True):
+            self.items[(model_id, iid)] = xi.clone()
 
 
 @dataclass
@@ -282,7 +286,9 @@ def run_images(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Arti
     from cnnlens.bench.data import load_pixels, predict
 
     recs = [ctx.records[i] for i in spec["images"]]
-    displays, _x = load_pixels(recs, ctx.model, ctx.image_size)
+    displays, x = load_pixels(recs, ctx.model, ctx.image_size)
+    if ctx.pixels is not None:  # the shard's explain cells, if they run here, need not decode it again
+        ctx.pixels.put(ctx.model_id, list(spec["images"]), x)
     by_label = getattr(ctx.suite, "target", "predicted") == "label"
 
     def fixed(r: Any) -> int | None:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from cnnlens.bench.engine import Outcome, Worker, _error_text
 from cnnlens.bench.suite import Suite
-from cnnlens.errors import BackendUnavailableError, ModelError, OptionError
+from cnnlens.errors import BackendError, BackendUnavailableError, ModelError, OptionError
 
 #: Times a cell may take its worker down with it before it is recorded as an error.
 MAX_ATTEMPTS = 3
@@ -42,15 +43,15 @@ def require_ray() -> Any:
     return ray
 
 
-def start_local_ray(num_cpus: int, num_gpus: int = 0) -> str:
-    """Start a Ray on this machine, reachable on the loopback interface only; returns its address.
+@contextlib.contextmanager
+def _loopback() -> Iterator[None]:
+    """Make Ray use the loopback address for this node while a Ray starts or is joined.
 
     Ray binds its servers to the node's address, which it resolves to the machine's network
-    interface unless Ray clusters are disabled (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's
-    own switch, which makes it use the loopback address as on a laptop). The switch is set only
-    while this Ray starts (its processes inherit it) and then restored, so it changes nothing else.
+    interface unless Ray clusters are disabled (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's own
+    switch, which makes it use the loopback address as on a laptop). The switch is set only for
+    the call (the Ray processes started meanwhile inherit it) and then restored.
     """
-    ray = require_ray()
     from ray._private import ray_constants
 
     var = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
@@ -58,15 +59,42 @@ def start_local_ray(num_cpus: int, num_gpus: int = 0) -> str:
     os.environ[var] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-                       configure_logging=False)
+        yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before_flag
         if before_env is None:
             os.environ.pop(var, None)
         else:
             os.environ[var] = before_env
+
+
+def start_local_ray(num_cpus: int, num_gpus: int = 0) -> str:
+    """Start a Ray on this machine, reachable on the loopback interface only; returns its address."""
+    ray = require_ray()
+    with _loopback():
+        ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                       configure_logging=False)
     return str(ctx.address_info["gcs_address"])
+
+
+def join_ray(address: str) -> None:
+    """Connect this process to a running Ray (``auto``, ``host:port`` or ``ray://host:port``).
+
+    A cluster on this machine's loopback address (one :func:`start_local_ray` started) is joined
+    as a loopback node too; otherwise Ray would wait for a node at the machine's network address.
+    """
+    from urllib.parse import urlsplit
+
+    ray = require_ray()
+    host = urlsplit(address if "://" in address else f"//{address}").hostname or ""
+    # Ray Client (ray://) takes the address alone; a driver on a node takes the logging settings.
+    kwargs = {} if address.startswith("ray://") else \
+        {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if host in ("127.0.0.1", "localhost", "::1"):
+        with _loopback():
+            ray.init(address=address, **kwargs)
+    else:
+        ray.init(address=address, **kwargs)
 
 
 class RayExecutor:
@@ -94,7 +122,7 @@ class RayExecutor:
                     gpus = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
                     start_local_ray(n, gpus)
                 else:
-                    ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+                    join_ray(address)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = f"the Ray cluster at '{address}'" if address else "a local Ray"
                 raise OptionError(f"could not start or join {where}: {str(exc).splitlines()[0]}") from None
@@ -119,6 +147,7 @@ class RayExecutor:
         self.inflight: dict[Any, tuple[int, str, dict[str, Any], list[Any], dict[str, int], Any, int]] = {}
         self.retry: list[tuple[int, str, dict[str, Any], list[Any], dict[str, int], int]] = []
         self.deaths = 0
+        self.finished = 0
 
     def _new_actor(self) -> Any:
         return self.actor_cls.remote(self.suite, self.device, self.threads)
@@ -160,9 +189,15 @@ class RayExecutor:
                 self.load[actor] -= 1
             try:
                 out.append((i, ray.get(ref)))
+                self.finished += 1
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.ActorUnavailableError) as exc:
                 self._replace(actor)
+                if not self.finished and self.deaths > MAX_ATTEMPTS * self.workers:
+                    raise BackendError(
+                        f"every Ray worker died before finishing a single cell ({self.deaths} deaths; last: "
+                        f"{str(exc).splitlines()[0][:300]}); check that cnnlens and the suite's models import "
+                        "on the cluster's nodes, or run with --engine local") from None
                 if attempt >= MAX_ATTEMPTS:
                     why = f"its worker died {attempt} times running it ({type(exc).__name__})"
                     out.append((i, Outcome("error", why, [], [], {}, 0.0, 0.0)))
@@ -194,4 +229,4 @@ class RayExecutor:
             ray.shutdown()
 
 
-__all__ = ["DEPTH", "INSTALL", "MAX_ATTEMPTS", "RayExecutor", "require_ray", "start_local_ray"]
+__all__ = ["DEPTH", "INSTALL", "MAX_ATTEMPTS", "RayExecutor", "join_ray", "require_ray", "start_local_ray"]
