@@ -95,6 +95,16 @@ class FaithSpec:
     road_images: int = 4  # ROAD runs on the first N images of the study (its imputer is slow)
     forward_batch: int = 32
     images: int = 0  # deletion/insertion/drop on the first N images only (0: all)
+    # The toolkits' own metrics (cnnlens.bench.metrics, last block), on the same images; ARCC on the
+    # ROAD images only (it runs ROAD itself).
+    infidelity: bool = True  # captum.metrics.infidelity
+    sensitivity: bool = False  # captum.metrics.sensitivity_max: re-explains perturb_samples copies per image
+    confidence_change: bool = True  # pytorch-grad-cam's CamMultImageConfidenceChange, Drop/IncreaseInConfidence
+    arcc: bool = False  # pytorch-grad-cam's ARCC: one re-explanation and a ROAD per image
+    perturb_samples: int = 10  # n_perturb_samples of infidelity and sensitivity_max
+    infidelity_stdev: float = 0.003  # Gaussian perturbation of infidelity, in model-input units
+    perturb_radius: float = 0.02  # sensitivity_max's L-infinity radius (Captum's default)
+    arcc_percentiles: tuple[int, ...] = (20, 40, 60, 80)
 
 
 @dataclass(frozen=True)
@@ -341,7 +351,9 @@ def parse(data: dict[str, Any], source: str = "") -> Suite:
             raise SuiteError(f"agreement.topk values are percentages in (0, 100], got {k}")
 
     fa = _section(data, "faithfulness", {"enabled", "steps", "blur_kernel", "blur_sigma", "road_percentiles",
-                                         "road_images", "forward_batch", "images"})
+                                         "road_images", "forward_batch", "images", "infidelity", "sensitivity",
+                                         "confidence_change", "arcc", "perturb_samples", "infidelity_stdev",
+                                         "perturb_radius", "arcc_percentiles"})
     faith = FaithSpec(
         _get(fa, "faithfulness", "enabled", bool, True),
         _get(fa, "faithfulness", "steps", int, 16),
@@ -351,7 +363,21 @@ def parse(data: dict[str, Any], source: str = "") -> Suite:
         _get(fa, "faithfulness", "road_images", int, 4),
         _get(fa, "faithfulness", "forward_batch", int, 32),
         _get(fa, "faithfulness", "images", int, 0),
+        _get(fa, "faithfulness", "infidelity", bool, True),
+        _get(fa, "faithfulness", "sensitivity", bool, False),
+        _get(fa, "faithfulness", "confidence_change", bool, True),
+        _get(fa, "faithfulness", "arcc", bool, False),
+        _get(fa, "faithfulness", "perturb_samples", int, 10),
+        float(_get(fa, "faithfulness", "infidelity_stdev", (int, float), 0.003)),
+        float(_get(fa, "faithfulness", "perturb_radius", (int, float), 0.02)),
+        _nums(fa, "faithfulness", "arcc_percentiles", (20, 40, 60, 80), int),
     )
+    _bounded("faithfulness.perturb_samples", faith.perturb_samples, 1, 1000)
+    _bounded("faithfulness.infidelity_stdev", faith.infidelity_stdev, 1e-9, 1000.0)
+    _bounded("faithfulness.perturb_radius", faith.perturb_radius, 1e-9, 1000.0)
+    for p in faith.arcc_percentiles:
+        if not 0 < p < 100:
+            raise SuiteError(f"faithfulness.arcc_percentiles are percentages in (0, 100), got {p}")
     _bounded("faithfulness.images", faith.images, 0, MAX_IMAGES, " (0 means every image)")
     _bounded("faithfulness.steps", faith.steps, 1, 1000)
     _bounded("faithfulness.forward_batch", faith.forward_batch, 1, MAX_BATCH)
