@@ -220,7 +220,8 @@ class CaptumAdapter(Adapter):
         if m in ("layer_conductance", "layer_integrated_gradients"):
             ibs = o["internal_batch_size"] or internal_batch(x)
             if m == "layer_conductance":
-                ibs = max(ibs, 2 * x.shape[0])  # Captum's minimum for its own choice, never for the user's
+                # Captum's minimum; a user's smaller value was refused in check_input
+                ibs = max(ibs, 2 * x.shape[0])
             return explainer.attribute(  # type: ignore[no-any-return]
                 x, baselines=self._baseline(x), target=t, n_steps=o["n_steps"], internal_batch_size=ibs,
             )
