@@ -165,6 +165,7 @@ class CaptumAdapter(Adapter):
             ), PER_IMAGE_SEEDED)
         elif m in LAYER:
             out = self._layer_attribution(x, t)
+            self._warn_if_no_positive_sum(out)
         elif m in NOISE_OVER:
             out = self._noise_over(x, t)
         elif m == "shapley_value_sampling":
@@ -234,6 +235,20 @@ class CaptumAdapter(Adapter):
         if m == "layer_activation":
             return explainer.attribute(x)  # type: ignore[no-any-return]
         return explainer.attribute(x, target=t)  # type: ignore[no-any-return]
+
+    def _warn_if_no_positive_sum(self, raw: Tensor) -> None:
+        """The map of a layer attribution is the ReLU of its channel sum, like every CAM's: where that
+        sum is <= 0 everywhere (the channel sum of a BatchNorm output before its activation, as at
+        EfficientNet-Lite0's last spatial layer ``_bn1``), the map is all zeros; say so, not silently."""
+        flat = raw.detach().sum(dim=1).flatten(1)
+        empty = (flat.amax(dim=1) <= 0).nonzero().flatten().tolist()
+        if empty:
+            name = next((n for n, mod in self.model.named_modules() if mod is self.layer), "?")
+            self.warnings.append(
+                f"{self.method} (captum): the channel sum of the attribution at layer '{name}' is <= 0 everywhere "
+                f"for image(s) {', '.join(map(str, empty))}, so the map (its ReLU, as for every CAM) is all zeros; "
+                "pick a layer after an activation (e.g. a block's output), or read the signed attribution in raw"
+            )
 
     def _noise_over(self, x: Tensor, t: Tensor) -> Tensor:
         """Captum's NoiseTunnel around another gradient method, one image per call (see the module doc)."""

@@ -138,3 +138,37 @@ def test_smoothgrad_of_integrated_gradients_is_noise_tunnel_over_captums_ig():
     # and it is not the plain IG map: the noise matters
     ig = _explain(model, x, "integrated_gradients", target=[3])
     assert not torch.allclose(e.raw, ig.raw, rtol=1e-3, atol=1e-6)
+
+
+class _NegativeHead(nn.Module):
+    """conv -> BatchNorm whose channel sum is negative everywhere -> pool -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.bn.bias.fill_(-50.0)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_an_all_zero_layer_map_is_a_warning_not_silent():
+    model, x = _NegativeHead().eval(), tiny_input(n=2, size=16)
+    e = _explain(model, x, "layer_activation", layer="bn")
+    assert float(e.maps.abs().max()) == 0  # the channel sum is negative everywhere: the ReLU'd map is empty
+    assert len(e.warnings) == 1 and "layer 'bn' is <= 0 everywhere for image(s) 0, 1" in e.warnings[0]
+    fine = _explain(tiny_cnn(), tiny_input(n=2, size=32), "layer_activation", layer="features.5")
+    assert fine.warnings == () and float(fine.maps.max()) == 1
+
+
+@pytest.mark.parametrize("method", [m for m in NOISE_METHODS if "guided_backprop" in m])
+def test_guided_noise_tunnel_warns_on_a_model_without_relu_modules(method):
+    """Captum's GuidedBackprop overrides nn.ReLU only; on a model with other activations (the
+    embedded EfficientNet-Lite0 has ReLU6) the result is the plain gradient rule, and cnnlens says so."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    with pytest.warns(cnnlens.CnnlensWarning, match="no nn.ReLU module"):
+        e = cnnlens.explain(model, tiny_input(n=1, size=16), method, backend="captum", target=0, nt_samples=2)
+    assert any("no nn.ReLU module" in w for w in e.warnings)
