@@ -6,6 +6,9 @@
   forward), Average Drop and Increase in Confidence (Chattopadhyay et al. 2018, *divided* by the
   base score as in the paper, unlike pytorch-grad-cam's ``DropInConfidence``), and ROAD (Rong et al.
   2022) with pytorch-grad-cam's ``NoisyLinearImputer`` and our own rank-based removal.
+* The toolkits' own metrics, each computed by the toolkit's function: Captum's ``infidelity`` and
+  ``sensitivity_max`` (Yeh et al. 2019), pytorch-grad-cam's ``CamMultImageConfidenceChange``,
+  ``DropInConfidence``, ``IncreaseInConfidence`` and ``ARCC``.
 * Localization: pointing game and energy-based pointing game (Wang et al. 2020, Score-CAM).
 * Baseline maps: pixel noise, smooth noise (low-resolution noise upsampled) and a centred Gaussian.
 
