@@ -37,7 +37,8 @@ class CnnlensWarning(UserWarning):
 
 
 # Methods whose backward rule only changes nn.ReLU modules in every wrapped toolkit.
-RELU_GUIDED = {"guided_backprop", "guided_gradcam", "deconvolution"}
+RELU_GUIDED = {"guided_backprop", "guided_gradcam", "deconvolution",
+               "smoothgrad_guided_backprop", "smoothgrad_sq_guided_backprop", "vargrad_guided_backprop"}
 RELU_FAMILY = (nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.PReLU, nn.SELU, nn.CELU)
 
 

@@ -236,6 +236,9 @@ class Implementation:
         "captum": frozenset({
             "saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "smoothgrad_sq", "vargrad",
             "gradient_shap", "occlusion", "feature_ablation", "lime", "kernel_shap",
+            # NoiseTunnel over hook-free bases, and Shapley value sampling (perturbs the input only)
+            "smoothgrad_integrated_gradients", "smoothgrad_input_x_gradient", "smoothgrad_sq_integrated_gradients",
+            "vargrad_integrated_gradients", "shapley_value_sampling",
         }),
     })
 
@@ -281,6 +284,29 @@ class Implementation:
         for key, opt in valid.items():
             out.setdefault(key, opt.default)
         return out
+
+
+#: NoiseTunnel over other gradient methods: (nt_type, label, base method, what it averages); the one
+#: table the registry, the Captum adapter and the direct tests read.
+#: SmoothGrad of integrated gradients, input x gradient and guided backprop; SmoothGrad-Squared and
+#: VarGrad of integrated gradients and guided backprop, the ensembles Hooker et al. (2019) measured
+#: with ROAR. No SmoothGrad of deconvolution: without max-pooling switches the deconvnet backward
+#: pass does not depend on the input at all (two different images get the identical map on
+#: cnnlens.testing.tiny_cnn), so every noisy copy gives the same map and the pair would add nothing.
+#: (SmoothGrad, SG-SQ and VarGrad of the plain gradient are ``smoothgrad``, ``smoothgrad_sq``, ``vargrad``.)
+#: Each combination is a method of its own, not an option of ``smoothgrad``: whether it needs module
+#: hooks (guided backprop does, IG does not), whether it is signed and which options it takes differ
+#: per combination, and the benchmark runs every method at its defaults, so an option would never be
+#: measured. The grid is kept to combinations with a published use, so the pair count stays meaningful.
+NOISE_TUNNEL_GRID: tuple[tuple[str, str, str, str], ...] = (
+    ("smoothgrad", "SmoothGrad: mean", "integrated_gradients", "integrated gradients"),
+    ("smoothgrad", "SmoothGrad: mean", "input_x_gradient", "input x gradient"),
+    ("smoothgrad", "SmoothGrad: mean", "guided_backprop", "guided backprop"),
+    ("smoothgrad_sq", "SmoothGrad-Squared: mean square", "integrated_gradients", "integrated gradients"),
+    ("smoothgrad_sq", "SmoothGrad-Squared: mean square", "guided_backprop", "guided backprop"),
+    ("vargrad", "VarGrad: variance", "integrated_gradients", "integrated gradients"),
+    ("vargrad", "VarGrad: variance", "guided_backprop", "guided backprop"),
+)
 
 
 def _m(name: str, kind: Kind, layer: bool, signed: bool, stochastic: bool, summary: str) -> MethodSpec:
@@ -329,6 +355,21 @@ METHODS: dict[str, MethodSpec] = {
         _m("feature_ablation", "pixel", False, True, False, "Feature ablation over a superpixel grid"),
         _m("lime", "pixel", False, True, True, "LIME with a superpixel grid"),
         _m("kernel_shap", "pixel", False, True, True, "Kernel SHAP with a superpixel grid"),
+        # Captum's layer attributions, as spatial maps: raw is the (N, C, h, w) attribution of the
+        # layer's output; the CAM contract sums it over channels (see CAPTUM_LAYER_NOTE).
+        _m("layer_conductance", "cam", True, True, False, "Layer Conductance: integrated gradients through the "
+                                                          "layer's neurons (Dhamdhere et al. 2018)"),
+        _m("layer_integrated_gradients", "cam", True, True, False, "Integrated Gradients of the layer's output"),
+        _m("layer_gradient_x_activation", "cam", True, True, False, "Gradient x activation of the layer's output"),
+        _m("layer_deeplift", "cam", True, True, False, "DeepLIFT rescale rule, attributed to the layer's output"),
+        _m("layer_activation", "cam", True, True, False, "The layer's activations (no target)"),
+        # Captum's NoiseTunnel over other gradient methods (Smilkov et al. 2017; the SG-SQ and VarGrad
+        # ensembles of IG and guided backprop are those Hooker et al. 2019 benchmarked with ROAR).
+        *(_m(f"{nt}_{base}", "pixel", False, nt == "smoothgrad", True,
+             f"{label} of {what} over noisy copies")
+          for nt, label, base, what in NOISE_TUNNEL_GRID),
+        _m("shapley_value_sampling", "pixel", False, True, True,
+           "Shapley values by permutation sampling over a superpixel grid"),
     )
 }
 
@@ -433,6 +474,43 @@ def _pgc_notes(method: str) -> str:
     return notes
 
 
+# Captum: layer attributions, NoiseTunnel over other gradient methods, Shapley value sampling.
+CAPTUM_LAYER_NOTE = ("attributes the layer's output; raw is Captum's (N, C, h, w) layer attribution, and the map "
+                     "sums it over channels (signed; for conductance, IG and DeepLIFT the sum keeps completeness: "
+                     "the map's total is the attribution's), then upsamples bilinearly and applies a ReLU like "
+                     "every CAM")
+_NT_OPTS = {"nt_samples": NT_SAMPLES, "stdevs": STDEVS, "nt_samples_batch_size": INTERNAL_BS}
+_IG_OPTS = {"n_steps": N_STEPS, "internal_batch_size": INTERNAL_BS, "baselines": BASELINES}
+_NT_BASE_CLASS = {"integrated_gradients": "IntegratedGradients", "input_x_gradient": "InputXGradient",
+                  "guided_backprop": "GuidedBackprop"}
+_CAPTUM_MORE: list[Implementation] = [
+    Implementation("layer_conductance", "captum", _CAPTUM, "LayerConductance", _IG_OPTS,
+                   notes=CAPTUM_LAYER_NOTE + "; internal_batch_size must be at least 2 x the images per call "
+                                             "(Captum's rule)"),
+    Implementation("layer_integrated_gradients", "captum", _CAPTUM, "LayerIntegratedGradients", _IG_OPTS,
+                   notes=CAPTUM_LAYER_NOTE),
+    Implementation("layer_gradient_x_activation", "captum", _CAPTUM, "LayerGradientXActivation",
+                   notes=CAPTUM_LAYER_NOTE),
+    Implementation("layer_deeplift", "captum", _CAPTUM, "LayerDeepLift", {"baselines": BASELINES},
+                   notes=CAPTUM_LAYER_NOTE + "; refuses models that reuse a module within one forward",
+                   refuses_reuse=True),
+    Implementation("layer_activation", "captum", _CAPTUM, "LayerActivation",
+                   notes=CAPTUM_LAYER_NOTE + "; the target is ignored"),
+    *(
+        Implementation(f"{nt}_{base}", "captum", _CAPTUM, f"NoiseTunnel({_NT_BASE_CLASS[base]}, {nt})",
+                       {**_NT_OPTS, **(_IG_OPTS if base == "integrated_gradients" else {})},
+                       notes="one Captum call per image, each drawn from the seed afresh"
+                             + ("; overrides nn.ReLU modules only" if base == "guided_backprop"
+                                else ""))
+        for nt, _label, base, _what in NOISE_TUNNEL_GRID
+    ),
+    Implementation("shapley_value_sampling", "captum", _CAPTUM, "ShapleyValueSampling",
+                   {"n_samples": Option(25, "feature permutations per image", _pos_int, POS_INT),
+                    "feature_grid": FEATURE_GRID, "baselines": BASELINES, "perturbations_per_eval": PER_EVAL},
+                   notes="one Captum call per image, each drawn from the seed afresh; n_samples x (grid cells) "
+                         "forwards per image"),
+]
+
 _IMPLS: list[Implementation] = [
     *(Implementation(m, "pytorch-grad-cam", _PGC, cls, _pgc_options(m), freeze_params=m not in _PGC_FULL_BACKWARD,
                      substitutions=_pgc_substitutions(m),
@@ -482,6 +560,7 @@ _IMPLS: list[Implementation] = [
     Implementation("kernel_shap", "captum", _CAPTUM, "KernelShap",
                    {"n_samples": N_SAMPLES, "feature_grid": FEATURE_GRID, "perturbations_per_eval": PER_EVAL},
                    notes="one Captum call per image, each drawn from the seed afresh"),
+    *_CAPTUM_MORE,
     Implementation("saliency", "flashtorch", _FLASH, "Backprop.calculate_gradients(guided=False)",
                    notes="FlashTorch's own code, fixed at the boundary by cnnlens: the target honoured (a wrapper "
                          "returning the target logits' sum), batched, the input gradient recorded on a private "

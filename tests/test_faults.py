@@ -143,6 +143,12 @@ def injected(monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
 
     monkeypatch.setattr(fa, "_run_forward", inj.raiser)
     monkeypatch.setattr(lime, "_run_forward", inj.raiser)
+    # captum: Shapley value sampling's forwards, and LayerActivation's (a forward, no gradient)
+    import captum.attr._core.layer.layer_activation as la
+    import captum.attr._core.shapley_value as sv
+
+    monkeypatch.setattr(sv, "_run_forward", inj.raiser)
+    monkeypatch.setattr(la, "_forward_layer_eval", inj.raiser)
     # pytorch-grad-cam: after its hooks are registered and the forward pass ran; and its release
     # of those hooks disabled, so that only the guard can remove them
     from pytorch_grad_cam import FullGrad

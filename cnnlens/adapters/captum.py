@@ -10,14 +10,21 @@ feature masks, baseline tensors, noise scales), and Captum's exceptions become c
 ``deconvolution`` are ``captum.attr.GuidedBackprop`` / ``Deconvolution`` themselves, with Captum's
 own hooks on every ``nn.ReLU``.
 
+The layer attributions (``layer_conductance``, ``layer_integrated_gradients``,
+``layer_gradient_x_activation``, ``layer_deeplift``, ``layer_activation``) return Captum's
+attribution of the chosen layer's output unchanged, (N, C, h, w), as ``raw``; the CAM contract sums
+it over channels, upsamples and applies a ReLU. ``smoothgrad_<base>``, ``smoothgrad_sq_<base>`` and
+``vargrad_<base>`` are ``captum.attr.NoiseTunnel`` around the base method's own Captum class.
+
 An image's result never depends on the other images of its batch. Options derived from the input
 come from each image alone: the noise scale (``stdevs`` times that image's value range) and
 DeepLIFT-SHAP's noisy baselines (scaled by that image's standard deviation), so both methods are
-called once per image. The methods that draw random numbers (the SmoothGrad family, GradientSHAP,
-LIME, Kernel SHAP) are called one image at a time, and with a seed every image is drawn from it
-afresh (``torch.manual_seed`` and ``np.random.seed`` inside the Explainer's seeded block, which gives
-the caller's RNG state back): an image's map alone and in any batch is then bit-identical, and it is
-what Captum returns when called on that image after ``torch.manual_seed(seed); np.random.seed(seed)``.
+called once per image. The methods that draw random numbers (the SmoothGrad family and every
+NoiseTunnel method, GradientSHAP, LIME, Kernel SHAP, Shapley value sampling) are called one image at
+a time, and with a seed every image is drawn from it afresh (``torch.manual_seed`` and
+``np.random.seed`` inside the Explainer's seeded block, which gives the caller's RNG state back): an
+image's map alone and in any batch is then bit-identical, and it is what Captum returns when called
+on that image after ``torch.manual_seed(seed); np.random.seed(seed)``.
 (Captum's ``NoiseTunnel`` and ``GradientShap`` take one ``stdevs`` per input tensor, not per example,
 so a per-image scale needs a call per image in any case; the noisy copies of one image still share
 the internal batches.) Each such loop is named in ``provenance.driven``.
@@ -35,6 +42,7 @@ from cnnlens import reshape
 from cnnlens._resolve import internal_batch
 from cnnlens.adapters.base import Adapter
 from cnnlens.errors import CnnlensError, ModelError, OptionError
+from cnnlens.registry import NOISE_TUNNEL_GRID
 
 NOISE = {"smoothgrad": "smoothgrad", "smoothgrad_sq": "smoothgrad_sq", "vargrad": "vargrad"}
 SIMPLE = {
@@ -43,6 +51,19 @@ SIMPLE = {
     "input_x_gradient": ca.InputXGradient,
     "lrp": ca.LRP,
 }
+#: Captum's layer attributions: the attribution of the layer's output, (N, C, h, w), returned as
+#: ``raw``; the shared CAM contract sums it over channels into the spatial map.
+LAYER = {
+    "layer_conductance": ca.LayerConductance,
+    "layer_integrated_gradients": ca.LayerIntegratedGradients,
+    "layer_gradient_x_activation": ca.LayerGradientXActivation,
+    "layer_deeplift": ca.LayerDeepLift,
+    "layer_activation": ca.LayerActivation,
+}
+#: NoiseTunnel over another gradient method: method -> (Captum's nt_type, the base attribution class).
+_NT_BASES = {"integrated_gradients": ca.IntegratedGradients, "input_x_gradient": ca.InputXGradient,
+             "guided_backprop": ca.GuidedBackprop}
+NOISE_OVER = {f"{nt}_{base}": (nt, _NT_BASES[base]) for nt, _label, base, _what in NOISE_TUNNEL_GRID}
 #: Named in ``provenance.driven`` when Captum is called once per image.
 GRID_VIEW_DRIVE = ("Captum's layer is a view of the token / channels-last layer output as (N, C, H, W) (cnnlens.reshape "
                    "{!r}, run by a forward hook on the layer that hands the model the same values back)")
@@ -92,6 +113,13 @@ class CaptumAdapter(Adapter):
                     f"sliding_window {wh}x{ww} is larger than the {x.shape[2]}x{x.shape[3]} image; "
                     "choose a window no larger than the image"
                 )
+        ibs = self.options.get("internal_batch_size")
+        if self.method == "layer_conductance" and ibs is not None and ibs < 2 * x.shape[0]:
+            raise OptionError(
+                f"internal_batch_size {ibs} is too small for layer_conductance on {x.shape[0]} images: Captum's "
+                f"LayerConductance needs at least 2 x the images per call ({2 * x.shape[0]}); give a larger "
+                "value, or None to let cnnlens choose"
+            )
         grid = self.options.get("feature_grid")
         if grid is not None and grid > max(x.shape[2], x.shape[3]):
             raise OptionError(f"feature_grid {grid} is larger than the {x.shape[2]}x{x.shape[3]} image")
@@ -152,6 +180,19 @@ class CaptumAdapter(Adapter):
                 xi, nt_type=NOISE[m], nt_samples=o["nt_samples"], nt_samples_batch_size=per_batch,
                 stdevs=noise_scale(o["stdevs"], xi), target=ti, abs=False,
             ), PER_IMAGE_SEEDED)
+        elif m in LAYER:
+            out = self._layer_attribution(x, t)
+            self._warn_if_no_positive_sum(out)
+        elif m in NOISE_OVER:
+            out = self._noise_over(x, t)
+        elif m == "shapley_value_sampling":
+            sv = ca.ShapleyValueSampling(model)
+            mask = grid_mask(x, o["feature_grid"])
+            per_eval = o["perturbations_per_eval"] or internal_batch(x)
+            out = self.each_image(x, t, lambda xi, ti, i: sv.attribute(
+                xi, baselines=self._baseline_of(x, i), target=ti, feature_mask=mask, n_samples=o["n_samples"],
+                perturbations_per_eval=per_eval,
+            ), PER_IMAGE_SEEDED)
         elif m == "gradient_shap":
             gs = ca.GradientShap(model)
             out = self.each_image(x, t, lambda xi, ti, i: gs.attribute(
@@ -190,9 +231,64 @@ class CaptumAdapter(Adapter):
             raise CnnlensError(f"captum adapter has no route for '{m}'")
         return out.detach()
 
+    def _layer_attribution(self, x: Tensor, t: Tensor) -> Tensor:
+        """Captum's layer attribution of the layer's output, as Captum returns it (N, C, h, w)."""
+        m, o = self.method, self.options
+        explainer: Any = LAYER[m](self.model, self.layer)
+        if m in ("layer_conductance", "layer_integrated_gradients"):
+            ibs = o["internal_batch_size"] or internal_batch(x)
+            if m == "layer_conductance":
+                # Captum's minimum; a user's smaller value was refused in check_input
+                ibs = max(ibs, 2 * x.shape[0])
+            return explainer.attribute(  # type: ignore[no-any-return]
+                x, baselines=self._baseline(x), target=t, n_steps=o["n_steps"], internal_batch_size=ibs,
+            )
+        if m == "layer_deeplift":
+            # Captum's DeepLift hooks register on the inputs of the nonlinearities before the layer,
+            # which needs them in the graph: with the parameters frozen that takes an input that
+            # requires grad (a user's model with trainable weights gets the same graph through them).
+            xg = x.detach().requires_grad_()
+            return explainer.attribute(xg, baselines=self._baseline(x), target=t)  # type: ignore[no-any-return]
+        if m == "layer_activation":
+            return explainer.attribute(x)  # type: ignore[no-any-return]
+        return explainer.attribute(x, target=t)  # type: ignore[no-any-return]
+
+    def _warn_if_no_positive_sum(self, raw: Tensor) -> None:
+        """The map of a layer attribution is the ReLU of its channel sum, like every CAM's: where that
+        sum is <= 0 everywhere (the channel sum of a BatchNorm output before its activation, as at
+        EfficientNet-Lite0's last spatial layer ``_bn1``), the map is all zeros; say so, not silently."""
+        flat = raw.detach().sum(dim=1).flatten(1)
+        empty = (flat.amax(dim=1) <= 0).nonzero().flatten().tolist()
+        if empty:
+            name = next((n for n, mod in self.model.named_modules() if mod is self.layer), "?")
+            self.warnings.append(
+                f"{self.method} (captum): the channel sum of the attribution at layer '{name}' is <= 0 everywhere "
+                f"for image(s) {', '.join(map(str, empty))}, so the map (its ReLU, as for every CAM) is all zeros; "
+                "pick a layer after an activation (e.g. a block's output), or read the signed attribution in raw"
+            )
+
+    def _noise_over(self, x: Tensor, t: Tensor) -> Tensor:
+        """Captum's NoiseTunnel around another gradient method, one image per call (see the module doc)."""
+        o = self.options
+        nt_type, base = NOISE_OVER[self.method]
+        nt = ca.NoiseTunnel(base(self.model))
+        per_batch = o["nt_samples_batch_size"] or min(o["nt_samples"], internal_batch(x))
+
+        def call(xi: Tensor, ti: Tensor, i: int) -> Tensor:
+            extra: dict[str, Any] = {}
+            if base is ca.IntegratedGradients:
+                extra = {"baselines": self._baseline_of(x, i), "n_steps": o["n_steps"],
+                         "internal_batch_size": o["internal_batch_size"] or internal_batch(x)}
+            return nt.attribute(  # type: ignore[no-any-return]
+                xi, nt_type=nt_type, nt_samples=o["nt_samples"], nt_samples_batch_size=per_batch,
+                stdevs=noise_scale(o["stdevs"], xi), target=ti, **extra,
+            )
+
+        return self.each_image(x, t, call, PER_IMAGE_SEEDED)
+
     def translate(self, exc: Exception) -> CnnlensError | None:
         msg = str(exc)
-        if self.method in ("deeplift", "deeplift_shap") and ("used more than once" in msg or "more than once" in msg):
+        if self.method in ("deeplift", "deeplift_shap", "layer_deeplift") and ("used more than once" in msg or "more than once" in msg):
             return ModelError(
                 f"captum {self.impl.toolkit_name} cannot run on this model: a nonlinearity module is called more "
                 "than once in forward (EfficientNet-Lite reuses one activation per block), and DeepLift needs "

@@ -331,6 +331,7 @@ def run_explain(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Art
         drop_, inc_ = M.average_drop_increase(ctx.model, x[fids], mt, [targets[j] for j in fids])
         drop = dict(zip(fids, drop_, strict=True))
         inc = dict(zip(fids, inc_, strict=True))
+        toolkit = _toolkit_metrics(ctx, spec, x, maps, targets, fids)  # Captum's and pytorch-grad-cam's own
         for j, iid in enumerate(spec["images"]):
             if j not in drop:
                 continue
@@ -359,6 +360,7 @@ def run_explain(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Art
                 rows.append((mid, iid, m, b, "road.morf", float(morf), 1))
                 rows.append((mid, iid, m, b, "road.lerf", float(lerf), 1))
                 rows.append((mid, iid, m, b, "road.combined", float((lerf - morf) / 2), 1))
+            rows.extend((mid, iid, m, b, k, v, 1) for k, v in toolkit.get(j, {}).items())
     if spec["localization"]:
         from cnnlens.bench.data import region_of
 
@@ -369,6 +371,48 @@ def run_explain(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Art
                 rows.append((mid, iid, m, b, "pointing.energy", M.energy_pointing(maps[j], box), 1))
     ctx.compute += time.perf_counter() - t0
     return rows, arts
+
+
+def _toolkit_metrics(ctx: Context, spec: dict[str, Any], x: Tensor, maps: np.ndarray, targets: list[int],
+                     fids: list[int]) -> dict[int, dict[str, float]]:
+    """The toolkits' own metrics the suite asks for (``[faithfulness]`` infidelity, sensitivity,
+    confidence_change, arcc), per image index of the batch: each the defining toolkit's function.
+
+    Sensitivity and ARCC re-explain perturbed inputs with the cell's own Explainer; the baseline
+    maps have none, so they get infidelity and the confidence change only.
+    """
+    faith, m, b = spec["faith"], spec["method"], spec["backend"]
+    out: dict[int, dict[str, float]] = {j: {} for j in fids}
+    if faith.get("confidence_change"):
+        cc = M.pgc_confidence_change(ctx.model, x[fids], torch.from_numpy(maps[fids]).to(x.device),
+                                     [targets[j] for j in fids])
+        for name, values in cc.items():
+            for j, v in zip(fids, values, strict=True):
+                out[j][f"pgc.{name}"] = float(v)
+    explain: M.ExplainFn | None = None
+    if b != BASELINE_BACKEND and (faith.get("sensitivity") or faith.get("arcc")):
+        ex = _explainer(ctx, m, b, spec["options"], spec["seed"])
+
+        def explain(xb: Tensor, tb: Any) -> Tensor:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return ex.explain(xb, target=torch.as_tensor(list(tb), device=xb.device)).maps
+
+    for j in fids:
+        iid = spec["images"][j]
+        seed = image_seed(spec["seed"], iid)
+        if faith.get("infidelity"):
+            out[j]["captum.infidelity"] = M.captum_infidelity(
+                ctx.model, x[j], maps[j], targets[j], n_perturb_samples=faith["perturb_samples"],
+                stdev=faith["infidelity_stdev"], seed=seed)
+        if explain is not None and faith.get("sensitivity"):
+            out[j]["captum.sensitivity_max"] = M.captum_sensitivity_max(
+                explain, x[j], targets[j], n_perturb_samples=faith["perturb_samples"],
+                perturb_radius=faith["perturb_radius"], seed=seed)
+        if explain is not None and faith.get("arcc") and iid in spec["road"]:
+            out[j]["pgc.arcc"] = M.pgc_arcc(ctx.model, x[j], maps[j], targets[j], explain,
+                                            percentiles=faith["arcc_percentiles"], seed=seed)
+    return out
 
 
 def run_agreement(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Artifact]]:

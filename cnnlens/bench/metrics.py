@@ -6,6 +6,9 @@
   forward), Average Drop and Increase in Confidence (Chattopadhyay et al. 2018, *divided* by the
   base score as in the paper, unlike pytorch-grad-cam's ``DropInConfidence``), and ROAD (Rong et al.
   2022) with pytorch-grad-cam's ``NoisyLinearImputer`` and our own rank-based removal.
+* The toolkits' own metrics, each computed by the toolkit's function: Captum's ``infidelity`` and
+  ``sensitivity_max`` (Yeh et al. 2019), pytorch-grad-cam's ``CamMultImageConfidenceChange``,
+  ``DropInConfidence``, ``IncreaseInConfidence`` and ``ARCC``.
 * Localization: pointing game and energy-based pointing game (Wang et al. 2020, Score-CAM).
 * Baseline maps: pixel noise, smooth noise (low-resolution noise upsampled) and a centred Gaussian.
 
@@ -18,7 +21,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -307,3 +311,176 @@ def energy_pointing(saliency: np.ndarray, box: Region) -> float | None:
     if total <= 0:
         return None
     return float(s[region_mask(s.shape, box)].sum() / total)
+
+    x0, y0, x1, y1 = box
+    return float(s[y0:y1, x0:x1].sum() / total)
+
+
+# --------------------------------------------------------------------------------------------
+# The toolkits' own explanation metrics
+# --------------------------------------------------------------------------------------------
+#
+# Each is the defining toolkit's function, called as its documentation shows; cnnlens only
+# supplies the inputs (the map, the model, the target, a seeded RNG) and, where the metric
+# re-explains perturbed inputs, the explanation function (the same Explainer that made the map).
+# Every function takes one image, so a measure never depends on the image's batch mates (the
+# perturbations are drawn per image, from that image's own seed).
+
+#: A re-explanation for the metrics that explain perturbed inputs: (inputs (N, C, H, W), targets
+#: (N,) ints) -> maps (N, H, W) in [0, 1], as ``Explanation.maps``.
+ExplainFn = Callable[[Tensor, Sequence[int]], Tensor]
+
+
+def _one(x: Tensor) -> Tensor:
+    return x[None] if x.dim() == 3 else x
+
+
+def captum_infidelity(
+    model: nn.Module,
+    x: Tensor,
+    saliency: np.ndarray,
+    target: int,
+    *,
+    n_perturb_samples: int = 10,
+    stdev: float = 0.003,
+    seed: int = 0,
+) -> float:
+    """Explanation infidelity (Yeh et al. 2019) by ``captum.metrics.infidelity``.
+
+    The map (H, W) is the attribution of every channel of its pixel (broadcast to the input's
+    shape); the perturbation is Captum's documented one, Gaussian noise I of standard deviation
+    ``stdev`` (in the model's input space) with perturbed input x - I; the score is the target
+    logit (the score the methods explain); ``normalize=True`` makes the value invariant to the
+    map's scale, which the [0, 1] normalisation of every map has made arbitrary. Lower is better.
+
+    Args:
+        x: One image (C, H, W) in the model's input space.
+        saliency: Its (H, W) map.
+        seed: Seeds the noise (torch's RNG, forked: the caller's state is untouched).
+    """
+    from captum.metrics import infidelity
+
+    xi = _one(x).detach()
+    attr = torch.as_tensor(np.asarray(saliency, np.float32), device=xi.device)[None, None].expand_as(xi)
+
+    def perturb(inputs: Tensor) -> tuple[Tensor, Tensor]:
+        noise = torch.randn(inputs.shape, dtype=inputs.dtype).to(inputs.device) * stdev
+        return noise, inputs - noise
+
+    devices = [xi.device] if xi.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        value = infidelity(model, perturb, xi, attr.to(xi.dtype), target=[int(target)],
+                           n_perturb_samples=n_perturb_samples, normalize=True)
+    return float(value[0])
+
+
+def captum_sensitivity_max(
+    explain: ExplainFn,
+    x: Tensor,
+    target: int,
+    *,
+    n_perturb_samples: int = 10,
+    perturb_radius: float = 0.02,
+    seed: int = 0,
+) -> float:
+    """Max-sensitivity (Yeh et al. 2019) by ``captum.metrics.sensitivity_max``: the largest relative
+    change (Frobenius norm) of the map when the input moves by uniform noise in an L-infinity ball
+    of ``perturb_radius`` (Captum's ``default_perturb_func``). Lower is better.
+
+    Args:
+        explain: Re-explains a batch of perturbed copies (the Explainer that made the map, seeded
+            as it was, so only the input changes).
+        x: One image (C, H, W) in the model's input space.
+        seed: Seeds the perturbations (torch's RNG, forked).
+    """
+    from captum.metrics import sensitivity_max
+
+    xi = _one(x).detach()
+
+    def explanation_func(inputs: Tensor | tuple[Tensor, ...], target: list[int]) -> Tensor | tuple[Tensor]:
+        # Captum passes a tuple of inputs and expects a tuple back, as its attribute() gives.
+        batch = inputs[0] if isinstance(inputs, tuple) else inputs
+        maps = explain(batch, [int(t) for t in target]).to(batch.device, torch.float32)
+        return (maps,) if isinstance(inputs, tuple) else maps
+
+    devices = [xi.device] if xi.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        value = sensitivity_max(explanation_func, xi, perturb_radius=perturb_radius,
+                                n_perturb_samples=n_perturb_samples,
+                                target=[int(target)])  # a list: Captum repeats it for each copy
+    return float(value[0])
+
+
+def _softmax_targets(targets: Sequence[int]) -> list[Any]:
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    return [ClassifierOutputSoftmaxTarget(int(t)) for t in targets]
+
+
+def pgc_confidence_change(model: nn.Module, x: Tensor, maps: Tensor, targets: Sequence[int]) -> dict[str, np.ndarray]:
+    """pytorch-grad-cam's image-times-map confidence metrics, per image.
+
+    ``CamMultImageConfidenceChange`` (the target's softmax probability on x * map minus that on
+    x, with ``ClassifierOutputSoftmaxTarget`` as pytorch-grad-cam's README shows), and its
+    ``DropInConfidence`` (max(0, -change), *not* divided by the base score, unlike ``avg_drop``)
+    and ``IncreaseInConfidence`` ([change > 0]).
+
+    Args:
+        x: (N, C, H, W) images in the model's input space.
+        maps: (N, H, W) maps in [0, 1].
+
+    Returns:
+        ``confidence_change``, ``drop_in_confidence`` and ``increase_in_confidence``, each (N,).
+    """
+    from pytorch_grad_cam.metrics.cam_mult_image import (
+        CamMultImageConfidenceChange,
+        DropInConfidence,
+        IncreaseInConfidence,
+    )
+
+    cams = maps.detach().float().cpu().numpy()
+    tg = _softmax_targets(targets)
+    out = {}
+    for name, metric in (("confidence_change", CamMultImageConfidenceChange()),
+                         ("drop_in_confidence", DropInConfidence()),
+                         ("increase_in_confidence", IncreaseInConfidence())):
+        out[name] = np.asarray(metric(x, cams, tg, model), np.float64).reshape(-1)
+    return out
+
+
+def pgc_arcc(
+    model: nn.Module,
+    x: Tensor,
+    saliency: np.ndarray,
+    target: int,
+    explain: ExplainFn,
+    *,
+    percentiles: Sequence[int] = (20, 40, 60, 80),
+    seed: int = 0,
+) -> float:
+    """ARCC by pytorch-grad-cam's ``metrics.arcc.ARCC``: the harmonic mean of its coherency (the
+    map's Pearson agreement with the map of x * map, re-explained by ``explain``), 1 - complexity
+    (the map's mean) and its ``ROADCombined`` (its own threshold removal and NoisyLinearImputer,
+    clipped to [0, 1]). Higher is better.
+
+    Args:
+        x: One image (C, H, W) in the model's input space.
+        saliency: Its (H, W) map in [0, 1].
+        explain: The base method ARCC re-runs on the masked image (the Explainer that made the map).
+        seed: Seeds the imputer's noise (torch's RNG, forked).
+    """
+    from pytorch_grad_cam.metrics.arcc import ARCC
+
+    xi = _one(x).detach()
+
+    def base_method(input_tensor: Tensor, targets: list[Any]) -> np.ndarray:
+        return explain(input_tensor, [t.category for t in targets]).detach().float().cpu().numpy()
+
+    cams = np.asarray(saliency, np.float32)[None]
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # NumPy 2 deprecation inside SciPy's spsolve path
+        torch.manual_seed(seed)  # the imputer's noise comes from torch's global RNG
+        value = ARCC(base_method, road_percentiles=list(percentiles))(xi, cams, _softmax_targets([target]), model)
+    return float(np.asarray(value).reshape(-1)[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -207,3 +208,194 @@ def test_peak_memory_sees_an_allocation():
     with S.PeakMemory(torch.device("cpu")) as small:
         np.ones(1000).sum()
     assert small.peak < 50 * 2**20
+
+
+# --------------------------------------------------------------------------------------------
+# The toolkits' own metrics: each value is the toolkit's function called directly on the same
+# inputs (issue 17, section 2).
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_case():
+    import cnnlens
+    from cnnlens.testing import tiny_cnn, tiny_input
+
+    model, x = tiny_cnn(), tiny_input(n=2, size=32, seed=4)
+    with torch.no_grad():
+        model.fc.weight.mul_(20)  # logits on a classifier's scale: the confidence metrics move
+    ex = cnnlens.Explainer(model, "saliency", "captum")
+    maps = ex.explain(x, target=[1, 3]).maps
+
+    def explain(xb, tb):
+        return ex.explain(xb, target=list(tb)).maps
+
+    return model, x, maps, [1, 3], explain
+
+
+def test_captum_infidelity_is_captums_own(tiny_case):
+    from captum.metrics import infidelity
+
+    model, x, maps, targets, _ = tiny_case
+    rng = torch.get_rng_state()
+    got = M.captum_infidelity(model, x[0], maps[0].numpy(), targets[0], n_perturb_samples=6, stdev=0.01, seed=5)
+    assert torch.equal(torch.get_rng_state(), rng), "the caller's RNG state must be untouched"
+
+    def perturb(inputs):  # Captum's documented form: (perturbation, perturbed input)
+        noise = torch.randn(inputs.shape) * 0.01
+        return noise, inputs - noise
+
+    torch.manual_seed(5)
+    want = infidelity(model, perturb, x[:1], maps[:1, None].expand_as(x[:1]), target=[targets[0]],
+                      n_perturb_samples=6, normalize=True)
+    assert got == pytest.approx(float(want[0]), rel=1e-6)
+    assert got > 0
+    # the seed decides the perturbations; the same seed gives the same value
+    assert M.captum_infidelity(model, x[0], maps[0].numpy(), targets[0], n_perturb_samples=6, stdev=0.01,
+                               seed=5) == got
+    assert M.captum_infidelity(model, x[0], maps[0].numpy(), targets[0], n_perturb_samples=6, stdev=0.01,
+                               seed=6) != got
+
+
+def test_captum_sensitivity_max_is_captums_own(tiny_case):
+    from captum.metrics import sensitivity_max
+
+    _model, x, _, targets, explain = tiny_case
+    got = M.captum_sensitivity_max(explain, x[1], targets[1], n_perturb_samples=4, perturb_radius=0.05, seed=2)
+
+    def explanation_func(inputs, target):
+        return (explain(inputs[0], target),)
+
+    torch.manual_seed(2)
+    want = sensitivity_max(explanation_func, x[1:2], perturb_radius=0.05, n_perturb_samples=4, target=[targets[1]])
+    assert got == pytest.approx(float(want[0]), rel=1e-6)
+    assert got > 0
+    # a map that ignores its input is perfectly insensitive
+    fixed = torch.rand(1, 32, 32)
+    assert M.captum_sensitivity_max(lambda xb, _t: fixed.expand(xb.shape[0], -1, -1), x[1], 0, seed=2) == 0
+
+
+def test_pgc_confidence_change_is_pgcs_own(tiny_case):
+    from pytorch_grad_cam.metrics.cam_mult_image import (
+        CamMultImageConfidenceChange,
+        DropInConfidence,
+        IncreaseInConfidence,
+    )
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    model, x, maps, targets, _ = tiny_case
+    got = M.pgc_confidence_change(model, x, maps, targets)
+    tg = [ClassifierOutputSoftmaxTarget(t) for t in targets]
+    cams = maps.numpy()
+    np.testing.assert_array_equal(got["confidence_change"], CamMultImageConfidenceChange()(x, cams, tg, model))
+    np.testing.assert_array_equal(got["drop_in_confidence"], DropInConfidence()(x, cams, tg, model))
+    np.testing.assert_array_equal(got["increase_in_confidence"], IncreaseInConfidence()(x, cams, tg, model))
+    assert np.abs(got["confidence_change"]).max() > 0
+
+
+def test_pgc_confidence_change_hand_computed(patch_case):
+    model, x, _ = patch_case
+    xb = x[None].repeat(2, 1, 1, 1)
+    maps = torch.stack([torch.ones(8, 8), torch.zeros(8, 8)])
+    got = M.pgc_confidence_change(model, xb, maps, [0, 0])
+    y = sigmoid(2)  # softmax of [s, -s] at s = 1 is sigmoid(2 s)
+    # map of ones: no change; map of zeros: the class-0 probability falls to 0.5, not divided by Y
+    np.testing.assert_allclose(got["confidence_change"], [0.0, 0.5 - y], atol=1e-6)
+    np.testing.assert_allclose(got["drop_in_confidence"], [0.0, y - 0.5], atol=1e-6)
+    np.testing.assert_array_equal(got["increase_in_confidence"], [0.0, 0.0])
+
+
+def test_pgc_arcc_is_pgcs_own(tiny_case):
+    from pytorch_grad_cam.metrics.arcc import ARCC
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    model, x, maps, targets, explain = tiny_case
+    rng = torch.get_rng_state()
+    got = M.pgc_arcc(model, x[0], maps[0].numpy(), targets[0], explain, percentiles=(30, 70), seed=9)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+    def base_method(input_tensor, targets):
+        return explain(input_tensor, [t.category for t in targets]).numpy()
+
+    torch.manual_seed(9)
+    want = ARCC(base_method, road_percentiles=[30, 70])(x[:1], maps[:1].numpy(), [ClassifierOutputSoftmaxTarget(
+        targets[0])], model)
+    assert got == pytest.approx(float(want[0]), rel=1e-6)
+    assert 0 <= got <= 1
+
+
+_TOOLKIT_SUITE = """
+[study]
+name = "toolkit-metrics"
+seed = 1
+threads = 1
+
+[[models]]
+id = "tiny"
+spec = "cnnlens.testing:tiny_cnn"
+image_size = 32
+
+[images]
+demo = ["chelsea", "coffee"]
+batch = 2
+
+[methods]
+include = ["saliency"]
+backends = ["captum"]
+baselines = true
+
+[agreement]
+enabled = false
+
+[faithfulness]
+steps = 2
+road_percentiles = [50]
+road_images = 1
+infidelity = true
+sensitivity = true
+confidence_change = true
+arcc = true
+perturb_samples = 2
+arcc_percentiles = [50]
+
+[sanity]
+enabled = false
+
+[speed]
+enabled = false
+"""
+
+
+def test_the_study_records_the_toolkit_metrics(tmp_path):
+    import cnnlens.bench as bench
+    from cnnlens.bench.suite import load_suite
+
+    (tmp_path / "s.toml").write_text(_TOOLKIT_SUITE)
+    suite = load_suite(tmp_path / "s.toml")
+    f = suite.faithfulness
+    assert (f.infidelity, f.sensitivity, f.confidence_change, f.arcc, f.perturb_samples) == (True, True, True, True, 2)
+    res = bench.read_results(bench.run(tmp_path / "s.toml", out=tmp_path / "out", progress=False))
+    sal = res[(res.method == "saliency") & (res.backend == "captum")]
+    per_metric = sal.groupby("metric").image.nunique()
+    for name in ("captum.infidelity", "captum.sensitivity_max", "pgc.confidence_change", "pgc.drop_in_confidence",
+                 "pgc.increase_in_confidence"):
+        assert per_metric.get(name) == 2, name
+    assert per_metric.get("pgc.arcc") == 1  # on the ROAD images only
+    assert np.isfinite(sal[sal.metric.str.startswith(("captum.", "pgc."))].value.astype(float)).all()
+    base = set(res[res.backend == "baseline"].metric)
+    assert {"captum.infidelity", "pgc.confidence_change"} <= base  # a baseline map has no explainer to re-run
+    assert not {"captum.sensitivity_max", "pgc.arcc"} & base
+
+
+@pytest.mark.parametrize(("line", "bad", "message"), [
+    ("perturb_samples = 2", "perturb_samples = 0", "faithfulness.perturb_samples must be between 1 and 1000, got 0"),
+    ("infidelity = true", 'infidelity = "yes"', "faithfulness.infidelity must be bool, got 'yes'"),
+    ("arcc_percentiles = [50]", "arcc_percentiles = [0]", "faithfulness.arcc_percentiles are percentages in (0, 100)"),
+])
+def test_bad_toolkit_metric_keys_are_refused(tmp_path, line, bad, message):
+    from cnnlens.bench.suite import load_suite
+    from cnnlens.errors import SuiteError
+
+    (tmp_path / "s.toml").write_text(_TOOLKIT_SUITE.replace(line, bad))
+    with pytest.raises(SuiteError, match=re.escape(message)):
+        load_suite(tmp_path / "s.toml")

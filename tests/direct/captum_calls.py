@@ -24,6 +24,7 @@ import torch
 from captum import attr as ca
 from torch import Tensor, nn
 
+from cnnlens.registry import NOISE_TUNNEL_GRID
 from direct import DirectCall
 
 Opts = dict[str, Any]
@@ -146,6 +147,53 @@ def _surrogate(cls: type) -> DirectCall:
     return direct
 
 
+def _layer(cls: type, **how: Any) -> DirectCall:
+    """A Captum layer attribution of ``layer``'s output, as Captum returns it (N, C, h, w)."""
+
+    def direct(model: nn.Module, x: Tensor, targets: Tensor, layer: nn.Module | None, o: Opts) -> Tensor:
+        kwargs: dict[str, Any] = {k: o[k] for k in how.get("options", ())}
+        if how.get("target", True):
+            kwargs["target"] = targets
+        return cls(model, layer).attribute(x, **kwargs)
+
+    return direct
+
+
+_NT_BASES = {"integrated_gradients": ca.IntegratedGradients, "input_x_gradient": ca.InputXGradient,
+             "guided_backprop": ca.GuidedBackprop}
+
+
+def _noise_over(nt_type: str, base: str) -> DirectCall:
+    """``NoiseTunnel(Base(model))``, one seeded call per image, IG's own options passed through."""
+
+    def direct(model: nn.Module, x: Tensor, targets: Tensor, layer: nn.Module | None, o: Opts) -> Tensor:
+        nt = ca.NoiseTunnel(_NT_BASES[base](model))
+
+        def call(xi: Tensor, ti: Tensor, i: int) -> Tensor:
+            extra = {}
+            if base == "integrated_gradients":
+                extra = {"baselines": _baseline_row(x, o["baselines"], i), "n_steps": o["n_steps"],
+                         "internal_batch_size": o["internal_batch_size"]}
+            return nt.attribute(xi, nt_type=nt_type, nt_samples=o["nt_samples"],
+                                nt_samples_batch_size=o["nt_samples_batch_size"],
+                                stdevs=o["stdevs"] * _value_range(xi), target=ti, **extra)
+
+        return _per_image_seeded(call)(model, x, targets, layer, o)
+
+    return direct
+
+
+def shapley_value_sampling(model: nn.Module, x: Tensor, targets: Tensor, layer: nn.Module | None,
+                           o: Opts) -> Tensor:
+    sv = ca.ShapleyValueSampling(model)
+    mask = _square_grid(x, o["feature_grid"])
+    return _per_image_seeded(lambda xi, ti, i: sv.attribute(
+        xi, baselines=_baseline_row(x, o["baselines"], i), target=ti, feature_mask=mask, n_samples=o["n_samples"],
+        perturbations_per_eval=o["perturbations_per_eval"] or 1,
+    ))(model, x, targets, layer, o)
+
+
+_IG = ("baselines", "n_steps", "internal_batch_size")
 DIRECT: dict[tuple[str, str], DirectCall] = {
     ("gradcam", "captum"): gradcam,
     ("guided_gradcam", "captum"): guided_gradcam,
@@ -165,4 +213,11 @@ DIRECT: dict[tuple[str, str], DirectCall] = {
     ("feature_ablation", "captum"): feature_ablation,
     ("lime", "captum"): _surrogate(ca.Lime),
     ("kernel_shap", "captum"): _surrogate(ca.KernelShap),
+    ("layer_conductance", "captum"): _layer(ca.LayerConductance, options=_IG),
+    ("layer_integrated_gradients", "captum"): _layer(ca.LayerIntegratedGradients, options=_IG),
+    ("layer_gradient_x_activation", "captum"): _layer(ca.LayerGradientXActivation),
+    ("layer_deeplift", "captum"): _layer(ca.LayerDeepLift, options=("baselines",)),
+    ("layer_activation", "captum"): _layer(ca.LayerActivation, target=False),
+    **{(f"{nt}_{base}", "captum"): _noise_over(nt, base) for nt, _label, base, _what in NOISE_TUNNEL_GRID},
+    ("shapley_value_sampling", "captum"): shapley_value_sampling,
 }
