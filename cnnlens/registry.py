@@ -314,8 +314,9 @@ METHODS: dict[str, MethodSpec] = {
     )
 }
 
-# torchcam's methods that no other backend names (the block of the torchcam backend).
-METHODS.update((m.name, m) for m in (
+# torchcam's methods that no other backend of this file names (the block of the torchcam backend);
+# setdefault, so that a row another backend's block gives the same method stays the one in force.
+for _spec in (
     _m("cam", "cam", True, True, False, "CAM: the classifier's weights of the target class over the last feature maps "
                                         "(Zhou 2016); needs global pooling then one linear layer"),
     _m("sscam", "cam", True, True, True, "SS-CAM: Score-CAM with its weights averaged over noisy masks"),
@@ -324,7 +325,8 @@ METHODS.update((m.name, m) for m in (
                                                           "over noisy inputs"),
     _m("finercam", "cam", True, True, False, "Finer-CAM: a CAM of the target score minus the mean score of the most "
                                              "similar classes"),
-))
+):
+    METHODS.setdefault(_spec.name, _spec)
 
 _PGC = "cnnlens.adapters.pytorch_grad_cam:PytorchGradCamAdapter"
 _CAPTUM = "cnnlens.adapters.captum:CaptumAdapter"

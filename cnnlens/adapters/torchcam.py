@@ -11,7 +11,8 @@ cnnlens translates at the boundary, and names how it drives torchcam in
   CAM (``fc_layer``) is the option's module or, by torchcam's own rule, the model's only
   ``nn.Linear``, found here so that a model without one gets a cnnlens error instead of torchcam's
   logged guess;
-* targets become torchcam's ``class_idx`` list (one class per image);
+* targets become torchcam's ``class_idx`` list (one class per image); a ``reshape`` the Explainer
+  hands over (for token or channels-last layers) becomes torchcam's own ``reshape_transform``;
 * the extractor is called with ``normalized=False``: its CAM before torchcam's min-max scaling (and
   after its ReLU, part of every gradient and score CAM's definition in torchcam), at the layer's
   resolution, which is cnnlens's ``raw``; the shared output contract is applied to it as to every
@@ -112,6 +113,9 @@ class TorchcamAdapter(Adapter):
             kwargs["num_samples"] = o["num_samples"]
         if "std" in o:
             kwargs["std"] = o["std"]
+        if o.get("reshape") is not None:
+            # a token or channels-last layer: torchcam applies it to the hooked activations and gradients
+            kwargs["reshape_transform"] = o["reshape"]
         if m == "finercam":
             kwargs.update(base_method=getattr(tcm, TORCHCAM_FINER_BASES[o["base_method"]]), gamma=o["gamma"],
                           num_references=o["num_references"])
