@@ -202,6 +202,7 @@ def test_finercam_base_method_is_checked() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", SHARED)
 def test_same_cam_as_pytorch_grad_cam_on_the_embedded_model(method: str, embedded: nn.Module, demo: Tensor) -> None:
     """Same layer, same targets: torchcam's raw CAM is pytorch-grad-cam's after a ReLU, to float
@@ -231,6 +232,7 @@ def _layer_act_grad(model: nn.Module, x: Tensor, layer: nn.Module, target: int) 
     return store["a"].detach(), g
 
 
+@pytest.mark.slow
 def test_gradcam_plusplus_difference_is_torchcams_no_op_alpha(embedded: nn.Module, cat: Tensor) -> None:
     """torchcam 0.5's Grad-CAM++ divides ``alpha[idx][mask]`` in place, which divides a copy made by
     the boolean index and leaves alpha as grad**2: its channel weights are sum(grad**2 * relu(grad)),
@@ -292,6 +294,7 @@ def test_scorecam_difference_is_how_each_builds_its_masks() -> None:
     assert float((torch.relu(a.raw) - b.raw).abs().max()) > 1e-3 * float(b.raw.abs().max())
 
 
+@pytest.mark.slow
 def test_scorecam_agrees_on_the_embedded_model(embedded: nn.Module, cat: Tensor) -> None:
     """Score-CAM on a block with 192 channels (at '_bn1' 1280 masked forwards per image take
     minutes, and both backends give an all-zero map there: its Score-CAM is negative everywhere).
@@ -301,3 +304,54 @@ def test_scorecam_agrees_on_the_embedded_model(embedded: nn.Module, cat: Tensor)
     b = explain(embedded, cat, "scorecam", "torchcam", layer="_blocks.14")
     assert torch.equal(a.targets, b.targets)
     assert pearson(a.maps, b.maps) >= 0.97
+
+
+# ------------------------------------------------------------------------------------------------
+# Token layers (vision transformers)
+# ------------------------------------------------------------------------------------------------
+
+
+def small_vit() -> nn.Module:
+    """A torchvision ViT small enough for a unit test, its head given random weights (torchvision
+    initialises it to zero, and every gradient CAM would be zero)."""
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+                              num_classes=5)
+    with torch.no_grad():
+        model.heads.head.weight.normal_(0, 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", ["gradcam", "layercam", "scorecam"])
+def test_token_layers_get_torchcams_reshape_transform_or_a_clear_refusal(method: str) -> None:
+    """With cnnlens.reshape (and the torchcam pairs taking ``reshape=``), a token layer's CAM is
+    torchcam's own, through its ``reshape_transform``: pytorch-grad-cam's after a ReLU. Without, the
+    token layer is refused with a LayerError that says why, never a 1-D or silent map."""
+    model, x = small_vit(), tiny_input(n=2)
+    layer = "encoder.layers.encoder_layer_1.ln_1"
+    before = snapshot(model)
+    if "reshape" not in registry.REGISTRY[(method, "torchcam")].options:
+        with pytest.raises(LayerError, match=r"\(N, C, H, W\)"):
+            explain(model, x, method, layer=layer, target=[1, 2])
+        assert_same_state(before, model)
+        return
+    a = explain(model, x, method, "pytorch-grad-cam", layer=layer, target=[1, 2])
+    b = explain(model, x, method, layer=layer, target=[1, 2])
+    assert_same_state(before, model)
+    assert b.raw.shape == (2, 4, 4) and float(b.raw.amax()) > 0
+    if method == "scorecam":  # the masks differ (test_scorecam_difference_is_how_each_builds_its_masks): the recipe
+        from cnnlens import reshape  # type: ignore[attr-defined]  # wt-vit's module, present when the pairs take reshape=
+
+        fn = reshape.for_layer(model, layer)
+        store: dict[str, Tensor] = {}
+        h = dict(model.named_modules())[layer].register_forward_hook(lambda _m, _i, o: store.__setitem__("a", o))
+        for i, t in enumerate([1, 2]):
+            with torch.no_grad():
+                model(x[i : i + 1])
+            expected = _score_cam_recipe(model, x[i : i + 1], fn(store["a"]).detach(), t, torchcam=True)
+            torch.testing.assert_close(b.raw[i : i + 1], expected)
+        h.remove()
+    else:
+        torch.testing.assert_close(b.raw, torch.relu(a.raw), rtol=1e-4, atol=1e-5 * float(a.raw.abs().max()))
