@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 import cnnlens
 from cnnlens import _post, registry
+from cnnlens.adapters.base import FROZEN_PARAMS
 from cnnlens.errors import BackendUnavailableError, LayerError, OptionError
 from cnnlens.testing import assert_same_state, hook_count, snapshot, tiny_cnn, tiny_input
 
@@ -127,6 +128,18 @@ def test_a_model_in_train_mode_is_explained_in_eval_mode_and_left_in_train_mode(
     e = explain(model, x, method, target=[1, 2], **kw)
     assert all(m.training for m in model.modules())
     torch.testing.assert_close(e.maps, expected.maps)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam_plusplus", "finercam", "cam"])
+def test_frozen_parameters_change_nothing_in_torchcams_result(method: str) -> None:
+    """With shortcuts the guard freezes the parameters and the input copy carries the graph; without,
+    the parameters do: torchcam's result is the same, and only the first run names the freezing."""
+    x = tiny_input(n=2)
+    a = explain(tiny_cnn(), x, method, target=[1, 3])
+    b = explain(tiny_cnn(), x, method, target=[1, 3], shortcuts=False)
+    torch.testing.assert_close(a.raw, b.raw)
+    assert FROZEN_PARAMS in a.provenance.driven and FROZEN_PARAMS not in b.provenance.driven
+    assert a.provenance.substitutions == b.provenance.substitutions == ()
 
 
 # ------------------------------------------------------------------------------------------------
