@@ -9,8 +9,8 @@ cnnlens translates at the boundary, and names how it drives torchcam in
 
 * the target layer is the one cnnlens resolved, given as the module itself; the classifier layer of
   CAM (``fc_layer``) is the option's module or, by torchcam's own rule, the model's only
-  ``nn.Linear``, found here so that a model without one gets a cnnlens error instead of torchcam's
-  logged guess;
+  ``nn.Linear``, found here so that the choice is named in the provenance (torchcam only logs it)
+  and a model with none or several gets a cnnlens error that says what to pass;
 * targets become torchcam's ``class_idx`` list (one class per image); a ``reshape`` the Explainer
   hands over (for token or channels-last layers) becomes torchcam's own ``reshape_transform``;
 * the extractor is called with ``normalized=False``: its CAM before torchcam's min-max scaling (and
