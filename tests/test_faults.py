@@ -160,6 +160,13 @@ def injected(monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
     monkeypatch.setattr(FullGrad, "compute_cam_per_layer", inj.raiser)
     monkeypatch.setattr(GuidedBackpropReLUasModule, "forward", inj.raiser)
     monkeypatch.setattr(ActivationsAndGradients, "release", lambda self: None)
+    # torchcam (an optional extra): after its hooks are registered and the forward pass ran; and its
+    # removal of those hooks disabled, so that only the guard can remove them
+    if registry.BACKENDS["torchcam"].installed:
+        from torchcam.methods.core import _CAM
+
+        monkeypatch.setattr(_CAM, "compute_cams", inj.raiser)
+        monkeypatch.setattr(_CAM, "remove_hooks", lambda self: None)
     globals_before = {k: len(getattr(module_mod, k)) for k in ("_global_forward_hooks", "_global_forward_pre_hooks")}
     yield inj
     for k, n in globals_before.items():
