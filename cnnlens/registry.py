@@ -508,7 +508,8 @@ _IMPLS += [
                                    "a finite number, a tensor of finite values, or None")},
                    notes="zennit's composites assign one rule per layer type: epsilon_plus_flat (default) is flat "
                          "on the first layer, z-plus on convolutions and epsilon on dense layers, where Captum's "
-                         "lrp is the epsilon rule on every layer with BatchNorm left unmerged; " + _ZENNIT_CANON,
+                         "lrp is the epsilon rule on every layer with BatchNorm left unmerged; relevance starts from the "
+                         "target score, as in Captum; " + _ZENNIT_CANON,
                    mutates_params=True),
 ]
 

@@ -4,9 +4,10 @@ Every method runs one of zennit's attributors, driven as zennit documents it: th
 composite where the method has one) is a context manager, and ``attributor(input, attr_output)``
 returns the model output and the attribution. The adapter only translates at the boundary:
 
-- Targets become zennit's output relevance: a function of the model's output that puts a one on
-  each image's target class (``attr_output``), so each image's attribution is that of its own
-  target.
+- Targets become zennit's output relevance (``attr_output``, a function of the model's output): a
+  one on each image's target class for the gradient methods (the gradient of the target score),
+  the target score itself for ``lrp`` (LRP starts from the score it explains, as Captum's LRP does,
+  so zennit's conservative rules sum to that score).
 - Options keep cnnlens's (Captum's) names: ``n_steps`` and ``nt_samples`` are zennit's ``n_iter``,
   ``stdevs`` is SmoothGrad's ``noise_level`` (in zennit, too, a fraction of each image's value
   range), ``baselines`` becomes ``baseline_fn`` or the occlusion fill, ``sliding_window`` and
@@ -71,6 +72,12 @@ CANON_RTOL = 1e-3
 def one_hot_output(targets: Tensor) -> Callable[[Tensor], Tensor]:
     """zennit's ``attr_output``: a one on each image's target score, zero elsewhere."""
     return lambda out: F.one_hot(targets, out.shape[1]).to(out)
+
+
+def score_output(targets: Tensor) -> Callable[[Tensor], Tensor]:
+    """zennit's ``attr_output`` for LRP: each image's target score itself, zero elsewhere, so that
+    the relevance starts from (and the conservative rules sum to) the score being explained."""
+    return lambda out: F.one_hot(targets, out.shape[1]).to(out) * out
 
 
 def _pair(v: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
@@ -242,7 +249,7 @@ class ZennitAdapter(Adapter):
         scores = self._check_lrp_model(x, canonizer)
         composite = self._composite(x, canonizer)
         with Gradient(self.model, composite=composite) as attributor:
-            output, out = attributor(x, one_hot_output(targets))
+            output, out = attributor(x, score_output(targets))
         err = float((output.detach() - scores).abs().max()) / max(float(scores.abs().max()), 1e-12)
         if err > CANON_RTOL:
             raise ModelError(

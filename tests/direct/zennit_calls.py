@@ -1,6 +1,7 @@
 """zennit called directly, as its documentation shows: ``with Attributor(model, composite) as a: out, rel = a(x, y)``.
 
-The output relevance is the one-hot target row (zennit's README: ``torch.eye(1000)[[target]]``).
+The output relevance is the one-hot target row (zennit's README: ``torch.eye(1000)[[target]]``), for
+LRP that row times the output (the target score, where LRP's relevance starts).
 Options are passed as cnnlens's zennit adapter documents them: ``n_steps`` / ``nt_samples`` as
 ``n_iter``, ``stdevs`` as SmoothGrad's ``noise_level``, ``baselines`` as ``baseline_fn`` and as the
 occlusion fill. Occlusion occludes the window (``occlude_independent(..., invert=True)``) and scores
@@ -68,10 +69,12 @@ def occlusion(model: nn.Module, x: Tensor, targets: Tensor, layer: nn.Module | N
     return relevance
 
 
-def _composite(make: Any) -> DirectCall:
+def _composite(make: Any, *, from_score: bool = False) -> DirectCall:
     def direct(model: nn.Module, x: Tensor, targets: Tensor, layer: nn.Module | None, o: Opts) -> Tensor:
+        onehot = _onehot(model, x, targets)
         with Gradient(model=model, composite=make()) as attributor:
-            _, relevance = attributor(x, _onehot(model, x, targets))
+            # LRP starts from the target score itself (zennit: attr_output as a function of the output)
+            _, relevance = attributor(x, (lambda out: onehot * out) if from_score else onehot)
         return relevance
 
     return direct
@@ -84,5 +87,5 @@ DIRECT: dict[tuple[str, str], DirectCall] = {
     ("occlusion", "zennit"): occlusion,
     ("guided_backprop", "zennit"): _composite(GuidedBackprop),
     ("deconvolution", "zennit"): _composite(DeconvNet),
-    ("lrp", "zennit"): _composite(lambda: EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()])),
+    ("lrp", "zennit"): _composite(lambda: EpsilonPlusFlat(canonizers=[SequentialMergeBatchNorm()]), from_score=True),
 }
