@@ -7,6 +7,8 @@
    (epsilon rule everywhere) against zennit's ``lrp`` with each composite, and against zennit's rules
    arranged as Captum's (epsilon on every Conv/Linear layer, zennit's LayerMapComposite), which
    checks that the two toolkits compute the same LRP where their rules are the same.
+3. SmoothGrad's noise floor: the same backend with seed 0 against seed 1 (10 noisy samples), the
+   agreement any two SmoothGrad draws reach, for reading the zennit-Captum figure of part 1.
 
 Usage: python benchmarks/zennit_agreement.py
 """
@@ -68,6 +70,17 @@ def main() -> None:
         _, rel = attributor(x.clone(), lambda out: onehot * out)
     print(f"  zennit epsilon everywhere  raw {per_image(rel.sum(1), c.raw.sum(1))}; max |zennit - captum| / max "
           f"|captum| = {float((rel - c.raw).abs().max() / c.raw.abs().max()):.2e}")
+
+    smoothgrad_noise_floor(model, images)
+
+
+def smoothgrad_noise_floor(model: torch.nn.Module, images: cnnlens.Images) -> None:
+    print("3. smoothgrad, same backend, seed 0 vs seed 1; Pearson of maps")
+    for backend in ("captum", "zennit"):
+        a = cnnlens.explain(model, images, "smoothgrad", backend=backend, seed=0)
+        b = cnnlens.explain(model, images, "smoothgrad", backend=backend, seed=1)
+        maps = per_image(a.maps, b.maps)
+        print(f"  {backend:8s} maps {sum(maps) / 4:.4f} {maps}")
 
 
 if __name__ == "__main__":
