@@ -24,6 +24,12 @@ returns the model output and the attribution. The adapter only translates at the
   through unchanged), or a Conv/Linear/pooling module that runs more than once per forward (zennit
   keeps one input per module). A canonized model must still compute the model's own output.
 
+Why one ``lrp`` method with a ``composite=`` option rather than a method per composite: a composite
+is a choice of rules for one method, LRP, as ``aug_smooth`` is a choice within Grad-CAM; one name
+keeps ``lrp`` a two-backend method in the agreement table (Captum's epsilon rule against zennit's
+recommended ``epsilon_plus_flat``, the difference stated in ``cnnlens.methods()``) instead of five
+one-backend methods whose pairs would count one implementation five times.
+
 zennit's exceptions become cnnlens errors; nothing of zennit is replaced
 (``provenance.substitutions`` stays empty).
 """
