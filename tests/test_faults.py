@@ -167,6 +167,11 @@ def injected(monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
 
         monkeypatch.setattr(_CAM, "compute_cams", inj.raiser)
         monkeypatch.setattr(_CAM, "remove_hooks", lambda self: None)
+    # zennit: its Occlusion's window set-up (its other attributors call torch.autograd.grad)
+    if registry.BACKENDS["zennit"].installed:
+        from zennit.attribution import Occlusion as ZennitOcclusion
+
+        monkeypatch.setattr(ZennitOcclusion, "_resolve_window_stride", inj.raiser)
     globals_before = {k: len(getattr(module_mod, k)) for k in ("_global_forward_hooks", "_global_forward_pre_hooks")}
     yield inj
     for k, n in globals_before.items():

@@ -17,7 +17,7 @@ from cnnlens.testing import tiny_cnn, tiny_input
 def test_import_is_lazy():
     code = (
         "import sys, cnnlens; heavy = [m for m in ('torch', 'captum', 'pytorch_grad_cam', 'flashtorch', "
-        "'matplotlib', 'torchvision') if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
+        "'zennit', 'matplotlib', 'torchvision') if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
