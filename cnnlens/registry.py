@@ -787,6 +787,25 @@ def methods(pattern: str = "*", backend: str | None = None, installed_only: bool
     return rows
 
 
+def markdown_table() -> str:
+    """The README's methods table: one row per method, one column per backend (its toolkit class).
+
+    README.md holds this table as printed by ``cnnlens methods --markdown``; a test keeps the two equal,
+    so a new registry entry shows up there by rerunning that command.
+    """
+    backends = list(BACKENDS)
+    head = ["method", "kind", "layer", "signed", "stochastic", *backends]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for m, spec in METHODS.items():
+        cells = [m, spec.kind, "yes" if spec.needs_layer else "", "yes" if spec.signed else "",
+                 "yes" if spec.stochastic else ""]
+        for b in backends:
+            impl = REGISTRY.get((m, b))
+            cells.append(f"`{impl.toolkit_name}`".replace("|", "\\|") if impl else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def list_methods(pattern: str = "*") -> list[str]:
     """Method names matching a wildcard pattern, in registry order."""
     return [m for m in METHODS if fnmatch.fnmatch(m, pattern)]

@@ -124,3 +124,13 @@ def test_model_returning_dict_needs_output():
     assert e.maps.shape == (2, 32, 32)
     e = cnnlens.explain(m, tiny_input(), "gradcam", "pytorch-grad-cam", output="logits", layer="net.features")
     assert e.maps.shape == (2, 32, 32)
+
+
+def test_the_readme_methods_table_is_the_registry():
+    """README.md's table is `cnnlens methods --markdown`: a new registry entry must be printed there."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    from cnnlens.registry import markdown_table
+
+    assert markdown_table() in readme

@@ -119,9 +119,14 @@ def methods(
     pattern: Annotated[str, typer.Argument(help="Wildcard on the method name, e.g. '*cam*'.")] = "*",
     backend: Annotated[str | None, typer.Option("--backend", help="Only this backend.")] = None,
     json_out: c.JsonOpt = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the README's methods table (Markdown).")] = False,
 ) -> None:
     """List methods x backends, with availability and capabilities."""
     from cnnlens import jobs, registry
+
+    if markdown:
+        typer.echo(registry.markdown_table())
+        return
 
     if backend is not None:
         jobs.check_backend(backend)
