@@ -195,6 +195,13 @@ BOUNDS = {
     "speed.warmup": ("speed", "warmup = 100000", "speed.warmup must be between 0 and 100"),
     "speed.slow_repeats": ("speed", "slow_repeats = 100000", "speed.slow_repeats must be between 1 and 1000"),
     "methods.max_images": ("methods", "saliency = 100000", "max_images.saliency must be an integer between 1 and 10000"),
+    # the toolkits' own metrics (issue 17)
+    "faithfulness.perturb_samples": ("faithfulness", "perturb_samples = 100000",
+                                     "faithfulness.perturb_samples must be between 1 and 1000"),
+    "faithfulness.infidelity_stdev": ("faithfulness", "infidelity_stdev = nan",
+                                      "faithfulness.infidelity_stdev must be between"),
+    "faithfulness.perturb_radius": ("faithfulness", "perturb_radius = 0.0", "faithfulness.perturb_radius must be between"),
+    "faithfulness.arcc_percentiles": ("faithfulness", "arcc_percentiles = [100]", "percentages in (0, 100)"),
     # bounded before this change too; listed so that the matrix covers every numeric value
     "agreement.topk": ("agreement", "topk = [500.0]", "percentages in (0, 100]"),
     "faithfulness.road_percentiles": ("faithfulness", "road_percentiles = [100]", "percentages in (0, 100)"),
