@@ -191,7 +191,7 @@ def test_study_view(study_db):
     assert v.models() == ["tiny"]
     assert ("gradcam", "captum") in v.pairs() and ("gradcam", "pytorch-grad-cam") in v.pairs()
     ag = v.agreement(methods=["gradcam"])
-    assert list(ag["method"]) == ["gradcam"] and ag["pearson"].notna().all()
+    assert set(ag["method"]) == {"gradcam"} and ag["pearson"].notna().all()  # one row per pair of its backends
     m = v.map("tiny", v.images[0].image, "gradcam", "captum")
     assert m is not None and m.shape == (32, 32) and m.min() >= 0 and m.max() <= 1
     curves = v.curves("deletion_blur", methods=["gradcam"])
