@@ -99,18 +99,41 @@ enabled = false
 """
 
 CHILD = r"""
-import json, sys, time
-t0 = time.perf_counter()
+import json, os, shutil, sys, tempfile, time
+t0, w0 = time.perf_counter(), time.time()
 import cnnlens.bench as bench
 kw = json.loads(sys.argv[1])
+
+def status(key):
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key + ":")) / 1024
+
+study_peak = None
+if kw.pop("warm", False):
+    # A 1-shard study of the same suite first, in a scratch folder: every lazy import and the
+    # allocator's first growth happen there, then the peak is reset (Linux clear_refs 5), so the
+    # measured peak is the study's own.
+    tmp = tempfile.mkdtemp()
+    bench.run(kw["suite"], out=tmp, progress=False, max_cells=2)
+    shutil.rmtree(tmp)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    base_rss = status("VmRSS")
+    t0, w0 = time.perf_counter(), time.time()
 db = bench.run(kw.pop("suite"), out=kw.pop("out"), progress=False, **kw)
 wall = time.perf_counter() - t0
-hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+hwm = status("VmHWM")
 cells = bench.read_table(db, "cells")
-print(json.dumps({"wall": wall, "peak_rss_mb": hwm / 1024, "cells": len(cells),
-                  "cell_seconds": float(cells.seconds.sum()), "compute": float(cells.compute.fillna(0).sum()),
+code = bench.__file__
+# from the first cell's start to the last cell's end: the study's running phase, without the
+# start-up (imports, model loading, listing the images, planning)
+first = float((cells.finished - cells.seconds).min())
+print(json.dumps({"code": code, "wall": wall, "startup": first - w0, "running": float(cells.finished.max()) - first,
+                  "peak_rss_mb": hwm, "rss_before_mb": locals().get("base_rss"),
+                  "cells": len(cells),
+                  "cell_seconds": float(cells.seconds.sum()), "compute": float(cells.compute.fillna(0).sum())
+                  if "compute" in cells else 0.0,
                   "by_kind": cells.groupby("kind").seconds.sum().to_dict(),
-                  "compute_by_kind": cells.groupby("kind").compute.sum().to_dict()}))
+                  "compute_by_kind": cells.groupby("kind").compute.sum().to_dict() if "compute" in cells else {}}))
 """
 
 
@@ -124,17 +147,22 @@ def pictures(folder: Path, n: int, side: int = 128) -> None:
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    have = len(list(folder.glob("*.png")))
-    for i in range(have, n):
+    for i in range(n):
+        path = folder / f"im{i:05d}.png"
+        if path.is_file():
+            continue
         rng = np.random.default_rng(i)
         small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((side, side), Image.BILINEAR).save(folder / f"im{i:05d}.png")
+        tmp = path.with_suffix(".tmp.png")  # a killed run leaves no truncated picture behind
+        Image.fromarray(small).resize((side, side), Image.BILINEAR).save(tmp)
+        tmp.replace(path)
 
 
 def study(kwargs: dict, root: Path | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root or ROOT)}
+    # cwd too: ``python -c`` puts the working folder first on sys.path, before PYTHONPATH
     r = subprocess.run([sys.executable, "-c", CHILD, json.dumps(kwargs)], capture_output=True, text=True, env=env,
-                       timeout=3600)
+                       cwd=str(root or ROOT), timeout=3600)
     if r.returncode != 0:
         raise SystemExit(r.stderr[-3000:])
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -153,16 +181,20 @@ def cmd_memory(a: argparse.Namespace) -> None:
                 suite = work / f"mem{n}.toml"
                 suite.write_text(MEMORY_SUITE.format(size=a.size, glob=work / f"pics{n}" / "*.png", shard=a.shard))
                 with tempfile.TemporaryDirectory(dir=work) as out:
-                    res = study({"suite": str(suite), "out": out}, root)
-                rows.append((label, n, res["peak_rss_mb"], res["wall"], res["cells"]))
-                print(f"{label:14s} {n:5d} images: peak RSS {res['peak_rss_mb']:.0f} MB, {res['wall']:.1f} s, "
+                    res = study({"suite": str(suite), "out": out, "warm": True}, root)
+                assert res["code"].startswith(str(root)), (res["code"], root)
+                growth = res["peak_rss_mb"] - res["rss_before_mb"]
+                rows.append((label, n, res["peak_rss_mb"], res["wall"], res["cells"], growth))
+                print(f"{label:14s} {n:5d} images: peak RSS {res['peak_rss_mb']:.0f} MB (RSS before the study "
+                      f"{res['rss_before_mb']:.0f} MB, study adds {growth:.0f} MB), {res['wall']:.1f} s, "
                       f"{res['cells']} cells (load {load()})", flush=True)
-    print("\n| code | images | peak RSS (MB, median) | wall (s, median) |\n|---|---:|---:|---:|")
+    print("\n| code | images | peak RSS (MB, median) | peak - RSS before the study (MB) | wall (s, median) |")
+    print("|---|---:|---:|---:|---:|")
     for label, _root in roots:
         for n in (a.small, a.large):
             sel = [r for r in rows if r[0] == label and r[1] == n]
             print(f"| {label} | {n} | {statistics.median(r[2] for r in sel):.0f} | "
-                  f"{statistics.median(r[3] for r in sel):.1f} |")
+                  f"{statistics.median(r[5] for r in sel):.0f} | {statistics.median(r[3] for r in sel):.1f} |")
     for label, _root in roots:
         small = statistics.median(r[2] for r in rows if r[0] == label and r[1] == a.small)
         large = statistics.median(r[2] for r in rows if r[0] == label and r[1] == a.large)
@@ -179,7 +211,7 @@ def cmd_speed(a: argparse.Namespace) -> None:
                                         faith=a.faith))
     # Ray's own start-up, timed apart (a study without --address pays it once)
     starts = []
-    for _ in range(2):
+    for _ in range(a.ray_starts):
         t = time.perf_counter()
         r = subprocess.run([sys.executable, "-c", "from cnnlens.bench.ray_engine import start_local_ray; "
                             "import ray; start_local_ray(2); ray.shutdown()"], capture_output=True, text=True,
@@ -208,15 +240,21 @@ def cmd_speed(a: argparse.Namespace) -> None:
     def med(name: str, key: str) -> float:
         return statistics.median(r[key] for r in res[name])
 
-    print("\n| engine | wall (s) | sum of cell wall (s) | sum of compute (s) | wall / compute |")
-    print("|---|---:|---:|---:|---:|")
+    print("\n| engine | wall (s) | start-up (s) | running phase (s) | sum of cell wall (s) | sum of compute (s) | "
+          "running / compute |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, _ in configs:
-        print(f"| {name} | {med(name, 'wall'):.1f} | {med(name, 'cell_seconds'):.1f} | {med(name, 'compute'):.1f} | "
-              f"{statistics.median(r['wall'] / r['compute'] for r in res[name]):.3f} |")
+        print(f"| {name} | {med(name, 'wall'):.1f} | {med(name, 'startup'):.1f} | {med(name, 'running'):.1f} | "
+              f"{med(name, 'cell_seconds'):.1f} | {med(name, 'compute'):.1f} | "
+              f"{statistics.median(r['running'] / r['compute'] for r in res[name]):.3f} |")
     ratio = statistics.median(r1["wall"] / r0["wall"] for r0, r1 in zip(res["local"], res["ray-1"], strict=True))
     ratio2 = statistics.median(r2["wall"] / r1["wall"] for r1, r2 in zip(res["ray-1"], res["ray-2"], strict=True))
-    print(f"\nengine overhead (local): wall / compute - 1 = "
-          f"{statistics.median(r['wall'] / r['compute'] - 1 for r in res['local']):.3f}")
+    print(f"\nengine overhead (local, running phase): running / compute - 1 = "
+          f"{statistics.median(r['running'] / r['compute'] - 1 for r in res['local']):.3f}; "
+          f"whole process: wall / compute - 1 = {statistics.median(r['wall'] / r['compute'] - 1 for r in res['local']):.3f}")
+    rr = statistics.median(r1["running"] / r0["running"] for r0, r1 in zip(res["local"], res["ray-1"], strict=True))
+    rr2 = statistics.median(r2["running"] / r1["running"] for r1, r2 in zip(res["ray-1"], res["ray-2"], strict=True))
+    print(f"running phase: ray 1 worker / local {rr:.3f}; ray 2 workers / ray 1 worker {rr2:.3f}")
     print(f"ray 1 worker / local (per round, median): {ratio:.3f}")
     print(f"ray 2 workers / ray 1 worker (per round, median): {ratio2:.3f}")
     last = res["local"][-1]
@@ -278,6 +316,7 @@ def main() -> None:
     s.add_argument("--size", type=int, default=128)
     s.add_argument("--faith", type=int, default=4, help="images with faithfulness measures")
     s.add_argument("--rounds", type=int, default=3)
+    s.add_argument("--ray-starts", type=int, default=2, help="times to time a local Ray's start-up")
     c = sub.add_parser("costs")
     c.add_argument("--rounds", type=int, default=5)
     for q in (m, s, c):

@@ -1,7 +1,8 @@
 """``engine="ray"``: the study's cells on long-lived Ray actors, on this machine or a cluster.
 
 Each actor is a :class:`~cnnlens.bench.engine.Worker`: it loads a model once and runs many cells,
-reading each shard's image files itself (decoding is spread over the workers). The driver keeps
+reading each shard's image files itself (decoding is spread over the workers; a shard's cells go
+to the actor that read it last when it is free). The driver keeps
 the plan, hands each actor at most two cells at a time (one running, one queued, so an actor is
 never idle while the driver writes), and alone writes the store with what the actors return.
 
@@ -148,6 +149,7 @@ class RayExecutor:
         self.retry: list[tuple[int, str, dict[str, Any], list[Any], dict[str, int], int]] = []
         self.deaths = 0
         self.finished = 0
+        self.shard: dict[Any, str | None] = {}
 
     def _new_actor(self) -> Any:
         return self.actor_cls.remote(self.suite, self.device, self.threads)
@@ -161,9 +163,14 @@ class RayExecutor:
 
     def submit(self, i: int, kind: str, spec: dict[str, Any], records: list[Any], targets: dict[str, int],
                attempt: int = 1) -> None:
-        actor = min(self.load, key=lambda a: self.load[a])
+        # Prefer the actor that last read this shard (its pixel cache holds it), else the least loaded.
+        shard = spec["images"][0] if spec.get("images") else None
+        free = [a for a in self.load if self.load[a] < DEPTH] or list(self.load)
+        warm = [a for a in free if shard is not None and self.shard.get(a) == shard]
+        actor = warm[0] if warm else min(free, key=lambda a: self.load[a])
         ref = actor.run.remote(kind, spec, records, targets)
         self.load[actor] += 1
+        self.shard[actor] = shard
         self.inflight[ref] = (i, kind, spec, records, targets, actor, attempt)
 
     def _drain_retries(self) -> None:
