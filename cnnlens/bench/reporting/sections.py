@@ -184,6 +184,19 @@ def faithfulness(st: Study, figs: dict[str, bytes]) -> tuple[Section, Any]:
     trap = _trap_text(st.res)
     if trap:
         sec.text(trap)
+    tk = T.toolkit_metrics(st)
+    if tk is not None:
+        sec.text("**The toolkits' own metrics**, each computed by the toolkit that defines it (cnnlens calls it, "
+                 "per image, with a seed of its own): `captum.infidelity` (Captum's `infidelity`: the squared error "
+                 "between the attribution's dot product with small input perturbations and the score change they "
+                 "cause; lower is better), `captum.sensitivity_max` (Captum's `sensitivity_max`: the largest change "
+                 "of the explanation under small input noise; lower is better), `pgc.confidence_change`, "
+                 "`pgc.drop_in_confidence` and `pgc.increase_in_confidence` (pytorch-grad-cam's "
+                 "`CamMultImageConfidenceChange`, `DropInConfidence` and `IncreaseInConfidence` on the input "
+                 "multiplied by the map), and `pgc.arcc` (pytorch-grad-cam's `ARCC`: the harmonic mean of the map's coherency, 1 - its complexity and its ROAD-combined score; higher is better). "
+                 "The suite's `[faithfulness]` keys choose which run.")
+        sec.table(tk, ".4g", blank="not computed for this row (a baseline map gets infidelity and the confidence "
+                                   "change only; the suite turns the others on).")
     means, n_img = T.curves(st)
     if means:
         titles = {k: k.replace("_", " ") for k in means}

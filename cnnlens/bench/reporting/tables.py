@@ -15,6 +15,9 @@ from cnnlens.bench.reporting.data import Study
 
 FAITH_KEYS = ("deletion_zero.auc", "deletion_blur.auc", "insertion_blur.auc", "avg_drop", "increase_conf",
               "road.morf", "road.lerf", "road.combined")
+#: The toolkits' own metrics, each computed by the toolkit that defines it.
+TOOLKIT_KEYS = ("captum.infidelity", "captum.sensitivity_max", "pgc.confidence_change", "pgc.drop_in_confidence",
+                "pgc.increase_in_confidence", "pgc.arcc")
 AGREE_KEYS = ("pearson", "spearman", "ssim", "iou_top5", "iou_top10", "maps_maxabs", "raw_maxabs", "raw_maxabs_rel")
 SUBSTRATE_NAMES = ("deletion_zero", "deletion_blur", "insertion_blur")
 
@@ -82,6 +85,19 @@ def faithfulness(st: Study) -> Any:
         tab["increase_conf"] = tab["increase_conf"] * 100
     tab = tab.sort_values("deletion_blur.auc" if "deletion_blur.auc" in tab.columns else tab.columns[0])
     return tab.reset_index()
+
+
+def toolkit_metrics(st: Study) -> Any:
+    """Mean of each toolkit-defined metric per (method, backend), with the images it covers."""
+    res = st.res
+    sub = res[res.metric.isin(TOOLKIT_KEYS)]
+    if sub.empty:
+        return None
+    tab = sub.groupby(["method", "backend", "metric"])["value"].mean().unstack("metric")
+    tab = tab[[k for k in TOOLKIT_KEYS if k in tab.columns]]
+    tab.insert(0, "images", sub.groupby(["method", "backend"])["image"].nunique().reindex(tab.index).astype(int))
+    sort = "captum.infidelity" if "captum.infidelity" in tab.columns else tab.columns[1]
+    return tab.sort_values(sort).reset_index()
 
 
 def curves(st: Study) -> tuple[dict[str, Any], Any]:
