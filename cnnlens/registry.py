@@ -616,7 +616,7 @@ def _module_name(v: Any) -> bool:
 
 
 def _torchcam_options(method: str) -> dict[str, Option]:
-    opts: dict[str, Option] = {}
+    opts: dict[str, Option] = {"reshape": RESHAPE}  # token layers reach torchcam's own reshape_transform
     if method == "cam":
         opts["fc_layer"] = Option(None, "the linear layer whose class weights CAM reads (None: the model's only "
                                         "nn.Linear)", _module_name, "a dotted module name or None")

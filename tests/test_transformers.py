@@ -18,7 +18,7 @@ from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
 from torch import nn
 
 import cnnlens
-from cnnlens import reshape
+from cnnlens import registry, reshape
 from cnnlens.errors import LayerError, OptionError
 from cnnlens.explainer import CnnlensWarning
 from cnnlens.layer_list import list_layers
@@ -69,11 +69,21 @@ def _varies(e: cnnlens.Explanation) -> bool:
 AUTO = {"vit_b_16": "encoder.layers.encoder_layer_11.ln_1", "swin_t": "norm", "convnext_tiny": "features.7"}
 
 
+#: Every backend whose Grad-CAM takes token layers (its registry row has the reshape option).
+RESHAPE_GRADCAM = [b for b in registry.backends_for("gradcam")
+                   if "reshape" in registry.REGISTRY[("gradcam", b)].options and registry.BACKENDS[b].installed]
+
+
+@pytest.mark.parametrize("backend", RESHAPE_GRADCAM)
 @pytest.mark.parametrize("name", list(AUTO))
-def test_gradcam_auto_layer_gives_a_map(big, name):
-    e = cnnlens.explain(big[name], _x(), "gradcam", backend="pytorch-grad-cam", target=3)
+def test_gradcam_auto_layer_gives_a_map(big, name, backend):
+    e = cnnlens.explain(big[name], _x(), "gradcam", backend=backend, target=3)
     assert e.layer == AUTO[name]
     assert _varies(e) and not e.warnings
+
+
+def test_every_cam_backend_with_gradcam_takes_token_layers():
+    assert {"pytorch-grad-cam", "captum", "torchcam"} <= set(RESHAPE_GRADCAM)
 
 
 @pytest.mark.parametrize("name", list(AUTO))
