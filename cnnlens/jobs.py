@@ -517,11 +517,6 @@ def visualize_filters(net: nn.Module, filter_ids: Sequence[int] | None, *, layer
 #: What the benchmark and its report import beyond the core: (module, pip requirement).
 BENCH_NEEDS: tuple[tuple[str, str], ...] = (("pandas", "pandas>=2.0"), ("psutil", "psutil>=5.9"))
 
-#: The files and folders :func:`cnnlens.bench.reporting.write_report` writes into its folder.
-REPORT_OUTPUTS: tuple[str, ...] = ("report.md", "report.html", "figures")
-
-#: Picture suffixes: a folder holding such files (other than a report's figures) is the user's.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
 
 def check_bench_dependencies() -> None:
@@ -560,38 +555,6 @@ def find_study(path: str | Path) -> Path:
         raise StoreError(f"study database '{p}' does not exist; run `cnnlens bench` first, or point to the "
                          ".sqlite file (or the folder) it wrote")
     return p
-
-
-def existing_report(folder: str | Path) -> list[str]:
-    """The report files and folders (:data:`REPORT_OUTPUTS`) that already exist in ``folder``."""
-    return [name for name in REPORT_OUTPUTS if (Path(folder) / name).exists()]
-
-
-def check_report_out(folder: str | Path, overwrite: bool) -> Path:
-    """Check that a report may be written into ``folder``, before any work.
-
-    The report's own files are only replaced with ``overwrite``; a folder of the user's pictures
-    is never written into (the report adds ``figures/`` and two pages next to them).
-
-    Raises:
-        OutputExistsError: ``folder`` is a file, holds pictures, or holds a report (without ``overwrite``).
-    """
-    from cnnlens.errors import OutputExistsError
-
-    out = Path(folder)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"--out '{out}' exists and is not a folder; choose a folder for the report")
-    if not out.is_dir():
-        return out
-    pictures = sorted(f.name for f in out.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-    if pictures:
-        raise OutputExistsError(f"report folder '{out}' holds pictures ({', '.join(pictures[:3])}"
-                                f"{', ...' if len(pictures) > 3 else ''}); choose a folder of its own with --out")
-    existing = existing_report(out)
-    if existing and not overwrite:
-        raise OutputExistsError(f"'{out}' already holds a report ({', '.join(existing)}); pass --overwrite to "
-                                "replace it, or choose another folder with --out")
-    return out
 
 
 def tidy_sqlite(db: str | Path) -> None:

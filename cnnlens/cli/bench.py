@@ -51,19 +51,19 @@ def bench(
     """Run a benchmark study of the toolkits and write its SQLite database (a rerun resumes)."""
     if ctx.invoked_subcommand is not None:
         return
-    from cnnlens import jobs
+    from cnnlens import jobs, outputs
 
     engine = _bench_module()
     jobs.check_device(device)
     if report and not overwrite:
         # Before any work. A resumed study keeps its report until `cnnlens report --overwrite`
         # rewrites it; --overwrite here starts the study afresh, report included.
-        existing = jobs.existing_report(out)
+        existing = outputs.existing_report(out)
         if existing:
             raise OutputExistsError(f"'{out}' already holds a report ({', '.join(existing)}); rewrite it with "
                                     f"`cnnlens report {out} --overwrite`, or run without --report")
     if report:
-        jobs.check_report_out(out, overwrite=True)
+        outputs.check_report_out(out, overwrite=True)
     # The bar only on a terminal: in a log or a pipe tqdm's \r frames are noise, and an error must
     # stay the one line on stderr.
     try:
@@ -105,12 +105,12 @@ def report(
     overwrite: c.OverwriteOpt = False,
 ) -> None:
     """Write the Markdown and HTML report of a benchmark study."""
-    from cnnlens import jobs
+    from cnnlens import jobs, outputs
 
     engine = _bench_module()
     path = jobs.find_study(db)
     folder = out if out is not None else path.parent
-    jobs.check_report_out(folder, overwrite)
+    outputs.check_report_out(folder, overwrite)
     md, html = engine.report(path, folder)
     jobs.tidy_sqlite(path)
     c.wrote(Path(html), "report")

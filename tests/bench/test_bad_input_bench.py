@@ -207,14 +207,12 @@ BOUNDS = {
     "faithfulness.road_percentiles": ("faithfulness", "road_percentiles = [100]", "percentages in (0, 100)"),
     "images.paste.scales": ("images.paste", "scales = [50.0]", "in [0.05, 1]"),
     "images.paste.positions": ("images.paste", "positions = [[5.0, 0.5]]", "pairs in [0, 1]"),
-    # wt-captum's [faithfulness] keys
-    "faithfulness.perturb_samples": ("faithfulness", "perturb_samples = 100000",
-                                     "faithfulness.perturb_samples must be between 1 and 1000"),
-    "faithfulness.infidelity_stdev": ("faithfulness", "infidelity_stdev = 0.0",
+    # the same keys, other bad values
+        "faithfulness.infidelity_stdev zero": ("faithfulness", "infidelity_stdev = 0.0",
                                       "faithfulness.infidelity_stdev must be between 1e-09 and 1000.0"),
-    "faithfulness.perturb_radius": ("faithfulness", "perturb_radius = inf",
+    "faithfulness.perturb_radius inf": ("faithfulness", "perturb_radius = inf",
                                     "faithfulness.perturb_radius must be between 1e-09 and 1000.0"),
-    "faithfulness.arcc_percentiles": ("faithfulness", "arcc_percentiles = [0]", "percentages in (0, 100)"),
+    "faithfulness.arcc_percentiles zero": ("faithfulness", "arcc_percentiles = [0]", "percentages in (0, 100)"),
 }
 
 

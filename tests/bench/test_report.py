@@ -151,3 +151,15 @@ def test_a_slim_copy_rebuilds_the_same_report(smoke_report, tmp_path):
     assert md.read_text() == (smoke_report / "report.md").read_text()
     for fig in (smoke_report / "figures").iterdir():
         assert (tmp_path / "rep" / "figures" / fig.name).read_bytes() == fig.read_bytes(), fig.name
+
+
+def test_the_report_never_writes_among_the_users_pictures(smoke_report, tmp_path):
+    from cnnlens.errors import OutputExistsError
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "cat.jpg").write_bytes(b"\xff\xd8\xff")
+    db = next((smoke_report.parent / "study").glob("*.sqlite"))
+    with pytest.raises(OutputExistsError, match="holds pictures"):
+        bench.report(db, photos)
+    assert sorted(p.name for p in photos.iterdir()) == ["cat.jpg"]

@@ -41,20 +41,24 @@ def write_report(db: Path | str, out_dir: Path | str | None = None) -> tuple[Pat
     Args:
         db: The study's SQLite file (read-only media are fine).
         out_dir: Where to write (default: the database's folder). Existing report files there are
-            replaced; nothing else is touched.
+            replaced; nothing else is touched. A folder holding pictures is refused: the report
+            never writes among the user's images (:func:`cnnlens.outputs.check_report_out`, the
+            same rule as the CLI's, which also refuses to replace a report without ``--overwrite``).
 
     Returns:
         (path of report.md, path of report.html).
 
     Raises:
         StoreError: ``db`` is missing, corrupt or not a cnnlens study.
+        OutputExistsError: The output folder holds pictures, or is a file.
         OutputError: The output folder is read-only or the disk is full.
     """
     from cnnlens._files import ensure_folder, write_atomic
     from cnnlens.bench.reporting.render import render_html, render_md
+    from cnnlens.outputs import check_report_out
 
     db = Path(db)
-    out = Path(out_dir) if out_dir is not None else db.parent
+    out = check_report_out(Path(out_dir) if out_dir is not None else db.parent, overwrite=True)
     sections, figs, meta = build_sections(db)
     title = f"cnnlens benchmark: {meta.get('suite_name', db.stem)}"
     fig_dir = out / "figures"
