@@ -600,8 +600,8 @@ def run_metadata(suite: Suite, device: torch.device) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    pkgs = ["cnnlens", "torch", "torchvision", "grad-cam", "captum", "flashtorch", "numpy", "scipy",
-            "scikit-image", "efficientnet-lite-pytorch"]
+    pkgs = ["cnnlens", "torch", "torchvision", "grad-cam", "captum", "flashtorch", "torchcam", "zennit", "ray",
+            "numpy", "scipy", "scikit-image", "efficientnet-lite-pytorch"]
     meta: dict[str, Any] = {
         "suite": suite.to_dict(), "suite_name": suite.name, "suite_digest": suite.digest(),
         "suite_source": suite.source, "device": str(device), "versions": {p: ver(p) for p in pkgs},

@@ -83,7 +83,12 @@ def _array_bytes(a: np.ndarray) -> bytes:
 
 
 def _array_from(b: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(b), allow_pickle=False)
+    """An artifact's array: ``.npy`` bytes, or a one-array ``.npz`` (a study's slim copy compresses its maps)."""
+    obj = np.load(io.BytesIO(b), allow_pickle=False)
+    if isinstance(obj, np.lib.npyio.NpzFile):
+        with obj:
+            return obj[obj.files[0]]
+    return obj
 
 
 def sqlite_error(path: Path, exc: sqlite3.Error, writing: bool) -> CnnlensError:

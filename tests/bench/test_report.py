@@ -163,3 +163,11 @@ def test_the_report_never_writes_among_the_users_pictures(smoke_report, tmp_path
     with pytest.raises(OutputExistsError, match="holds pictures"):
         bench.report(db, photos)
     assert sorted(p.name for p in photos.iterdir()) == ["cat.jpg"]
+
+
+def test_a_cell_error_reads_back_as_text_or_nothing():
+    """SQLite's NULL error of a finished cell comes back from pandas as None or NaN next to real errors."""
+    from cnnlens.bench.reporting.data import error_line
+
+    assert error_line(float("nan")) == "" and error_line(None) == ""
+    assert error_line("ModelError: reuses\nTraceback ...") == "ModelError: reuses"

@@ -23,6 +23,31 @@ class Study:
     explained: dict[tuple[str, str, str, str], tuple[str, str]] = field(default_factory=dict)
 
 
+def error_line(error: object) -> str:
+    """A cell's error as one line ('' for none: SQLite's NULL reads back as None or NaN)."""
+    return error.splitlines()[0] if isinstance(error, str) and error else ""
+
+
+#: Meta key under which a slim copy keeps the raw attributions' shapes it dropped the arrays of.
+RAW_SHAPES_KEY = "report:raw_shapes"
+
+
+def raw_shapes_of(conn: Any, meta: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """Per (method, backend), the shape of its raw attribution ('3x224x224'), from the arrays or,
+    in a slim copy, from the shapes it recorded."""
+    from cnnlens.bench.store import _array_from
+
+    if RAW_SHAPES_KEY in meta:
+        return {tuple(k.split("|", 1)): v for k, v in meta[RAW_SHAPES_KEY].items()}  # type: ignore[misc]
+    shapes = {}
+    # The raw of each pair's first (model, image), read one row at a time.
+    for method, backend, data, _first in conn.execute(
+            "SELECT method, backend, data, MIN(model || '/' || image) FROM artifacts WHERE name = 'raw' "
+            "GROUP BY method, backend"):
+        shapes[(method, backend)] = "x".join(str(v) for v in _array_from(data).shape)
+    return shapes
+
+
 def load(db: Path) -> Study:
     """Read ``db`` (read-only; a corrupt, foreign or missing file raises StoreError)."""
     from cnnlens.bench.store import _query, open_existing, sqlite_error
@@ -42,23 +67,17 @@ def load(db: Path) -> Study:
 
 
 def _rest(conn: Any, res: Any, cells: Any, images: Any) -> Study:
-    from cnnlens.bench.store import _array_from
 
     meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta").fetchall()}
     maps = {}
     for model, image, method, backend, data in conn.execute(
             "SELECT model, image, method, backend, data FROM artifacts WHERE name = 'map'"):
         maps[(model, image, method, backend)] = data
-    raw_shapes = {}
-    # The raw of each pair's first (model, image): the same row in a study and in its slim copy.
-    for method, backend, data, _first in conn.execute(
-            "SELECT method, backend, data, MIN(model || '/' || image) FROM artifacts WHERE name = 'raw' "
-            "GROUP BY method, backend"):
-        raw_shapes[(method, backend)] = "x".join(str(v) for v in _array_from(data).shape)
+    raw_shapes = raw_shapes_of(conn, meta)
     explained: dict[tuple[str, str, str, str], tuple[str, str]] = {}
     for r in cells[cells.kind == "explain"].itertuples(index=False):
         spec = json.loads(r.spec)
         for image in spec.get("images", []):
             explained[(spec.get("model", ""), image, spec.get("method", ""), spec.get("backend", ""))] = (
-                r.status, (r.error or "").splitlines()[0] if r.error else "")
+                r.status, error_line(r.error))
     return Study(res, cells, images, meta, maps, raw_shapes, explained)

@@ -40,23 +40,26 @@ def summary(st: Study, faith: Any) -> Section:
         sec.note(note)
     res = st.res
     lines = []
-    pairs = T.explained_pairs(st)
+    pairs = [p for p in T.explained_pairs(st) if p[1] != "baseline"]
     if pairs:
         n_methods = len({m for m, _b in pairs})
-        lines.append(f"{len(pairs)} (method, backend) pairs over {n_methods} methods on "
+        n_base = len([p for p in T.explained_pairs(st) if p[1] == "baseline"])
+        lines.append(f"{len(pairs)} (method, backend) pairs over {n_methods} methods, and {n_base} baseline maps, on "
                      f"{st.images.image.nunique()} images.")
     ag = res[res.metric == "agree.spearman"]
-    if not ag.empty:
-        g = ag.groupby(["method", "backend"])["value"].mean().sort_values()
+    if not ag.empty and ag.value.notna().any():
+        g = ag.groupby(["method", "backend"])["value"].mean().dropna().sort_values()
         m, b = g.index[0]
         lines.append(f"Least agreeing backends: {m} {b.replace('|', ' vs ')} (mean Spearman {g.iloc[0]:.3f}); "
                      f"most agreeing: {g.index[-1][0]} {g.index[-1][1].replace('|', ' vs ')} ({g.iloc[-1]:.3f}).")
     if faith is not None and "deletion_blur.auc" in faith.columns:
-        real = faith[faith.backend != "baseline"]
+        # best-of claims only among the rows that cover every faithfulness image (max_images caps some)
+        real = faith[(faith.backend != "baseline") & (faith["images"] == faith["images"].max())]
         base = faith[faith.backend == "baseline"].set_index("method")
         if not real.empty:
             best = real.sort_values("deletion_blur.auc").iloc[0]
-            txt = (f"Best deletion AUC (blurred substrate): {best.method} [{best.backend}] "
+            txt = (f"Best deletion AUC (blurred substrate, pairs run on all {int(best['images'])} images): "
+                   f"{best.method} [{best.backend}] "
                    f"{best['deletion_blur.auc']:.3f}")
             if "random_smooth" in base.index:
                 txt += f" (smooth random baseline {base.loc['random_smooth', 'deletion_blur.auc']:.3f})"
@@ -97,7 +100,8 @@ def agreement(st: Study, figs: dict[str, bytes]) -> Section:
                  "the larger max |raw|). Means over images; 1.0 (correlations, SSIM, IoU) and 0 (differences) "
                  "mean identical. Click a column header to sort.")
         sec.table(tab, ".3g", blank="the two backends' raw attributions have different shapes (last column), so "
-                                    "raw values are not compared.")
+                                    "raw values are not compared; or a correlation is undefined because the maps "
+                                    "are constant (every pixel equal) on every image compared.")
         cols = [c for c in ("pearson", "spearman", "ssim", "iou_top5", "iou_top10") if c in tab.columns]
         vals = tab[cols].to_numpy(dtype=float)
         rows = [f"{m}: {b}" for m, b in zip(tab.method, tab.backends, strict=True)]

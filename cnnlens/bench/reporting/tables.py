@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnlens.bench.reporting.data import Study
+from cnnlens.bench.reporting.data import Study, error_line
 
 FAITH_KEYS = ("deletion_zero.auc", "deletion_blur.auc", "insertion_blur.auc", "avg_drop", "increase_conf",
               "road.morf", "road.lerf", "road.combined")
@@ -182,7 +182,7 @@ def failures(st: Study) -> tuple[Any, int, int]:
         spec = json.loads(r.spec)
         rows.append({"kind": r.kind, "method": spec.get("method", ""),
                      "backend": spec.get("backend", "|".join(spec.get("backends", []))),
-                     "status": r.status, "error": (r.error or "")[:200]})
+                     "status": r.status, "error": error_line(r.error)[:200]})
     df = pd.DataFrame(rows, columns=["kind", "method", "backend", "status", "error"])
     return df.drop_duplicates(["kind", "method", "backend", "error"]).reset_index(drop=True), len(bad), len(cells)
 
@@ -195,7 +195,7 @@ def cell_status(st: Study, kind: str) -> dict[tuple[str, str], tuple[str, str]]:
         key = (spec.get("method", ""), spec.get("backend", ""))
         prev = out.get(key)
         if prev is None or (prev[0] == "done" and r.status != "done"):
-            out[key] = (r.status, (r.error or "").splitlines()[0][:160] if r.error else "")
+            out[key] = (r.status, error_line(r.error)[:160])
     return out
 
 
