@@ -68,6 +68,8 @@ RESHAPE_DRIVE = ("layer output and its gradient reshaped to (N, C, H, W) by cnnl
                  "pytorch-grad-cam as its reshape_transform")
 FINER_DRIVE = ("one FinerCAM call per image, with targets=None and target_idx=<that image's target>, so that "
                "FinerCAM picks the comparison classes itself")
+SESS_DRIVE = ("SESS called whole, as its README shows: its fused result (scaled to [0, 1], blurred when "
+              "smooth=True) is the map, not a CAM recorded before pytorch-grad-cam's post-processing")
 PER_IMAGE_DRIVE = ("one image per call, with a bounded internal batch_size (pytorch-grad-cam builds every "
                    "masked input of the whole batch at once)")
 PER_IMAGE_SEEDED = ("one KPCA_CAM call per image, each image's random ARPACK start vector drawn from the seed "
@@ -221,6 +223,8 @@ class PytorchGradCamAdapter(Adapter):
         aug = bool(self.options.get("aug_smooth", False))
         eigen = bool(self.options.get("eigen_smooth", False))
         final = final or method == "sess"  # SESS fuses many window CAMs: its result is the method's output
+        if method == "sess":
+            self.driven.append(SESS_DRIVE)
         if method in PER_IMAGE:
             cam.batch_size = self.options.get("batch_size") or internal_batch(x)
         if self.shortcuts and method in ("eigencam", "eigengradcam"):
