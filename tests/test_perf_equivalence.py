@@ -386,7 +386,7 @@ def test_shapleycam_refuses_a_layer_it_cannot_release_without_a_traceback(arch, 
     before = snapshot(model)
     capfd.readouterr()
     # a CNN's automatic layer it cannot release; a transformer's token layer, whose reshape it would skip
-    with pytest.raises(LayerError, match="ShapleyCAM (cannot use this layer|ignores reshape_transform)"):
+    with pytest.raises(LayerError, match=r"ShapleyCAM (cannot use this layer|ignores reshape_transform)"):
         cnnlens.explain(model, torch.randn(1, 3, size, size), "shapleycam", "pytorch-grad-cam", target=0)
     import gc
 
