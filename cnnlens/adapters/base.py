@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import abc
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cnnlens.errors import BackendError, CnnlensError
+from cnnlens.errors import BackendError, CnnlensError, OptionError
 from cnnlens.registry import Implementation
 
 #: Warnings the toolkits raise about cnnlens's own calls to them, not about the user's model or
@@ -115,3 +115,21 @@ class Adapter(abc.ABC):
                     f"{type(exc).__name__}: {first}"
                 )
             raise mapped from exc
+
+
+def window_pair(v: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
+    """An occlusion window or stride option as (height, width): an int is square, a tuple's last two."""
+    if isinstance(v, int):
+        return (v, v)
+    return (int(v[-2]), int(v[-1]))
+
+
+def check_window_fits(options: Mapping[str, Any], x: Tensor) -> None:
+    """Refuse an occlusion window larger than the image, before the toolkit is called (every backend
+    with occlusion checks the same option the same way)."""
+    wh, ww = window_pair(options["sliding_window"])
+    if wh > x.shape[2] or ww > x.shape[3]:
+        raise OptionError(
+            f"sliding_window {wh}x{ww} is larger than the {x.shape[2]}x{x.shape[3]} image; "
+            "choose a window no larger than the image"
+        )

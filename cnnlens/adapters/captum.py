@@ -40,7 +40,7 @@ from torch import Tensor
 
 from cnnlens import reshape
 from cnnlens._resolve import internal_batch
-from cnnlens.adapters.base import Adapter
+from cnnlens.adapters.base import Adapter, check_window_fits, window_pair
 from cnnlens.errors import CnnlensError, ModelError, OptionError
 from cnnlens.registry import NOISE_TUNNEL_GRID
 
@@ -96,23 +96,12 @@ def deeplift_shap_baselines(base: Tensor, image: Tensor, n_baselines: int) -> Te
     return torch.cat([base, base + 0.1 * float(image.std()) * noise])
 
 
-def _pair(v: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    return (int(v[-2]), int(v[-1]))
-
-
 class CaptumAdapter(Adapter):
     backend = "captum"
 
     def check_input(self, x: Tensor) -> None:
         if self.method == "occlusion":
-            wh, ww = _pair(self.options["sliding_window"])
-            if wh > x.shape[2] or ww > x.shape[3]:
-                raise OptionError(
-                    f"sliding_window {wh}x{ww} is larger than the {x.shape[2]}x{x.shape[3]} image; "
-                    "choose a window no larger than the image"
-                )
+            check_window_fits(self.options, x)
         ibs = self.options.get("internal_batch_size")
         if self.method == "layer_conductance" and ibs is not None and ibs < 2 * x.shape[0]:
             raise OptionError(
@@ -207,8 +196,8 @@ class CaptumAdapter(Adapter):
                 xi, baselines=deeplift_shap_baselines(self._baseline_of(x, i), xi, o["n_baselines"]), target=ti,
             ), PER_IMAGE_BASELINES)
         elif m == "occlusion":
-            wh, ww = _pair(o["sliding_window"])
-            sh, sw = _pair(o["strides"])
+            wh, ww = window_pair(o["sliding_window"])
+            sh, sw = window_pair(o["strides"])
             c = x.shape[1]
             out = ca.Occlusion(model).attribute(
                 x, sliding_window_shapes=(c, wh, ww), strides=(c, sh, sw), baselines=self._baseline(x),

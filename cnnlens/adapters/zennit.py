@@ -52,7 +52,7 @@ from zennit.types import AvgPool, BatchNorm
 from zennit.types import Linear as ZennitLinear
 
 from cnnlens._resolve import OutputSelector
-from cnnlens.adapters.base import Adapter
+from cnnlens.adapters.base import Adapter, check_window_fits, window_pair
 from cnnlens.errors import CnnlensError, ModelError, OptionError
 from cnnlens.models import meta_of
 
@@ -84,12 +84,6 @@ def score_output(targets: Tensor) -> Callable[[Tensor], Tensor]:
     """zennit's ``attr_output`` for LRP: each image's target score itself, zero elsewhere, so that
     the relevance starts from (and the conservative rules sum to) the score being explained."""
     return lambda out: F.one_hot(targets, out.shape[1]).to(out) * out
-
-
-def _pair(v: int | tuple[int, ...] | list[int]) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    return (int(v[-2]), int(v[-1]))
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -128,12 +122,7 @@ class ZennitAdapter(Adapter):
 
     def check_input(self, x: Tensor) -> None:
         if self.method == "occlusion":
-            wh, ww = _pair(self.options["sliding_window"])
-            if wh > x.shape[2] or ww > x.shape[3]:
-                raise OptionError(
-                    f"sliding_window {wh}x{ww} is larger than the {x.shape[2]}x{x.shape[3]} image; "
-                    "choose a window no larger than the image"
-                )
+            check_window_fits(self.options, x)
         if self.method == "lrp" and self.options["composite"] != "epsilon_gamma_box":
             given = [k for k in ("low", "high") if self.options[k] is not None]
             if given:
@@ -187,8 +176,8 @@ class ZennitAdapter(Adapter):
         onehot = F.one_hot(targets, reference.shape[1]).to(reference)
         base = self._baseline_of(x, i)
         occlude = partial(occlude_independent, fill_fn=lambda _inp: base, invert=True)
-        with Occlusion(self.model, occlusion_fn=occlude, window=_pair(self.options["sliding_window"]),
-                       stride=_pair(self.options["strides"])) as attributor:
+        with Occlusion(self.model, occlusion_fn=occlude, window=window_pair(self.options["sliding_window"]),
+                       stride=window_pair(self.options["strides"])) as attributor:
             # the output function scores each occluded input by the drop of its target score
             _, out = attributor(x, lambda scores: onehot * (reference - scores))
         return out
