@@ -103,6 +103,7 @@ if not torch.cuda.is_available():
                       ("no CUDA GPU", "device='cpu'")))
 
 
+@pytest.mark.bad_input("api")
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_matrix(case: Case, tmp_path: Path) -> None:
     with pytest.raises(case.error) as info:
@@ -126,6 +127,7 @@ def test_finite_options_still_accepted() -> None:
     _explain(method="smoothgrad", stdevs=0, nt_samples=2, target=0)
 
 
+@pytest.mark.bad_input("api")
 def test_layer_given_as_the_model_fails_before_any_forward() -> None:
     model = tiny_cnn()
     calls = []
@@ -135,6 +137,7 @@ def test_layer_given_as_the_model_fails_before_any_forward() -> None:
     assert calls == []
 
 
+@pytest.mark.bad_input("api")
 def test_too_few_categories_fail_before_the_backend_runs() -> None:
     model = tiny_cnn()
     calls = []
@@ -151,12 +154,14 @@ def test_too_few_categories_fail_before_the_backend_runs() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.bad_input("api")
 @pytest.mark.parametrize("target", [5, [0, 5], torch.tensor([5, 0]), (4, 5)], ids=["int", "list", "tensor", "tuple"])
 def test_target_equal_to_num_classes_is_refused(target: Any) -> None:
     with pytest.raises(E.TargetError, match="target 5 is out of range: the model has 5 classes"):
         _explain(target=target)
 
 
+@pytest.mark.bad_input("api")
 @pytest.mark.parametrize("target", [[True, 0], [0, False], (True, 1)], ids=["True-0", "0-False", "tuple"])
 def test_bool_inside_a_target_list_is_refused(target: Any) -> None:
     with pytest.raises(E.TargetError, match="neither an integer class index nor a class name"):
@@ -229,6 +234,7 @@ def test_models_whose_first_conv_runs_later_are_explained(name: str, method: str
     assert e.maps.shape == (2, 32, 32) and torch.isfinite(e.maps).all() and float(e.maps.max()) > 0
 
 
+@pytest.mark.bad_input("api")
 @pytest.mark.parametrize("name", ["gray-wrapper", "head-declared-first"])
 def test_wrong_channels_name_the_conv_that_runs_first(name: str) -> None:
     cls, conv, expects = FIRST_RUN[name]
@@ -238,6 +244,7 @@ def test_wrong_channels_name_the_conv_that_runs_first(name: str) -> None:
         cnnlens.explain(model, torch.randn(2, 4, 32, 32), "saliency", "captum", target=0)
 
 
+@pytest.mark.bad_input("api")
 def test_coordconv_with_wrong_channels_reports_the_failed_forward() -> None:
     """The first convolution gets 4 + 2 channels: not the input's count, so cnnlens cannot tell the input
     was wrong rather than the model; the forward's own error (expects 5, got 6) is reported."""
@@ -245,6 +252,7 @@ def test_coordconv_with_wrong_channels_reports_the_failed_forward() -> None:
         cnnlens.explain(CoordConv().eval(), torch.randn(2, 4, 32, 32), "saliency", "captum", target=0)
 
 
+@pytest.mark.bad_input("api")
 def test_a_forward_failing_elsewhere_stays_a_model_error() -> None:
     class LateFailure(nn.Module):
         def __init__(self) -> None:
@@ -274,6 +282,7 @@ BAD_TABLES = {
 }
 
 
+@pytest.mark.bad_input("api")
 @pytest.mark.parametrize("content", list(BAD_TABLES.values()), ids=list(BAD_TABLES))
 def test_malformed_auto_table_is_ignored_with_a_warning(content: Any, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -348,6 +357,7 @@ def test_chunked_explain_equals_one_call(method: str, backend: str) -> None:
     assert one_shot.targets.tolist() == [3] * 5
 
 
+@pytest.mark.bad_input("api")
 def test_chunked_explain_checks_every_target_before_the_first_chunk() -> None:
     model = tiny_cnn()
     calls = []
@@ -361,6 +371,7 @@ def test_chunked_explain_checks_every_target_before_the_first_chunk() -> None:
         cnnlens.explain(model, _x(4), "saliency", "captum", chunk_size=0)
 
 
+@pytest.mark.bad_input("api")
 def test_concat_refuses_parts_of_different_explainers() -> None:
     a, b = _explain(target=0), _explain(method="input_x_gradient", target=0)
     with pytest.raises(E.InputError, match="different method"):
@@ -464,6 +475,7 @@ def expl() -> cnnlens.Explanation:
     return cnnlens.explain(tiny_cnn(), x, "saliency", "captum", target=0)
 
 
+@pytest.mark.bad_input("api")
 @pytest.mark.parametrize("budget", [0, 500, 5000], ids=["first-byte", "first-png", "later-file"])
 def test_save_on_a_full_disk_leaves_nothing_behind(expl: cnnlens.Explanation, tmp_path: Path, budget: int) -> None:
     out = tmp_path / "run"
@@ -474,6 +486,7 @@ def test_save_on_a_full_disk_leaves_nothing_behind(expl: cnnlens.Explanation, tm
     assert len(json.loads((out / "manifest.json").read_text())["files"]) == 3
 
 
+@pytest.mark.bad_input("api")
 def test_overwrite_on_a_full_disk_keeps_the_earlier_save(expl: cnnlens.Explanation, tmp_path: Path) -> None:
     out = expl.save(tmp_path / "run")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -482,6 +495,7 @@ def test_overwrite_on_a_full_disk_keeps_the_earlier_save(expl: cnnlens.Explanati
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.bad_input("api")
 def test_save_into_a_read_only_folder(expl: cnnlens.Explanation, tmp_path: Path) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -494,6 +508,7 @@ def test_save_into_a_read_only_folder(expl: cnnlens.Explanation, tmp_path: Path)
         expl.save(blocked / "sub")
 
 
+@pytest.mark.bad_input("api")
 @pytest.mark.parametrize("suffix", [".png", ".pdf", ".svg", ".jpg"])
 def test_figure_on_a_full_disk_leaves_no_truncated_file(expl: cnnlens.Explanation, tmp_path: Path, suffix: str) -> None:
     from cnnlens import plot

@@ -116,6 +116,7 @@ def test_compare_uses_every_backend_with_the_method(photos, tmp_path):
     assert png_size(out)[0] == (1 + len(have)) * 200  # the image, then each backend
 
 
+@pytest.mark.bad_input("cli")
 @pytest.mark.parametrize(
     ("args", "words"),
     [

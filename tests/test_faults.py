@@ -69,6 +69,7 @@ def _reference(method: str, backend: str) -> torch.Tensor:
     return _run(user_state(tiny_cnn()), method, backend).maps
 
 
+@pytest.mark.bad_input("api")
 @pytest.mark.parametrize("method,backend", PAIRS, ids=[f"{m}-{b}" for m, b in PAIRS])
 def test_model_raises_on_second_forward(method: str, backend: str) -> None:
     model = user_state(Flaky(fail_on=2))  # call 1 is cnnlens's probe, call 2 is inside the backend
@@ -83,6 +84,7 @@ def test_model_raises_on_second_forward(method: str, backend: str) -> None:
     assert_same_state(before, model)
 
 
+@pytest.mark.bad_input("api")
 @pytest.mark.parametrize("fail_on", [2, 3])
 @pytest.mark.parametrize("method,backend", FAST, ids=[f"{m}-{b}" for m, b in FAST])
 def test_model_raises_in_prediction_pass(method: str, backend: str, fail_on: int) -> None:
@@ -178,6 +180,7 @@ def injected(monkeypatch: pytest.MonkeyPatch) -> Iterator[Injector]:
         assert len(getattr(module_mod, k)) == n, f"global hooks left in {k}"
 
 
+@pytest.mark.bad_input("api")
 @pytest.mark.parametrize("method,backend", PAIRS, ids=[f"{m}-{b}" for m, b in PAIRS])
 def test_backend_raises_mid_call(method: str, backend: str, injected: Injector,
                                  monkeypatch: pytest.MonkeyPatch) -> None:

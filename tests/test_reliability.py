@@ -313,6 +313,7 @@ def test_matrix_size() -> None:
         assert cls in used, cls
 
 
+@pytest.mark.bad_input("api")
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, files: dict[str, Path]) -> None:
     with warnings.catch_warnings():
@@ -328,6 +329,7 @@ def test_bad_input(case: Case, files: dict[str, Path]) -> None:
         assert w in msg, f"{case.id}: {w!r} not in message: {msg}"
 
 
+@pytest.mark.bad_input("api")
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_never_runs(files: dict[str, Path]) -> None:
     """Part 2: both pickles are refused and their payload (create a file) never runs."""

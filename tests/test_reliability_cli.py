@@ -206,6 +206,7 @@ def test_cli_matrix_size() -> None:
     assert len({c.id for c in CASES}) == len(CASES)
 
 
+@pytest.mark.bad_input("cli")
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_cli_bad_input(case: CliCase, cli_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_in_process(_fill(case.args, cli_env), capsys)
@@ -241,6 +242,7 @@ def _subprocess(args: list[str], d: Path) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=300)
 
 
+@pytest.mark.bad_input("cli")
 @pytest.mark.parametrize("case_id", ["target-out-of-range", "pickle-via-layers", "unknown-cli-option"])
 def test_cli_subprocess_exit_code_and_debug(case_id: str, workdir: Path) -> None:
     case = next(c for c in CASES if c.id == case_id)

@@ -108,6 +108,7 @@ def test_explore_gradcam_on_two_backends(page: tuple[Any, list[str]], server: st
     _local_only(requests, server)
 
 
+@pytest.mark.bad_input("app")
 def test_text_upload_shows_error_and_server_keeps_running(page: tuple[Any, list[str]], server: str,
                                                           photo_png: Path, tmp_path: Path) -> None:
     pg, requests = page
@@ -122,6 +123,7 @@ def test_text_upload_shows_error_and_server_keeps_running(page: tuple[Any, list[
     _local_only(requests, server)
 
 
+@pytest.mark.bad_input("app")
 def test_unknown_class_name_shows_error(page: tuple[Any, list[str]]) -> None:
     pg, _ = page
     pg.fill("#class-search textarea, #class-search input", "zzqqxx")
@@ -158,6 +160,7 @@ def test_file_routes_serve_nothing_outside_the_app(server: str, route: str) -> N
     assert b"root:" not in body
 
 
+@pytest.mark.bad_input("app")
 def test_huge_image_is_refused_before_decoding(page: tuple[Any, list[str]], tmp_path: Path) -> None:
     from test_workbench import _png_header
 
@@ -166,6 +169,7 @@ def test_huge_image_is_refused_before_decoding(page: tuple[Any, list[str]], tmp_
     _wait_text(pg, "#status", "downscale it first")
 
 
+@pytest.mark.bad_input("app")
 def test_upload_above_the_size_limit_is_refused(server: str) -> None:
     import httpx
 

@@ -51,6 +51,7 @@ def test_binds_loopback_by_default_and_warns_for_another_host(monkeypatch: pytes
     assert "no authentication" in err
 
 
+@pytest.mark.bad_input("app")
 def test_missing_study_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path) -> None:
     monkeypatch.setattr(webapp, "available", lambda: True)
     monkeypatch.setattr(webapp, "serve", _fake_serve([]))

@@ -107,6 +107,7 @@ def test_grid_two_backends_and_agreement(wb, photo_png):
     assert len(pics) == 2 and pics[0][0].shape == photo.display.shape and "s" in pics[0][1]
 
 
+@pytest.mark.bad_input("app")
 def test_failures_are_one_line_per_cell(wb, photo_png):
     photo = wb.load(photo_png)
     *_, (_, _, grid) = wb.run(photo, 0, [("integrated_gradients", "captum"), ("gradcam", "captum")],
@@ -118,6 +119,7 @@ def test_failures_are_one_line_per_cell(wb, photo_png):
     assert "out of range" in grid.cells[0].error
 
 
+@pytest.mark.bad_input("app")
 def test_bad_uploads_are_refused_clearly(wb, tmp_path):
     txt = tmp_path / "notes.txt"
     txt.write_text("not an image")
@@ -178,6 +180,7 @@ def test_two_sessions_at_once_give_serial_results(photo_png):
     assert_same_state(before, model)
 
 
+@pytest.mark.bad_input("app")
 def test_too_many_cells_refused(wb, photo_png):
     photo = wb.load(photo_png)
     with pytest.raises(cnnlens.errors.InputError, match="at most"):
@@ -201,6 +204,7 @@ def test_study_view(study_db):
     assert set(s["metric"]) == {"deletion_blur.auc"}
 
 
+@pytest.mark.bad_input("app")
 def test_study_view_refuses_a_foreign_file(tmp_path):
     from cnnlens.bench.browse import StudyView
 

@@ -216,6 +216,7 @@ BOUNDS = {
 }
 
 
+@pytest.mark.bad_input("engine")
 @pytest.mark.parametrize("case", list(BOUNDS))
 def test_every_numeric_suite_value_is_bounded(tmp_path, case):
     section, line, words = BOUNDS[case]
@@ -253,12 +254,14 @@ def test_the_bounds_matrix_covers_every_numeric_field():
     assert fields <= covered, sorted(fields - covered)
 
 
+@pytest.mark.bad_input("engine")
 def test_a_huge_batch_of_large_images_is_refused_at_load(tmp_path):
     text = _with("models", "image_size = 4096") + "[speed]\nbatch_sizes = [64]\n"
     with pytest.raises(SuiteError, match=r"64 images of 4096x4096 needs 12\.0 GiB"):
         load_suite(_write(tmp_path, text))
 
 
+@pytest.mark.bad_input("engine")
 def test_threads_and_size_fail_before_any_work_in_the_cli(tmp_path):
     for section, line, words in (BOUNDS["study.threads"], BOUNDS["models.image_size"]):
         out = tmp_path / f"out-{section}"
@@ -272,6 +275,7 @@ def test_threads_and_size_fail_before_any_work_in_the_cli(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.bad_input("engine")
 def test_a_layer_that_does_not_exist_fails_when_the_suite_loads(tmp_path):
     text = _with("models", 'layer = "featurs.3"')
     with pytest.raises(SuiteError) as info:
@@ -289,6 +293,7 @@ def test_a_torchvision_layer_is_checked_without_weights(tmp_path):
     assert load_suite(_write(tmp_path, ok)).models[0].layer == "layer4.1"
 
 
+@pytest.mark.bad_input("engine")
 def test_a_bad_layer_writes_no_error_rows_and_exits_2(tmp_path):
     out = tmp_path / "out"
     result = _cli("bench", "--suite", _write(tmp_path, _with("models", 'layer = "conv9"')), "--out", out)
@@ -312,6 +317,7 @@ def _foreign_db(path: Path, results_table: bool) -> bytes:
     return path.read_bytes()
 
 
+@pytest.mark.bad_input("engine")
 def test_report_refuses_a_text_file_renamed_sqlite(tmp_path):
     junk = tmp_path / "study.sqlite"
     junk.write_text("id,score\n1,0.5\n")
@@ -320,6 +326,7 @@ def test_report_refuses_a_text_file_renamed_sqlite(tmp_path):
     _one_line_error(_cli("report", junk), "not a readable SQLite database")
 
 
+@pytest.mark.bad_input("engine")
 @pytest.mark.parametrize("results_table", [False, True], ids=["other-tables", "other-results-table"])
 def test_report_refuses_another_programs_database(tmp_path, results_table):
     db = tmp_path / "study.sqlite"
@@ -343,6 +350,7 @@ def test_a_study_with_a_table_of_the_users_own_is_still_a_study(tiny_db, tmp_pat
     store.Store(db, "tiny").close()
 
 
+@pytest.mark.bad_input("engine")
 @pytest.mark.parametrize("kind", ["text", "foreign"])
 def test_bench_refuses_a_foreign_file_where_its_study_goes_and_leaves_it_untouched(tiny_suite, tmp_path, kind):
     out = tmp_path / "out"
@@ -361,6 +369,7 @@ def test_bench_refuses_a_foreign_file_where_its_study_goes_and_leaves_it_untouch
     assert db.read_bytes() == before
 
 
+@pytest.mark.bad_input("engine")
 def test_a_study_corrupted_past_its_header_gives_a_store_error(tiny_db, tmp_path):
     db = tmp_path / "tiny.sqlite"
     shutil.copy(tiny_db, db)
@@ -395,6 +404,7 @@ def test_report_reads_a_study_on_read_only_media(tiny_db, tiny_report, tmp_path)
         assert sorted(p.name for p in ro.iterdir()) == ["tiny.sqlite"]
 
 
+@pytest.mark.bad_input("engine")
 def test_a_write_ahead_log_without_its_index_on_read_only_media_is_explained(tiny_db, tmp_path):
     """A study copied mid-run (its -wal, not its -shm): SQLite cannot read it there; say so."""
     src = tmp_path / "src"
@@ -424,6 +434,7 @@ def test_a_folder_that_is_not_writable_opens_the_study_immutable(tiny_db, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.sqlite"]  # no -shm was created
 
 
+@pytest.mark.bad_input("engine")
 def test_bench_into_a_read_only_folder_is_one_clear_error(tiny_suite, tiny_db, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -435,6 +446,7 @@ def test_bench_into_a_read_only_folder_is_one_clear_error(tiny_suite, tiny_db, t
             _one_line_error(_cli("bench", "--suite", tiny_suite, "--out", out), "cannot be written", "--out")
 
 
+@pytest.mark.bad_input("engine")
 def test_bench_checks_the_folder_is_writable_first(tiny_suite, tmp_path, monkeypatch):
     """Without mounts: the same refusal, driven by what ``os.access`` says on read-only media."""
     out = tmp_path / "out"
@@ -451,6 +463,7 @@ def test_bench_checks_the_folder_is_writable_first(tiny_suite, tmp_path, monkeyp
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.bad_input("engine")
 def test_bench_on_a_full_disk_stops_clearly_and_the_rerun_resumes(tiny_suite, tiny_db, tmp_path):
     with small_disk(tmp_path / "disk", kib=200) as disk:
         with pytest.raises(OutputError, match=r"disk is full.*resumes"):
@@ -464,6 +477,7 @@ def test_bench_on_a_full_disk_stops_clearly_and_the_rerun_resumes(tiny_suite, ti
         assert_no_duplicates(db)
 
 
+@pytest.mark.bad_input("engine")
 def test_bench_when_sqlite_finds_the_disk_full_keeps_what_it_finished(tiny_suite, tiny_db, tmp_path, monkeypatch):
     """Without mounts: SQLite's own SQLITE_FULL ("database or disk is full") from a page cap."""
     real_init = store.Store.__init__
@@ -488,6 +502,7 @@ def _report_files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.bad_input("engine")
 def test_report_on_a_full_disk_leaves_no_truncated_file(tiny_db, tiny_report, tmp_path):
     sizes = {k: len(v) for k, v in _report_files(tiny_report).items()}
     room = sum(v for k, v in sizes.items() if k != "report.html") + 48 * 1024  # not room for the HTML too
@@ -505,6 +520,7 @@ def test_report_on_a_full_disk_leaves_no_truncated_file(tiny_db, tiny_report, tm
         assert _report_files(disk).keys() == sizes.keys()
 
 
+@pytest.mark.bad_input("engine")
 def test_report_interrupted_by_enospc_keeps_the_previous_report(tiny_db, tmp_path, monkeypatch):
     """Without mounts: the kernel's answer to a write on a full disk, half-way through report.html."""
     out = tmp_path / "rep"
@@ -525,6 +541,7 @@ def test_report_interrupted_by_enospc_keeps_the_previous_report(tiny_db, tmp_pat
     assert _report_files(out) == before  # the old report.html is whole, and no temporary file is left
 
 
+@pytest.mark.bad_input("engine")
 def test_export_csv_on_a_full_disk_leaves_no_truncated_csv(tiny_db, tmp_path, monkeypatch):
     out = tmp_path / "results.csv"
 

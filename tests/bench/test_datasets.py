@@ -219,11 +219,13 @@ def test_a_csv_manifest_drives_box_and_mask_measures(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.bad_input("datasets")
 def test_a_missing_folder_fails_when_the_suite_loads(tmp_path):
     with pytest.raises(SuiteError, match=r"images.folder: folder 'nope' does not exist"):
         load_suite(_suite(tmp_path, 'folder = "nope"'))
 
 
+@pytest.mark.bad_input("datasets")
 def test_an_empty_folder(tmp_path):
     (tmp_path / "data").mkdir()
     with pytest.raises(SuiteError, match="has no class sub-folders"):
@@ -233,6 +235,7 @@ def test_an_empty_folder(tmp_path):
         _records(_suite(tmp_path, 'folder = "data"'))
 
 
+@pytest.mark.bad_input("datasets")
 def test_unreadable_images_are_listed_with_their_count_or_skipped(tmp_path):
     _img(tmp_path / "data" / "1" / "ok.png")
     for name in ("bad1.jpg", "bad2.png"):
@@ -244,6 +247,7 @@ def test_unreadable_images_are_listed_with_their_count_or_skipped(tmp_path):
     assert [r.id for r in recs] == ["1/ok.png"]
 
 
+@pytest.mark.bad_input("datasets")
 def test_labels_that_do_not_map_to_the_model(tmp_path):
     _img(tmp_path / "data" / "zebra" / "a.png")
     with pytest.raises(SuiteError, match=r"labels zebra do not map to the model's classes; give \[images\] classes"):
@@ -256,6 +260,7 @@ def test_labels_that_do_not_map_to_the_model(tmp_path):
         _records(_suite(tmp_path, 'folder = "data"\nclasses = "classes.txt"'))
 
 
+@pytest.mark.bad_input("datasets")
 def test_boxes_outside_the_image(tmp_path):
     _img(tmp_path / "a.png", 64, 32)
     (tmp_path / "m.csv").write_text("path,x0,y0,x1,y1\na.png,10,10,70,20\n")
@@ -263,6 +268,7 @@ def test_boxes_outside_the_image(tmp_path):
         _records(_suite(tmp_path, 'manifest = "m.csv"'))
 
 
+@pytest.mark.bad_input("datasets")
 def test_target_label_needs_labels(tmp_path):
     _img(tmp_path / "a.png")
     (tmp_path / "m.csv").write_text("path\na.png\n")
@@ -270,6 +276,7 @@ def test_target_label_needs_labels(tmp_path):
         _records(_suite(tmp_path, 'manifest = "m.csv"'), target="label")
 
 
+@pytest.mark.bad_input("datasets")
 def test_a_bad_dataset_fails_the_run_before_any_cell(tmp_path):
     _img(tmp_path / "data" / "zebra" / "a.png")
     out = tmp_path / "out"
@@ -315,6 +322,7 @@ def test_an_imagefolder_study_is_identical_on_local_and_ray(tmp_path):
     assert sorted(images.target.tolist()) == [0, 0, 1, 1, 2, 2]  # the labels, not the model's top-1
 
 
+@pytest.mark.bad_input("datasets")
 def test_a_bad_dataset_is_one_line_in_the_cli(tmp_path):
     from cnnlens.testing import one_line_error, run_cli
 

@@ -123,6 +123,7 @@ def test_resume_after_k_cells_gives_the_same_table(mini_suite, tmp_path):
     pd.testing.assert_frame_equal(bench.read_results(db), before)
 
 
+@pytest.mark.bad_input("engine")
 def test_other_suite_in_same_out_is_refused(mini_suite, tmp_path):
     out = tmp_path / "o"
     bench.run(mini_suite, out=out, progress=False, max_cells=1)
@@ -133,6 +134,7 @@ def test_other_suite_in_same_out_is_refused(mini_suite, tmp_path):
     assert len(bench.read_table(db, "cells")) == 1
 
 
+@pytest.mark.bad_input("engine")
 def test_read_helpers_refuse_non_studies(tmp_path):
     with pytest.raises(CnnlensError, match="does not exist"):
         bench.read_results(tmp_path / "nope.sqlite")

@@ -50,6 +50,7 @@ def _cells(db: Path) -> int:
         return 0
 
 
+@pytest.mark.bad_input("engine")
 @pytest.mark.parametrize("kind", ["cli", "module"])
 def test_sigkill_half_way_then_rerun(reference, tmp_path, kind):
     suite, full_db = reference

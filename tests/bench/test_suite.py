@@ -83,6 +83,7 @@ BAD = {
 }
 
 
+@pytest.mark.bad_input("engine")
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_suites_raise_suite_error(tmp_path, case):
     text, needle = BAD[case]
@@ -97,6 +98,7 @@ def test_unknown_suite_name():
         load_suite("smok")
 
 
+@pytest.mark.bad_input("engine")
 @pytest.mark.parametrize("case", ["malformed TOML", "unknown method", "unknown model", "unknown option"])
 def test_run_fails_before_any_work(tmp_path, case):
     """A bad suite fails in well under a second, and nothing is written."""

@@ -46,6 +46,7 @@ def counted(monkeypatch) -> dict[str, int]:
     return calls
 
 
+@pytest.mark.bad_input("cli")
 @pytest.mark.parametrize(("args", "words"), [
     (("--cmap", "not_a_cmap"), ("colormap", "not_a_cmap")),
     (("--alpha", "0.5", "--cmap", "jett"), ("jett",)),
@@ -67,12 +68,14 @@ def test_bad_options_fail_before_any_work(image, tmp_path, monkeypatch, counted,
     assert not (tmp_path / "grid.png").exists()
 
 
+@pytest.mark.bad_input("cli")
 def test_bad_method_option_fails_before_any_explanation(image, tmp_path, counted):
     one_line_error(run("explain", image, *TINY, "--size", "32", "-m", "gradcam,integrated_gradients", "-b", "captum",
                        "-o", "n_stepz=4", "--out", tmp_path / "g.png"), "n_stepz", "n_steps")
     assert counted["explain"] == 0
 
 
+@pytest.mark.bad_input("cli")
 @pytest.mark.parametrize("command", ["features", "filters", "serve"])
 def test_mps_on_a_machine_without_it(command, image, tmp_path, monkeypatch):
     import torch
