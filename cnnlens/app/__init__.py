@@ -2,7 +2,7 @@
 
 Decisions (issue 20):
 
-* **Framework: Gradio** (``pip install 'cnnlens[app]'``). It is what ML model demos are built with,
+* **Framework: Gradio** (``pip install -e '.[app]'``). It is what ML model demos are built with,
   so users know its widgets; it ships its whole front end inside the wheel (nothing fetched at run
   time), has per-session state, a request queue with progress and cancellation, and an upload size
   limit in the server. Streamlit reruns the whole script on each interaction, which would re-enter
@@ -49,9 +49,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from cnnlens.errors import CnnlensError
+from cnnlens.errors import CnnlensError, install_hint
 
-INSTALL = "pip install 'cnnlens[app]'"
+INSTALL = install_hint("app")
 
 
 class AppUnavailableError(CnnlensError, ImportError):

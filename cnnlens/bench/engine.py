@@ -767,7 +767,7 @@ def run(
         progress: Show one progress bar for the study (tqdm; drawn only when stderr is a terminal).
         max_cells: Stop after running this many new cells (the study stays resumable).
         engine: ``"local"`` (this process) or ``"ray"`` (long-lived Ray actors, each loading a
-            model once and running many cells; needs ``pip install 'cnnlens[ray]'``).
+            model once and running many cells; needs ``pip install -e '.[ray]'``).
         workers: Ray actors (default: one per CPU of the local Ray, or of the joined cluster).
         address: ``None`` starts a local Ray on this machine (loopback only) and stops it
             afterwards; ``"auto"`` or ``"ray://host:port"`` joins a running cluster.

@@ -29,7 +29,7 @@ def test_without_the_extra_exits_2_with_the_install_line(monkeypatch: pytest.Mon
     monkeypatch.setattr(webapp, "available", lambda: False)
     code, _, err = _run(["serve"], capsys)
     assert code == 2
-    assert "pip install 'cnnlens[app]'" in err and len(err.strip().splitlines()) == 1
+    assert "pip install -e '.[app]'" in err and len(err.strip().splitlines()) == 1
 
 
 def _fake_serve(calls: list[tuple[Any, ...]]) -> Any:

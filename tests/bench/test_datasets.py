@@ -300,7 +300,7 @@ def _has_ray() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_ray(), reason="Ray is not installed (pip install 'cnnlens[ray]')")
+@pytest.mark.skipif(not _has_ray(), reason="Ray is not installed (pip install -e '.[ray]')")
 def test_an_imagefolder_study_is_identical_on_local_and_ray(tmp_path):
     """A folder with VOC boxes, explained for its labels: the deterministic results of ``--engine local``
     and ``--engine ray --workers 2`` (records, boxes and targets travel to the actors) are identical."""
