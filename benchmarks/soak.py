@@ -1,9 +1,11 @@
 """Soak: many consecutive ``explain`` calls across every installed method and backend (issue 7, part 3).
 
 Runs on the tiny CNN (32x32 inputs, CPU) and checks, after every call, that no hook is left on the
-model; at the end it reports the resident memory growth and how many tensors still hold an autograd
-graph (``grad_fn``), or a toolkit object (pytorch-grad-cam CAMs with their stored activations,
-Captum attribution objects) is still alive.
+model and that the call left no toolkit object alive (pytorch-grad-cam CAMs with their stored
+activations, Captum attribution objects): only objects the soak itself created are counted, so
+leftovers of whatever ran earlier in the same process (other tests) cannot fail it, and a leak is
+charged to the (method, backend) pair whose call left it. At the end it reports the resident memory
+growth and how many tensors still hold an autograd graph (``grad_fn``).
 
 Usage::
 
@@ -23,6 +25,7 @@ import os
 import sys
 import time
 import warnings
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -55,6 +58,8 @@ class SoakResult:
     graph_tensors_after: int
     toolkit_objects_alive: int
     errors: list[str] = field(default_factory=list)
+    #: ``"method/backend" -> number of toolkit objects its calls left alive``; empty when none leaked.
+    leaks: dict[str, int] = field(default_factory=dict)
 
 
 def pairs() -> list[tuple[str, str]]:
@@ -75,9 +80,8 @@ def graph_tensors() -> int:
     return n
 
 
-def toolkit_objects() -> int:
-    """Live pytorch-grad-cam CAM objects and Captum attribution objects (each holds the model)."""
-    gc.collect()
+def toolkit_kinds() -> tuple[type, ...]:
+    """The toolkit classes whose instances hold the model: pytorch-grad-cam CAMs, Captum attributions."""
     kinds: list[type] = []
     try:
         from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
@@ -92,10 +96,17 @@ def toolkit_objects() -> int:
         kinds.append(Attribution)
     except ImportError:
         pass
+    return tuple(kinds)
+
+
+def toolkit_objects(known: weakref.WeakSet[Any] | None = None) -> list[Any]:
+    """Live toolkit objects (:func:`toolkit_kinds`), leaving out those in ``known``."""
+    kinds = toolkit_kinds()
     if not kinds:
-        return 0
-    kinds_t = tuple(kinds)
-    return sum(1 for o in gc.get_objects() if issubclass(type(o), kinds_t))
+        return []
+    gc.collect()
+    skip = known if known is not None else ()
+    return [o for o in gc.get_objects() if issubclass(type(o), kinds) and o not in skip]
 
 
 def one_call(model: torch.nn.Module, method: str, backend: str, i: int) -> None:
@@ -118,11 +129,24 @@ def run_soak(calls: int = 500, verbose: bool = False) -> SoakResult:
     todo = pairs()
     proc = psutil.Process()
     errors: list[str] = []
+    leaks: dict[str, int] = {}
+    known: weakref.WeakSet[Any] = weakref.WeakSet()
+    left: weakref.WeakSet[Any] = weakref.WeakSet()  # what the soak's own calls left alive
+
+    def charge(pair: str) -> None:
+        new = toolkit_objects(known)
+        if new:
+            leaks[pair] = leaks.get(pair, 0) + len(new)
+            known.update(new)  # charged once, to the call that left it
+            left.update(new)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for k, (m, b) in enumerate(todo):  # warm-up: imports, lazy tables, allocator pools
             one_call(model, m, b, k)
-        gc.collect()
+        # Toolkit objects alive now (earlier tests in the same process, first-call caches) are not
+        # the soak's leaks.
+        known.update(toolkit_objects())
         graphs_before = graph_tensors()
         rss0 = proc.memory_info().rss
         max_hooks = 0
@@ -133,6 +157,7 @@ def run_soak(calls: int = 500, verbose: bool = False) -> SoakResult:
                 one_call(model, m, b, i)
             except Exception as exc:  # report, keep soaking
                 errors.append(f"call {i} {m}/{b}: {type(exc).__name__}: {exc}")
+            charge(f"{m}/{b}")
             h = hook_count(model)
             max_hooks = max(max_hooks, h)
             if verbose and (i + 1) % 50 == 0:
@@ -152,8 +177,9 @@ def run_soak(calls: int = 500, verbose: bool = False) -> SoakResult:
         hooks_left=hook_count(model),
         graph_tensors_before=graphs_before,
         graph_tensors_after=graph_tensors(),
-        toolkit_objects_alive=toolkit_objects(),
+        toolkit_objects_alive=(gc.collect(), len(left))[1],
         errors=errors,
+        leaks=leaks,
     )
 
 
@@ -169,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RSS growth:            {r.rss_growth_mb:+.1f} MB (limit {args.max_growth_mb:.0f} MB)")
     print(f"hooks left:            {r.hooks_left} (max seen after any call: {r.max_hooks_seen})")
     print(f"live graph tensors:    {r.graph_tensors_after} (before: {r.graph_tensors_before})")
-    print(f"toolkit objects alive: {r.toolkit_objects_alive}")
+    print(f"toolkit objects alive: {r.toolkit_objects_alive} (left by the soak's calls)")
+    for pair, n in r.leaks.items():
+        print(f"  {pair}: left {n} toolkit object(s) alive after its call")
     print(f"errors:                {len(r.errors)}")
     for e in r.errors[:10]:
         print("  " + e)
@@ -177,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as fh:
             json.dump(asdict(r) | {"torch": torch.__version__, "cnnlens": cnnlens.__version__}, fh, indent=1)
     ok = (r.hooks_left == 0 and r.max_hooks_seen == 0 and r.rss_growth_mb < args.max_growth_mb
-          and r.graph_tensors_after <= r.graph_tensors_before and r.toolkit_objects_alive == 0 and not r.errors)
+          and r.graph_tensors_after <= r.graph_tensors_before and r.toolkit_objects_alive == 0 and not r.leaks and not r.errors)
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

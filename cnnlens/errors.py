@@ -90,3 +90,12 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
         # substring matches help for dotted layer names ("layer4" -> "layer4.1")
         hits = [c for c in pool if name and (name in c or c in name)][:n]
     return ", ".join(hits)
+
+
+def install_hint(extra: str | None = None) -> str:
+    """The one install line cnnlens gives: from its checkout, with the extra that pins the package.
+
+    cnnlens is installed from its checkout (it is not on PyPI), and an extra carries cnnlens's version
+    cap on the toolkit (``torchcam>=0.5,<0.6``), which installing the bare package would skip.
+    """
+    return f"pip install -e '.[{extra}]' in the cnnlens checkout" if extra else "pip install -e . in the cnnlens checkout"

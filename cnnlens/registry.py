@@ -22,6 +22,7 @@ from cnnlens.errors import (
     UnknownMethodError,
     UnsupportedMethodError,
     close_matches,
+    install_hint,
 )
 
 Kind = Literal["cam", "pixel"]
@@ -29,12 +30,19 @@ Kind = Literal["cam", "pixel"]
 
 @dataclass(frozen=True)
 class Backend:
-    """A wrapped toolkit: its id, the module that proves it is installed, and its pip name."""
+    """A wrapped toolkit: its id, the module that proves it is installed, its pip name, and the
+    cnnlens extra that installs it (``None``: a core dependency)."""
 
     id: str
     module: str
     pip: str
     homepage: str
+    extra: str | None = None
+
+    @property
+    def install(self) -> str:
+        """How to install it: cnnlens's extra, which carries cnnlens's version cap on the toolkit."""
+        return install_hint(self.extra)
 
     @property
     def installed(self) -> bool:
@@ -44,7 +52,7 @@ class Backend:
         if not self.installed:
             raise BackendUnavailableError(
                 f"backend '{self.id}' needs the package '{self.pip}', which is not installed; "
-                f"install it with: pip install '{self.pip}'"
+                f"install it with: {self.install}"
             )
 
 
@@ -54,8 +62,8 @@ BACKENDS: dict[str, Backend] = {
         Backend("pytorch-grad-cam", "pytorch_grad_cam", "grad-cam", "https://github.com/jacobgil/pytorch-grad-cam"),
         Backend("captum", "captum", "captum", "https://captum.ai"),
         Backend("flashtorch", "flashtorch", "flashtorch", "https://github.com/MisaOgura/flashtorch"),
-        Backend("torchcam", "torchcam", "torchcam", "https://github.com/frgfm/torch-cam"),
-        Backend("zennit", "zennit", "zennit", "https://github.com/chr-peters/zennit"),
+        Backend("torchcam", "torchcam", "torchcam", "https://github.com/frgfm/torch-cam", extra="torchcam"),
+        Backend("zennit", "zennit", "zennit", "https://github.com/chr-peters/zennit", extra="zennit"),
     )
 }
 

@@ -18,3 +18,15 @@ def test_ruff_is_clean():
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise",
                            "cnnlens", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_one_install_form_everywhere():
+    """cnnlens is installed from its checkout: every install line says ``pip install -e '.[extra]'``
+    (``pip install 'cnnlens[...]'`` fails, cnnlens is not on PyPI; a bare toolkit skips the version cap)."""
+    import re
+
+    bad = re.compile(r"pip install '?cnnlens\[|pip install '?(torchcam|zennit|ray|gradio)\b")
+    hits = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+            for p in [ROOT / "README.md", *sorted((ROOT / "cnnlens").rglob("*.py")), *sorted((ROOT / "docs").rglob("*.md"))]
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if bad.search(line)]
+    assert not hits, "\n".join(hits)

@@ -134,3 +134,20 @@ def test_the_readme_methods_table_is_the_registry():
     from cnnlens.registry import markdown_table
 
     assert markdown_table() in readme
+
+
+@pytest.mark.bad_input("api")
+@pytest.mark.parametrize("backend,hint", [("torchcam", "pip install -e '.[torchcam]'"),
+                                          ("zennit", "pip install -e '.[zennit]'"),
+                                          ("captum", "pip install -e . in the cnnlens checkout")])
+def test_a_missing_toolkit_names_the_install_that_keeps_cnnlens_version_cap(backend, hint) -> None:
+    """The install line is the checkout's extra (which carries the version cap), not a bare package."""
+    import dataclasses
+
+    from cnnlens import registry
+    from cnnlens.errors import BackendUnavailableError
+
+    missing = dataclasses.replace(registry.BACKENDS[backend], module="cnnlens_no_such_module")
+    with pytest.raises(BackendUnavailableError) as info:
+        missing.require()
+    assert hint in str(info.value) and f"pip install '{registry.BACKENDS[backend].pip}'" not in str(info.value)

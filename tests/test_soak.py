@@ -38,7 +38,41 @@ def test_soak_small() -> None:
     assert r.max_hooks_seen == 0 and r.hooks_left == 0
     assert r.rss_growth_mb < 50, f"RSS grew by {r.rss_growth_mb} MB over {r.calls} calls"
     assert r.graph_tensors_after <= r.graph_tensors_before, (r.graph_tensors_before, r.graph_tensors_after)
+    assert not r.leaks, f"toolkit objects left alive, by pair: {r.leaks}"
     assert r.toolkit_objects_alive == 0
+
+
+def test_soak_counts_only_what_it_created() -> None:
+    """A toolkit object left alive by an earlier test in the same process is not the soak's leak."""
+    pytest.importorskip("psutil")
+    from captum.attr import Saliency
+
+    soak = _soak_module()
+    leftover = Saliency(tiny_cnn())  # what an earlier test could leave behind
+    r = soak.run_soak(calls=3)
+    assert r.toolkit_objects_alive == 0 and not r.leaks, r.leaks
+    del leftover
+
+
+def test_soak_names_the_pair_that_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that leaves a toolkit object alive is charged to its (method, backend) pair."""
+    pytest.importorskip("psutil")
+    from captum.attr import Saliency
+
+    soak = _soak_module()
+    kept: list[object] = []
+    real = soak.one_call
+    leaky = soak.pairs()[1]
+
+    def one_call(model, method, backend, i):
+        real(model, method, backend, i)
+        if (method, backend) == leaky and i >= len(soak.pairs()):  # after the warm-up pass
+            kept.append(Saliency(model))
+
+    monkeypatch.setattr(soak, "one_call", one_call)
+    r = soak.run_soak(calls=len(soak.pairs()) + 2)
+    assert r.leaks == {f"{leaky[0]}/{leaky[1]}": 1}
+    assert r.toolkit_objects_alive == 1
 
 
 def test_graph_detector_sees_a_kept_graph() -> None:

@@ -2,7 +2,7 @@
 
 Decisions (issue 20):
 
-* **Framework: Gradio** (``pip install 'cnnlens[app]'``). It is what ML model demos are built with,
+* **Framework: Gradio** (``pip install -e '.[app]'``). It is what ML model demos are built with,
   so users know its widgets; it ships its whole front end inside the wheel (nothing fetched at run
   time), has per-session state, a request queue with progress and cancellation, and an upload size
   limit in the server. Streamlit reruns the whole script on each interaction, which would re-enter
@@ -13,12 +13,15 @@ Decisions (issue 20):
   node server, no PWA, no MCP server, no footer links. The browser test records every request the
   page makes and requires that all go to the local server.
 * **Long requests**: one Explain click runs the chosen (method, backend) cells one call at a time
-  and streams the grid after each one (progress "k/n done"); Cancel stops the run between calls
-  (a toolkit call already running finishes: interrupting it is what the model guard survives, not
-  what it should be asked to do). A run has at most 24 cells.
-* **Concurrency**: every call that runs the model holds the workbench's lock, so sessions and double
-  clicks are serialised per model (in addition to whatever the core guard does); each session's
-  photo and results live in its own ``gr.State``, so results never mix between sessions.
+  and streams the grid after each one (progress "k/n done"). A run has at most 24 cells, the options
+  that set a call's work are bounded (:data:`cnnlens.app.workbench.LIMITS`, shown on the page), and
+  a request stops at its time budget (``--time-budget``, 60 s by default) or on Cancel: a forward
+  pre-hook on the model raises at the next forward pass, so even a long toolkit call ends within
+  one forward pass, and the model guard restores the model as after any toolkit failure.
+* **Concurrency**: explanations take turns on the model (one Gradio concurrency group of one, and the
+  workbench's lock); decoding a photo and its top-5 run in a group of their own on a private copy of
+  the model, so they never wait behind an explanation. Each session's photo and results live in its
+  own ``gr.State``, so results never mix between sessions.
 * **Uploads**: the server refuses bodies above 20 MB (Gradio's ``max_file_size``); the upload is a
   plain file, not decoded by Gradio: :func:`cnnlens.load_images` decodes it, and refuses an image
   above its pixel limit from the header, before decoding (a 20000x20000 PNG never allocates).
@@ -29,6 +32,12 @@ Decisions (issue 20):
   (:class:`cnnlens.Explainer`, :mod:`cnnlens.bench.metrics`, :mod:`cnnlens.predict`,
   :mod:`cnnlens.layer_list`, :mod:`cnnlens.signs`, :mod:`cnnlens.bench.browse`).
 * **Host**: 127.0.0.1 by default; another ``--host`` prints a warning that there is no authentication.
+  Every request passes :class:`cnnlens.app.server.HostGuard` first: a ``Host`` that is not a name the
+  app listens on (DNS rebinding) gets 400, an ``Origin`` other than the app's own 403, neither with
+  CORS headers.
+* **Studies**: the Study tab opens only the study given at start and those under the folder given at
+  start (:mod:`cnnlens.app.studies`); any other name gets one message, whether or not the file exists.
+  Errors on the page have server paths cut to their last part.
 
 Importing ``cnnlens.app`` does not import Gradio; :func:`serve` does, and raises
 :class:`AppUnavailableError` with the install line when it is missing.
@@ -40,9 +49,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from cnnlens.errors import CnnlensError
+from cnnlens.errors import CnnlensError, install_hint
 
-INSTALL = "pip install 'cnnlens[app]'"
+INSTALL = install_hint("app")
 
 
 class AppUnavailableError(CnnlensError, ImportError):

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,15 +20,67 @@ from typing import Any
 import numpy as np
 
 from cnnlens.app import workbench as W
+from cnnlens.app.studies import Studies
 from cnnlens.errors import CnnlensError, InputError, OptionError
 
 SIGNS = ("positive", "absolute", "negative", "all")
 AUTO = "auto"
+#: How the photo becomes the model's input (:func:`cnnlens.load_images`'s ``fit``), as shown on the page.
+FITS = (("Whole photo, resized to the model's square input (squeezed)", "whole"),
+        ("Centre crop: shorter side resized, the middle cut out (torchvision's preset)", "crop"))
+
+#: An absolute path (POSIX, or a Windows drive or share) inside a message.
+_PATH = re.compile(r"""(?<![\w.:/])(?:[A-Za-z]:[\\/]|\\\\|/)[^\s'"`:;,()<>|]+""")
+
+
+def redact(text: str) -> str:
+    """``text`` with every absolute path cut to its last part: the page never shows where the server
+    keeps files (uploads, studies, the package)."""
+    return _PATH.sub(lambda m: re.split(r"[\\/]", m.group(0).rstrip("/\\"))[-1] or "…", text)
 
 
 def _fail(exc: BaseException) -> str:
     text = str(exc) if isinstance(exc, CnnlensError) else f"{type(exc).__name__}: {exc}"
-    return f"**Error:** {text}"
+    return f"**Error:** {redact(text)}"
+
+
+def input_label(fit: str, side: int | None = None) -> str:
+    """The label of the model-input picture: what was done to the photo."""
+    size = f" {side}x{side}" if side else ""
+    if fit == "crop":
+        return f"Model input (shorter side resized, centre-cropped to{size or ' a square'})"
+    return f"Model input (the whole photo resized to{size or ' a square'}, not cropped)"
+
+
+class Runs:
+    """The :class:`~cnnlens.app.workbench.Stop` of each session's running Explain request, so Cancel
+    (a separate request) can stop it; a new run of a session stops the one it replaces."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stops: dict[str, W.Stop] = {}
+
+    def start(self, session: str, budget: float | None) -> W.Stop:
+        stop = W.Stop(budget)
+        with self._lock:
+            old = self._stops.get(session)
+            self._stops[session] = stop
+        if old is not None:
+            old.cancelled.set()
+        return stop
+
+    def cancel(self, session: str) -> bool:
+        with self._lock:
+            stop = self._stops.get(session)
+        if stop is None:
+            return False
+        stop.cancelled.set()
+        return True
+
+    def finish(self, session: str, stop: W.Stop) -> None:
+        with self._lock:
+            if self._stops.get(session) is stop:
+                del self._stops[session]
 
 
 def _guarded(n_out: int, status_index: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -92,9 +146,17 @@ def chosen_pairs(wb: W.Workbench, methods: list[str], backends: list[str]) -> li
     return [(m, b) for m in methods or [] for b in have.get(m, []) if b in (backends or [])]
 
 
-def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Path | None = None) -> Any:
-    """The app as a ``gradio.Blocks`` (not launched)."""
+def build(wb: W.Workbench, study: str | Path | Studies | None = None, export_dir: str | Path | None = None) -> Any:
+    """The app as a ``gradio.Blocks`` (not launched).
+
+    Args:
+        study: The studies the Study tab may open (:class:`~cnnlens.app.studies.Studies`), or one
+            study database.
+    """
     import gradio as gr
+
+    studies = study if isinstance(study, Studies) else Studies(study)
+    runs = Runs()
 
     export_root = Path(export_dir) if export_dir is not None else Path(tempfile.mkdtemp(prefix="cnnlens-app-"))
     pairs = wb.pairs()
@@ -114,8 +176,9 @@ def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Pa
                 with gr.Column(scale=1):
                     upload = gr.File(label="Upload an image (max 20 MB)", file_count="single", elem_id="upload")
                     demo_pick = gr.Dropdown(list(DEMO), value=None, label="…or a demo photo", elem_id="demo")
-                    shown = gr.Image(label="Model input (resized, centre-cropped)", interactive=False,
-                                     elem_id="photo", height=224)
+                    fit = gr.Radio(FITS, value="whole", label="How the photo becomes the model's input",
+                                   elem_id="fit")
+                    shown = gr.Image(label=input_label("whole"), interactive=False, elem_id="photo", height=224)
                     top5 = gr.Dataframe(headers=["class", "index", "probability"], label="Top-5",
                                         interactive=False, elem_id="top5")
                 with gr.Column(scale=1):
@@ -130,6 +193,9 @@ def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Pa
                     options = gr.Code(_default_options(wb, ["gradcam"], backends), language="json",
                                       label="Options per method (defaults; stochastic methods take a seed)",
                                       elem_id="options")
+                    budget = f"; each Explain stops after {wb.time_budget:g} s" if wb.time_budget else ""
+                    gr.Markdown(f"<small>Bounds in this app: {W.limits_text()}; at most {W.MAX_CELLS} "
+                                f"calls per run{budget}.</small>", elem_id="limits")
                     with gr.Row():
                         sign = gr.Radio(list(SIGNS), value="positive", label="Sign", elem_id="sign")
                         faith = gr.Checkbox(False, label="Quick faithfulness check (8-step deletion/insertion AUC)",
@@ -153,23 +219,31 @@ def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Pa
             top = wb.top5(photo)
             choices = _target_choices(wb, top)
             table = [[c.label, c.index, round(c.probability, 4)] for c in top]
-            return (photo, photo.display, table, gr.update(choices=choices, value=choices[0][1]),
+            picture = gr.update(value=photo.display, label=input_label(photo.fit, int(photo.x.shape[-1])))
+            return (photo, picture, table, gr.update(choices=choices, value=choices[0][1]),
                     f"Loaded **{photo.name}**; predicted: {top[0].label} ({top[0].probability:.3f}).")
 
         photo_outs = [photo_state, shown, top5, target, status]
 
         @_guarded(5, 4)
-        def on_upload(path: str | None) -> tuple[Any, ...]:
+        def on_upload(path: str | None, how: str) -> tuple[Any, ...]:
             if not path:
                 return tuple(gr.update() for _ in range(5))
             name = Path(path).stem
-            return show_photo(wb.load(path, name))
+            return show_photo(wb.load(path, name, how or "whole"))
 
         @_guarded(5, 4)
-        def on_demo(name: str | None) -> tuple[Any, ...]:
+        def on_demo(name: str | None, how: str) -> tuple[Any, ...]:
             if not name:
                 return tuple(gr.update() for _ in range(5))
-            return show_photo(wb.demo(name))
+            return show_photo(wb.demo(name, how or "whole"))
+
+        @_guarded(5, 4)
+        def on_fit(photo: W.Photo | None, how: str) -> tuple[Any, ...]:
+            if photo is None or not photo.source:
+                return (gr.update(), gr.update(label=input_label(how or "whole")), gr.update(), gr.update(),
+                        gr.update())
+            return show_photo(wb.load(photo.source, photo.name, how or "whole"))
 
         @_guarded(2, 1)
         def on_search(text: str) -> tuple[Any, ...]:
@@ -183,7 +257,10 @@ def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Pa
             return _default_options(wb, ms, bs)
 
         def on_run(photo: W.Photo | None, tgt: Any, ms: list[str], bs: list[str], lay: str, opts: str, sg: str,
-                   fq: bool) -> Any:
+                   fq: bool, request: gr.Request) -> Any:
+            session = getattr(request, "session_hash", None) or ""
+            stop = runs.start(session, wb.time_budget)
+            done = 0
             try:
                 if photo is None:
                     raise InputError("no image yet: upload one or pick a demo photo first")
@@ -193,17 +270,34 @@ def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Pa
                 t = int(tgt) if tgt is not None else wb.top5(photo)[0].index
                 use_layer = None if not lay or lay == AUTO else lay
                 parsed = _parse_options(opts)
-                for done, total, g in wb.run(photo, t, todo, use_layer, parsed, sg, bool(fq)):
+                for done, total, g in wb.run(photo, t, todo, use_layer, parsed, sg, bool(fq), stop=stop):
                     fails = [c for c in g.cells if not c.ok]
                     head = f"{done}/{total} done" if done < total else f"Done: {total} call(s)"
                     msg = f"{head} · target {g.target_label} ({g.target}) · layer {g.layer or '-'}"
                     if fails:
-                        msg += "".join(f"\n\n**Error** in {c.method} · {c.backend}: {c.error}" for c in fails)
+                        msg += "".join(f"\n\n**Error** in {c.method} · {c.backend}: {redact(c.error or '')}"
+                                       for c in fails)
                     notes = [(c, w) for c in g.cells if c.ok for w in c.explanation.warnings]
-                    msg += "".join(f"\n\nNote ({c.method} · {c.backend}): {w}" for c, w in notes)
+                    msg += "".join(f"\n\nNote ({c.method} · {c.backend}): {redact(w)}" for c, w in notes)
                     yield (g, W.overlays(g), _colour_scale(sg), _table(W.agreement(g)), _table(W.timings(g)), msg)
+            except W.RunStopped as exc:
+                what = "Cancelled" if str(exc) == "cancelled" else f"**Stopped:** {str(exc).removeprefix('stopped: ')}"
+                yield (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(),
+                       f"{what} after {done} finished call(s); the grid shows those. Choose fewer methods or "
+                       "smaller options for a shorter run.")
             except Exception as exc:
                 yield (gr.update(), gr.update(), gr.update(), gr.update(), gr.update(), _fail(exc))
+            finally:
+                runs.finish(session, stop)
+
+        def on_cancel(request: gr.Request) -> str:
+            runs.cancel(getattr(request, "session_hash", None) or "")
+            return "Cancelled (a call that is running stops at its next forward pass)."
+
+        # Gradio finds the request parameter by its type hint; this module's hints are strings and
+        # Gradio is imported here only, so the hint is given as the class itself.
+        for fn in (on_run, on_cancel):
+            fn.__annotations__ = {"request": gr.Request}
 
         @_guarded(2, 1)
         def on_export(g: W.Grid | None) -> tuple[Any, ...]:
@@ -212,19 +306,22 @@ def build(wb: W.Workbench, study: str | Path | None = None, export_dir: str | Pa
             path = W.export_zip(g, export_root)
             return str(path), f"Exported {path.name}."
 
-        upload.upload(on_upload, upload, photo_outs, api_name="upload")
-        demo_pick.input(on_demo, demo_pick, photo_outs)
-        search.submit(on_search, search, [target, status])
+        # Light requests (decoding a photo, its top-5 on the workbench's own copy of the model) have a
+        # queue of their own, so they never wait behind an explanation; explanations take turns.
+        light: dict[str, Any] = {"concurrency_id": "light", "concurrency_limit": 4}
+        upload.upload(on_upload, [upload, fit], photo_outs, api_name="upload", **light)
+        demo_pick.input(on_demo, [demo_pick, fit], photo_outs, api_name="demo_photo", **light)
+        fit.input(on_fit, [photo_state, fit], photo_outs, api_name="fit", **light)
+        search.submit(on_search, search, [target, status], api_name="search", **light)
         methods.change(on_methods, [methods, backs], options)
         backs.change(on_methods, [methods, backs], options)
         run_evt = run.click(on_run, [photo_state, target, methods, backs, layer, options, sign, faith],
-                            [grid_state, grid, scale, agree, times, status], concurrency_limit=4,
-                            api_name="explain")
-        cancel.click(lambda: "Cancelled (a call already running finishes first).", None, status,
-                     cancels=[run_evt])
+                            [grid_state, grid, scale, agree, times, status], concurrency_id="model",
+                            concurrency_limit=1, api_name="explain")
+        cancel.click(on_cancel, None, status, cancels=[run_evt], api_name="cancel", **light)
         export.click(on_export, grid_state, [zipped, status])
 
-        _study_tab(gr, study)
+        _study_tab(gr, demo, studies)
     return demo
 
 
@@ -246,21 +343,25 @@ def _table(rows: list[dict[str, Any]]) -> Any:
 # -------------------------------------------------------------------- the study browser
 
 
-def _study_tab(gr: Any, study: str | Path | None) -> None:
+def _study_tab(gr: Any, demo: Any, studies: Studies) -> None:
     from cnnlens.bench.browse import StudyView
 
     with gr.Tab("Study", elem_id="tab-study"):
         view_state = gr.State(None)
         with gr.Row():
-            path = gr.Textbox(str(study) if study else "", label="Study database (written by `cnnlens bench`)",
-                              elem_id="study-path", scale=4)
+            # A custom value reaches the handler, which refuses every name it was not given.
+            path = gr.Dropdown(studies.names(), value=studies.default, allow_custom_value=True,
+                               label="Study (those given to `cnnlens serve --study DB` / `--studies DIR`)",
+                               elem_id="study-path", scale=4)
             open_btn = gr.Button("Open", elem_id="study-open", scale=1)
         with gr.Row():
             f_models = gr.CheckboxGroup([], label="Models", elem_id="f-models")
             f_methods = gr.CheckboxGroup([], label="Methods", elem_id="f-methods")
             f_backends = gr.CheckboxGroup([], label="Backends", elem_id="f-backends")
             f_metric = gr.Dropdown([], label="Metric (summary table)", elem_id="f-metric")
-        s_status = gr.Markdown("Open a study database." if not study else "", elem_id="study-status")
+        hint = ("Choose a study and click Open." if studies else
+                "No study was given: start the app with `cnnlens serve --study DB` or `--studies DIR`.")
+        s_status = gr.Markdown("" if studies.default else hint, elem_id="study-status")
         s_agree = gr.Dataframe(label="Agreement between backends (mean over images)", interactive=False,
                                elem_id="study-agreement")
         s_grid = gr.Gallery(label="Image x method: the stored maps", columns=6, height="auto",
@@ -287,11 +388,11 @@ def _study_tab(gr: Any, study: str | Path | None) -> None:
                     _curves_png(v, flt),
                     v.speed(**flt).round(5), v.summary(**flt, metric=metric or None).round(4))
 
-        def on_open(p: str) -> tuple[Any, ...]:
+        def on_open(p: str | None) -> tuple[Any, ...]:
             try:
                 if not p or not p.strip():
-                    raise InputError("give the path of a study database (`cnnlens bench --out DIR` writes DIR/<name>.sqlite)")
-                v = StudyView(p.strip())
+                    raise InputError("choose a study from the list first")
+                v = StudyView(studies.resolve(p))
                 out = list(render(v, [], [], [], None))
                 methods = sorted({m for m, _ in v.pairs()})
                 backends = sorted({b for _, b in v.pairs()})
@@ -315,8 +416,18 @@ def _study_tab(gr: Any, study: str | Path | None) -> None:
                 res[5] = _fail(exc)
                 return tuple(res)
 
-        open_btn.click(on_open, path, outs)
-        path.submit(on_open, path, outs)
+        def on_load() -> tuple[Any, ...]:
+            names = studies.names()
+            default = studies.default if studies.default in names else None
+            choices = gr.update(choices=names, value=default)
+            if default is None:
+                return (choices, *[gr.update() for _ in outs])
+            return (choices, *on_open(default))
+
+        open_btn.click(on_open, path, outs, api_name="study_open")
+        path.input(on_open, path, outs)
+        # The study given on the command line is open when the page appears; a folder is listed afresh.
+        demo.load(on_load, None, [path, *outs])
         for w in (f_models, f_methods, f_backends, f_metric):
             w.input(on_filter, [view_state, f_models, f_methods, f_backends, f_metric], outs)
 

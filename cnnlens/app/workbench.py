@@ -7,6 +7,7 @@ and packs the results for display and export.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import threading
@@ -28,6 +29,78 @@ MAX_UPLOAD = "20mb"
 QUICK_STEPS = 8
 #: At most this many (method, backend) cells per grid: a guard against a request that runs for hours.
 MAX_CELLS = 24
+#: Seconds one Explain request may run (every call and the faithfulness check together) by default.
+TIME_BUDGET = 60.0
+
+#: The app's bounds on the options that set how much work a call does, as ``(lowest, highest)`` for
+#: each integer (or each side of a window): the library accepts any positive value, a page shared by
+#: several people does not. Counts of samples, steps and scales cap the forward passes; batch sizes
+#: cap memory; superpixel and occlusion strides have a floor because the work grows with the square
+#: of the number of patches.
+LIMITS: dict[str, tuple[int, int]] = {
+    "n_steps": (1, 64),
+    "nt_samples": (1, 32),
+    "n_samples": (1, 256),
+    "num_samples": (1, 64),
+    "n_baselines": (1, 16),
+    "num_scales": (1, 16),
+    "num_references": (1, 10),
+    "internal_batch_size": (1, 64),
+    "nt_samples_batch_size": (1, 64),
+    "batch_size": (1, 64),
+    "perturbations_per_eval": (1, 64),
+    "feature_grid": (8, 224),
+    "sliding_window": (1, 224),
+    "strides": (4, 224),
+}
+
+
+def limits_text() -> str:
+    """The bounds as one line for the page."""
+    return "; ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in LIMITS.items())
+
+
+def check_limits(method: str, options: Mapping[str, Any]) -> None:
+    """Refuse an option outside :data:`LIMITS` with one message naming it and its range (a value
+    below 1, or not a number, is left to the library, whose message says what the option takes)."""
+    from cnnlens.errors import OptionError
+
+    for key, value in options.items():
+        if key not in LIMITS or value is None:
+            continue
+        lo, hi = LIMITS[key]
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 and not lo <= v <= hi:
+                raise OptionError(f"{method} option {key}={value!r} is outside what this app runs: "
+                                  f"use {lo}..{hi} (the library itself takes larger values)")
+
+
+class RunStopped(CnnlensError):
+    """An Explain request stopped by its time budget or by Cancel (raised inside the model's forward
+    pass, so a long toolkit call ends at its next forward pass; the model guard restores the model)."""
+
+
+class Stop:
+    """When a request must stop: a deadline and a cancel flag, checked before each forward pass."""
+
+    def __init__(self, budget: float | None) -> None:
+        self.budget = budget
+        self.deadline = None if budget is None else time.monotonic() + budget
+        self.cancelled = threading.Event()
+
+    @property
+    def reason(self) -> str | None:
+        if self.cancelled.is_set():
+            return "cancelled"
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return f"stopped: the request passed its time budget of {self.budget:g} s"
+        return None
+
+    def check(self) -> None:
+        why = self.reason
+        if why:
+            raise RunStopped(why)
 
 
 @dataclass(frozen=True)
@@ -37,6 +110,8 @@ class Photo:
     name: str
     x: Tensor
     display: np.ndarray  # (H, W, 3) uint8, after resize and crop: what the maps are drawn on
+    source: str = ""  # the file it was read from (to read it again with another fit)
+    fit: str = "whole"  # how it became the model's input (:func:`cnnlens.load_images`)
 
 
 @dataclass
@@ -77,6 +152,15 @@ def _first_tensor(batch: Any) -> Tensor:
     raise CnnlensError(f"cnnlens.load_images returned {type(batch).__name__}, which holds no tensor the app knows")
 
 
+def _stop_hook(model: nn.Module, stop: Stop) -> Any:
+    """A forward pre-hook that raises :class:`RunStopped` when ``stop`` says so (None for a model that
+    takes no hooks, such as TorchScript: it is then stopped between calls only)."""
+    try:
+        return model.register_forward_pre_hook(lambda *_: stop.check())
+    except Exception:
+        return None
+
+
 class Workbench:
     """One model served to every session of the app.
 
@@ -85,15 +169,24 @@ class Workbench:
         name: How the page names it.
 
     Calls that run the model hold :attr:`lock`, so two sessions (or a double click) never run on
-    the model at the same time; the guard in the core restores the model after each call.
+    the model at the same time; the guard in the core restores the model after each call. Top-5
+    predictions (light, asked for on every upload) run on a private copy of the model under their own
+    lock, so they never wait for an explanation that is running; a model that cannot be copied falls
+    back to the shared lock.
     """
 
-    def __init__(self, model: nn.Module, name: str) -> None:
+    def __init__(self, model: nn.Module, name: str, time_budget: float | None = TIME_BUDGET) -> None:
         self.model = model
         self.name = name
+        self.time_budget = time_budget
         self.lock = threading.Lock()
         self.categories: list[str] | None = getattr(model, "cnnlens_categories", None)
         self._layers: tuple[list[Any], str | None] | None = None
+        try:
+            self._light: nn.Module = copy.deepcopy(model)
+            self._light_lock = threading.Lock()
+        except Exception:  # a model holding something deepcopy cannot copy: share the model and its lock
+            self._light, self._light_lock = model, self.lock
 
     # ---------------------------------------------------------------- model facts
     def layers(self) -> tuple[list[Any], str | None]:
@@ -132,29 +225,29 @@ class Workbench:
         return dict(row.options) if row is not None else {}
 
     # ---------------------------------------------------------------- inputs
-    def load(self, path: str | Path, name: str | None = None) -> Photo:
+    def load(self, path: str | Path, name: str | None = None, fit: str = "whole") -> Photo:
         """Decode and preprocess one image file (bounded decode: the library refuses huge images
-        before decoding them)."""
+        before decoding them); ``fit`` as in :func:`cnnlens.load_images`."""
         import cnnlens
         from cnnlens.images import denormalize
 
-        batch = cnnlens.load_images(str(path), self.model)
+        batch = cnnlens.load_images(str(path), self.model, fit=fit)
         x = _first_tensor(batch)[:1]
         shown = (denormalize(x, self.model)[0].permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
-        return Photo(name or Path(path).stem, x, shown)
+        return Photo(name or Path(path).stem, x, shown, str(path), fit)
 
-    def demo(self, name: str) -> Photo:
+    def demo(self, name: str, fit: str = "whole") -> Photo:
         from cnnlens.images import DEMO, demo_paths
 
         if name not in DEMO:
             raise InputError(f"unknown demo photo '{name}'; available: {', '.join(DEMO)}")
-        return self.load(demo_paths([name])[0], name)
+        return self.load(demo_paths([name])[0], name, fit)
 
     def top5(self, photo: Photo) -> list[Any]:
         from cnnlens.predict import top_classes
 
-        with self.lock:
-            return top_classes(self.model, photo.x, 5, self.categories)[0]
+        with self._light_lock:
+            return top_classes(self._light, photo.x, 5, self.categories)[0]
 
     def search_classes(self, text: str, limit: int = 20) -> list[tuple[int, str]]:
         """Classes whose name contains ``text`` (case-insensitive); an unknown name raises
@@ -188,16 +281,18 @@ class Workbench:
         options: Mapping[str, Mapping[str, Any]] | None = None,
         sign: str = "positive",
         faithfulness: bool = False,
+        stop: Stop | None = None,
     ) -> Iterator[tuple[int, int, Grid]]:
         """Explain ``photo`` for ``target`` with every pair, one call at a time.
 
-        Yields ``(done, total, grid)`` after each call, so a caller can show progress and stop
-        between calls (a call that has started runs to its end: interrupting a toolkit mid-call
-        is what the model guard protects against, not something to do on purpose).
+        Yields ``(done, total, grid)`` after each call, so a caller can show progress. The request
+        stops (:class:`RunStopped`) when ``stop`` says so: at its deadline (default: a new
+        :class:`Stop` with :attr:`time_budget`) or when cancelled; a call that is running then ends at
+        its next forward pass of the model, and the model guard restores the model.
 
         Args:
             options: Per method, the options given to its Explainer (the same for each backend,
-                restricted to those the backend accepts).
+                restricted to those the backend accepts), within :data:`LIMITS`.
             faithfulness: Also compute the deletion and insertion AUC of each map (few steps).
         """
         import cnnlens
@@ -206,26 +301,35 @@ class Workbench:
             raise InputError("choose at least one method and one backend that implements it")
         if len(pairs) > MAX_CELLS:
             raise InputError(f"{len(pairs)} method x backend cells asked for; at most {MAX_CELLS} per run")
-        grid = Grid(photo, int(target), self.label(int(target)), None, sign)
         opts = options or {}
+        stop = stop if stop is not None else Stop(self.time_budget)
+        grid = Grid(photo, int(target), self.label(int(target)), None, sign)
         for k, (method, backend) in enumerate(pairs):
+            stop.check()
             cell = Cell(method, backend)
             try:
                 row = self.info(method, backend)
                 accepted = dict(row.options) if row is not None else {}
                 given = {o: v for o, v in opts.get(method, {}).items() if o in accepted}
+                check_limits(method, given)
                 use_layer = layer if row is not None and row.needs_layer and method != "fullgrad" else None
                 with self.lock:
-                    ex = cnnlens.Explainer(self.model, method, backend=backend, layer=use_layer, **given)
-                    cell.explanation = ex.explain(photo.x, target=int(target))
-                    if faithfulness:
-                        cell.faithfulness = self._faithfulness(photo, cell.explanation, int(target))
+                    stop.check()
+                    hook = _stop_hook(self.model, stop)
+                    try:
+                        ex = cnnlens.Explainer(self.model, method, backend=backend, layer=use_layer, **given)
+                        cell.explanation = ex.explain(photo.x, target=int(target))
+                        if faithfulness:
+                            cell.faithfulness = self._faithfulness(photo, cell.explanation, int(target))
+                    finally:
+                        if hook is not None:
+                            hook.remove()
                 if cell.explanation.layer and grid.layer is None:
                     grid.layer = cell.explanation.layer
-            except CnnlensError as exc:
-                cell.error = str(exc)
-            except Exception as exc:  # a toolkit failing in a way the core did not translate
-                cell.error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:
+                if stop.reason:  # raised by the stop hook, whatever the toolkit or the core made of it
+                    raise RunStopped(stop.reason) from None
+                cell.error = str(exc) if isinstance(exc, CnnlensError) else f"{type(exc).__name__}: {exc}"
             grid.cells.append(cell)
             yield k + 1, len(pairs), grid
 

@@ -24,7 +24,7 @@ import torch
 
 from cnnlens.bench.engine import Outcome, Worker, _error_text
 from cnnlens.bench.suite import Suite
-from cnnlens.errors import BackendError, BackendUnavailableError, ModelError, OptionError
+from cnnlens.errors import BackendError, BackendUnavailableError, ModelError, OptionError, install_hint
 
 #: Times a cell may take its worker down with it before it is recorded as an error.
 MAX_ATTEMPTS = 3
@@ -32,7 +32,7 @@ MAX_ATTEMPTS = 3
 #: Cells handed to one actor at a time (one running, one queued behind it).
 DEPTH = 2
 
-INSTALL = "pip install 'cnnlens[ray]'"
+INSTALL = install_hint("ray")
 
 
 def require_ray() -> Any:

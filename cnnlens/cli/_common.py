@@ -9,6 +9,7 @@ import ast
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -56,6 +57,19 @@ DpiOpt = Annotated[int, typer.Option("--dpi", min=20, max=600, help="Resolution 
 PaletteOpt = Annotated[bool, typer.Option("--palette", help="Write a 256-colour PNG, about a third of the size (for READMEs).")]
 SizeOpt = Annotated[int | None, typer.Option("--size", min=8, help="Input size of the images (default: the model's).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of tables.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", min=1, help="torch CPU threads (default: torch's, one per core). On a busy machine "
+                 "1 or 2 is often several times faster."),
+]
+
+
+def set_threads(threads: int | None) -> None:
+    """Apply ``--threads``: torch's intra-op CPU threads for the rest of the command."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 # ------------------------------------------------------------------------------------------------
 # Consoles and progress
@@ -95,16 +109,26 @@ def plain(line: str) -> None:
     sys.stdout.write(line + "\n")
 
 
+#: Outside a terminal, seconds between two plain progress lines (none for work shorter than this).
+PLAIN_PROGRESS_EVERY = 10.0
+
+
 @contextlib.contextmanager
 def progress_bar(first: str, enabled: bool = True) -> Iterator[Progress]:
     """A progress bar on stderr, yielded as a :data:`cnnlens.jobs.Progress` callback.
 
-    Only on a terminal: in a log or a pipe, a bar's ``\\r`` frames are noise, and an error must stay
-    the one line on stderr. ``enabled=False`` turns it off on a terminal too.
+    On a terminal, a live bar. In a log or a pipe a bar's ``\\r`` frames are noise, so there it
+    prints a plain line (``explaining: 3/10 after 42 s (next: ...)``) at most every
+    :data:`PLAIN_PROGRESS_EVERY` seconds, and none for work that ends sooner: a long run is never
+    silent, and a short one (or an error before any work) keeps stderr to its one line.
+    ``enabled=False`` turns both off.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     console = stderr()
+    if enabled and not console.is_terminal:
+        yield _plain_progress(first)
+        return
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), console=console, transient=True,
                    disable=not (enabled and console.is_terminal))
@@ -115,6 +139,22 @@ def progress_bar(first: str, enabled: bool = True) -> Iterator[Progress]:
             bar.update(task, completed=done, total=total, description=what)
 
         yield report
+
+
+def _plain_progress(first: str) -> Progress:
+    start = last = time.monotonic()
+
+    def report(done: int, total: int, what: str) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last < PLAIN_PROGRESS_EVERY and not (done == total and now - start >= PLAIN_PROGRESS_EVERY):
+            return
+        last = now
+        step = "done" if done == total else f"next: {what}"
+        sys.stderr.write(f"{first}: {done}/{total} after {now - start:.0f} s ({step})\n")
+        sys.stderr.flush()
+
+    return report
 
 
 def escape(text: str) -> str:

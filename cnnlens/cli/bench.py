@@ -43,7 +43,7 @@ def bench(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start the study afresh (deletes its database and report).")] = False,
     report: Annotated[bool, typer.Option("--report", help="Also write the report (report.md, report.html) into the study folder.")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar (there is none in a pipe or a log anyway).")] = False,
-    engine_name: Annotated[str, typer.Option("--engine", help="local (this process) or ray (Ray actors; pip install 'cnnlens\\[ray]').")] = "local",
+    engine_name: Annotated[str, typer.Option("--engine", help="local (this process) or ray (Ray actors; pip install -e '.\\[ray]').")] = "local",
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Ray workers (default: one per CPU).")] = None,
     address: Annotated[str | None, typer.Option("--address", help="Join a Ray cluster: auto or ray://host:port (default: start a local one).")] = None,
     gpus_per_worker: Annotated[float | None, typer.Option("--gpus-per-worker", help="GPUs per Ray worker with --device cuda (0.5: two share a card).")] = None,

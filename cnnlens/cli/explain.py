@@ -101,6 +101,7 @@ def _explain_job(
     classes: Path | None = None,
     mean: str | None = None,
     std: str | None = None,
+    threads: int | None = None,
 ) -> None:
     from cnnlens import images as img
     from cnnlens import jobs, plot
@@ -118,6 +119,7 @@ def _explain_job(
         plot.prepare_out_dir(save, overwrite, inputs=paths, option="--save")
     for n in notes:
         c.note(n)
+    c.set_threads(threads)
     net = c.load_model(model, weights, arch, device, classes=classes, mean=mean, std=std)
     explainers = jobs.build_explainers(net, pairs, layer=layer, options=options, per_pair=per_pair, reduce=reduce)
     x = img.load_images(paths, net, size=size, fit=fit)
@@ -180,6 +182,7 @@ def explain(
     dpi: c.DpiOpt = 100,
     palette: c.PaletteOpt = False,
     json_out: c.JsonOpt = False,
+    threads: c.ThreadsOpt = None,
 ) -> None:
     """Explain images with every (method, backend) pair that exists, and draw a comparison grid."""
     from cnnlens import jobs
@@ -188,7 +191,8 @@ def explain(
     _explain_job(images, pairs, notes, model=model, weights=weights, arch=arch, target=target, layer=layer,
                  device=device, out=out, overwrite=overwrite, options=c.options(option or []), save=save, size=size,
                  batch_size=batch_size, cmap=cmap, alpha=alpha, dpi=dpi, palette=palette, json_out=json_out,
-                 classes=classes, mean=mean, std=std, sign=sign, outlier_perc=outlier_perc, reduce=reduce, fit=fit)
+                 classes=classes, mean=mean, std=std, sign=sign, outlier_perc=outlier_perc, reduce=reduce, fit=fit,
+                 threads=threads)
 
 
 @command()
@@ -219,6 +223,7 @@ def compare(
     dpi: c.DpiOpt = 100,
     palette: c.PaletteOpt = False,
     json_out: c.JsonOpt = False,
+    threads: c.ThreadsOpt = None,
 ) -> None:
     """One method on every installed backend that has it, side by side."""
     from cnnlens import jobs
@@ -228,7 +233,7 @@ def compare(
                  device=device, out=out, overwrite=overwrite, options=c.options(option or []), save=save, size=size,
                  batch_size=batch_size, cmap=cmap, alpha=alpha, dpi=dpi, palette=palette,
                  title=f"{method} on every backend", json_out=json_out, classes=classes, mean=mean, std=std,
-                 sign=sign, outlier_perc=outlier_perc, reduce=reduce, fit=fit)
+                 sign=sign, outlier_perc=outlier_perc, reduce=reduce, fit=fit, threads=threads)
 
 
 #: What `cnnlens demo` runs: one method per backend, and one method on two backends to compare.
@@ -249,6 +254,7 @@ def demo(
     save: SaveOpt = None,
     dpi: c.DpiOpt = 100,
     palette: c.PaletteOpt = False,
+    threads: c.ThreadsOpt = None,
 ) -> None:
     """The README's main job: explain the bundled photos with the embedded model on every toolkit, as one grid.
 
@@ -263,4 +269,4 @@ def demo(
     _explain_job([], pairs, notes, model=None, weights="DEFAULT", arch=None, target=None, layer=None, device=device,
                  out=out, overwrite=overwrite, options={}, save=save, size=None, batch_size=8, cmap=None, alpha=0.5,
                  dpi=dpi, palette=palette, per_pair=per_pair, demo=True,
-                 title="cnnlens demo: EfficientNet-Lite0 (embedded, ImageNet)")
+                 title="cnnlens demo: EfficientNet-Lite0 (embedded, ImageNet)", threads=threads)

@@ -167,7 +167,7 @@ def methods(
             fold=["what it is"], styles={"✓": "green", "✗": "red"})
     for b in backends:
         if not registry.BACKENDS[b].installed:
-            c.plain(f"{b} is not installed: pip install '{registry.BACKENDS[b].pip}'")
+            c.plain(f"{b} is not installed: {registry.BACKENDS[b].install}")
     c.plain(f"{len(cells_rows)} method(s); options per pair: cnnlens.methods() in Python or `cnnlens methods --json`")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -28,7 +29,7 @@ def test_without_the_extra_exits_2_with_the_install_line(monkeypatch: pytest.Mon
     monkeypatch.setattr(webapp, "available", lambda: False)
     code, _, err = _run(["serve"], capsys)
     assert code == 2
-    assert "pip install 'cnnlens[app]'" in err and len(err.strip().splitlines()) == 1
+    assert "pip install -e '.[app]'" in err and len(err.strip().splitlines()) == 1
 
 
 def _fake_serve(calls: list[tuple[Any, ...]]) -> Any:
@@ -77,25 +78,34 @@ def test_cnnlens_serve_starts_and_answers(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "cnnlens.cli", "serve", "--model", "cnnlens.testing:tiny_cnn",
                              "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                             cwd=tmp_path, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         body = b""
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                with urllib.request.urlopen(url + "/", timeout=5) as r:
                     body = r.read()
                     break
             except OSError:
                 time.sleep(0.3)
         assert b"<html" in body.lower(), "cnnlens serve did not answer on 127.0.0.1"
+        while time.monotonic() < deadline and not any(url in line for line in lines):
+            time.sleep(0.1)  # the address is printed once the server is up
     finally:
         proc.terminate()
         try:
-            out, _ = proc.communicate(timeout=30)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
-    assert f"http://127.0.0.1:{port}" in out
+            proc.wait()
+        reader.join(timeout=10)
+    out = "".join(lines)
+    assert url in out
+    assert "share=True" not in out and "public link" not in out  # Gradio's hint is for Python users
 
 
 def test_import_cnnlens_app_does_not_import_gradio() -> None:

@@ -34,7 +34,7 @@ def _has_ray() -> bool:
     return True
 
 
-needs_ray = pytest.mark.skipif(not _has_ray(), reason="Ray is not installed (pip install 'cnnlens[ray]')")
+needs_ray = pytest.mark.skipif(not _has_ray(), reason="Ray is not installed (pip install -e '.[ray]')")
 
 
 @pytest.fixture(scope="module")
@@ -192,5 +192,5 @@ def test_ray_engine_without_ray_names_the_install_line(tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cnnlens: error:"), r.stderr
-    assert "pip install 'cnnlens[ray]'" in lines[0]
+    assert "pip install -e '.[ray]'" in lines[0]
     assert not (tmp_path / "o").exists()  # refused before any work

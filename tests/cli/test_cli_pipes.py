@@ -157,3 +157,58 @@ def test_cli_is_a_package_of_command_modules():
     for name in COMMAND_MODULES:
         module = importlib.import_module(f"cnnlens.cli.{name}")
         assert module.__file__ and Path(module.__file__).parent.name == "cli"
+
+
+def _photo(folder: Path) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    (folder / "in").mkdir()
+    p = folder / "in" / "a.png"
+    Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype("uint8")).save(p)
+    return p
+
+
+def test_long_work_prints_progress_lines_outside_a_terminal(tmp_path, monkeypatch) -> None:
+    """In a pipe or a log there is no bar, but long work still says how far it is (plain lines)."""
+    from cnnlens.cli import _common
+
+    monkeypatch.setattr(_common, "PLAIN_PROGRESS_EVERY", 0.0)
+    r = run("explain", _photo(tmp_path), *TINY, "-m", "gradcam,saliency", "-b", "captum", "--out", tmp_path / "g.png")
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("explaining: ")]
+    assert lines and lines[-1].startswith("explaining: 2/2 after") and lines[-1].endswith("(done)"), r.stderr
+
+
+def test_short_work_prints_no_progress_lines(tmp_path) -> None:
+    r = run("explain", _photo(tmp_path), *TINY, "-m", "gradcam", "-b", "captum", "--out", tmp_path / "g.png")
+    assert r.exit_code == 0, r.output
+    assert "explaining:" not in r.stderr
+
+
+@pytest.mark.parametrize("command", ["explain", "compare", "demo"])
+def test_threads_option_sets_torch_threads(command, tmp_path, monkeypatch) -> None:
+    """``--threads N`` is torch's intra-op thread count for the command's work."""
+    import torch
+
+    from cnnlens import jobs
+
+    seen: list[int] = []
+    real = jobs.explain_all
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(jobs, "explain_all", spy)
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    args = ["--out", tmp_path / "g.png", "--threads", want]
+    if command != "demo":
+        args = [_photo(tmp_path), *TINY, *(["-b", "captum"] if command == "explain" else []), *args]
+    try:
+        r = run(command, *args)
+    finally:
+        torch.set_num_threads(before)
+    assert r.exit_code == 0, r.output
+    assert seen == [want]
