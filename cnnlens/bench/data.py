@@ -189,7 +189,8 @@ def collect_images(spec: ImagesSpec, model: nn.Module, size: int | None = None,
 
     The user's dataset (``folder``, ``manifest``, ``annotations``) comes from
     :func:`cnnlens.bench.datasets.records`, with labels, boxes and masks. With ``target="label"``
-    each image is explained for its label (``[study] target``).
+    each image is explained for its label (``[study] target``), and every label must map to one of
+    the model's classes; otherwise labels that do not map are dropped with one warning.
 
     Raises:
         SuiteError: No image survived; a bad dataset (see :func:`cnnlens.bench.datasets.records`);
@@ -210,7 +211,7 @@ def collect_images(spec: ImagesSpec, model: nn.Module, size: int | None = None,
     if spec.files and not (spec.annotations and not spec.folder):  # else the annotated files are records below
         for p in expand(list(spec.files)):
             items.append(BenchImage(f"file-{p.stem}", str(p), path=str(p)))
-    items.extend(datasets.records(spec, model, resize, crop))
+    items.extend(datasets.records(spec, model, resize, crop, target))
     if target == "label":
         unlabelled = [im.id for im in items if im.label is None]
         if unlabelled:

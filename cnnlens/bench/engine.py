@@ -815,6 +815,9 @@ def run(
         raise OutputError(f"study folder '{out}' cannot be written (read-only media or no permission); "
                                "choose a writable folder (--out)")
     path = db_path(out, s)
+    # Every model's images are listed first: a bad dataset is refused before the study file is created,
+    # opened or (with overwrite) deleted.
+    prepared = _prepare(s, dev, engine)
     if overwrite:
         for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             try:
@@ -824,7 +827,7 @@ def run(
     store = Store(path, s.name)
     how = {"engine": engine, "workers": workers, "address": address, "gpus_per_worker": gpus_per_worker}
     try:
-        _resume(s, dev, store, progress, max_cells, how)
+        _resume(s, dev, store, progress, max_cells, how, prepared)
     except sqlite3.Error as exc:
         raise sqlite_error(path, exc, writing=True) from None
     finally:
@@ -850,8 +853,34 @@ def study_digest(s: Suite) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _prepare(s: Suite, dev: torch.device, engine: str) -> tuple[Worker | None, dict[str, list[Any]]]:
+    """The local engine's worker (None on Ray) and each model's image records, in study order.
+
+    Each model is loaded here to map the dataset's labels and to keep the pasted objects it
+    recognises; the local engine keeps its worker (and so its models) for the cells.
+
+    Raises:
+        SuiteError: A bad dataset (see :func:`cnnlens.bench.datasets.records`).
+    """
+    from cnnlens.bench.data import collect_images
+
+    threads = torch.get_num_threads()
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    try:
+        local = Worker(s, dev) if engine == "local" else None
+        planner = local if local is not None else \
+            Worker(s, dev if dev.type != "cuda" or torch.cuda.is_available() else torch.device("cpu"))
+        records = {ms.id: collect_images(s.images, planner.model(ms.id), ms.image_size, s.target) for ms in s.models}
+        if local is None:
+            planner.models.clear()
+    finally:
+        torch.set_num_threads(threads)
+    return local, records
+
+
 def _resume(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None,
-            how: dict[str, Any]) -> None:
+            how: dict[str, Any], prepared: tuple[Worker | None, dict[str, list[Any]]]) -> None:
     """Check that the store holds this suite's study (or none), record the run, run the pending cells."""
     path = store.path
     known = store.meta()
@@ -873,7 +902,7 @@ def _resume(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells
     if s.threads:
         torch.set_num_threads(s.threads)
     try:
-        _run_study(s, dev, store, progress, max_cells, how)
+        _run_study(s, dev, store, progress, max_cells, how, prepared)
     finally:
         torch.set_num_threads(threads)
 
@@ -895,33 +924,26 @@ def _positions(records: list[Any], known: dict[str, int], size: int) -> dict[str
 
 
 def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None,
-               how: dict[str, Any]) -> bool:
-    """Plan every model's cells, then run the pending ones as their inputs become ready.
+               how: dict[str, Any], prepared: tuple[Worker | None, dict[str, list[Any]]]) -> bool:
+    """Plan every model's cells (records from :func:`_prepare`), then run the pending ones as their
+    inputs become ready.
 
     Returns False when ``max_cells`` stopped the study early.
     """
     import heapq
 
-    from cnnlens.bench.data import collect_images
-
     size = shard_size(s)
-    engine = how["engine"]
-    local = Worker(s, dev) if engine == "local" else None
-    planner = local if local is not None else \
-        Worker(s, dev if dev.type != "cuda" or torch.cuda.is_available() else torch.device("cpu"))
+    local, listed = prepared
     cells: list[Cell] = []
     records: dict[str, dict[str, Any]] = {}
     positions: dict[str, dict[str, int]] = {}
     targets: dict[str, dict[str, int]] = {}
     for ms in s.models:
-        recs = collect_images(s.images, planner.model(ms.id), ms.image_size, s.target)
+        recs = listed[ms.id]
         records[ms.id] = {r.id: r for r in recs}
         positions[ms.id] = _positions(recs, store.positions(ms.id), size)
         targets[ms.id] = store.targets(ms.id)
         cells.extend(plan(s, ms.id, list(positions[ms.id]), positions[ms.id]))
-    if local is None:
-        planner.models.clear()
-    del planner
 
     seen: set[str] = set()
     cells = [c for c in cells if not (c.key in seen or seen.add(c.key))]

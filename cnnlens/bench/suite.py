@@ -189,6 +189,9 @@ class ImagesSpec:
     classes: str | None = field(default=None, metadata=LATER)
     #: Go on without images that cannot be read (they are listed in a warning) instead of refusing.
     skip_unreadable: bool = field(default=False, metadata=LATER)
+    #: Let manifest rows name files outside the manifest's folder (``../``, absolute paths elsewhere);
+    #: off, such a row is refused, so a manifest cannot pull any readable image of the machine into a study.
+    allow_outside_root: bool = field(default=False, metadata=LATER)
 
     _lists = field_validator("demo", "skimage", "files", mode="before")(_one_or_many)
 

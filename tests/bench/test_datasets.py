@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -249,15 +250,83 @@ def test_unreadable_images_are_listed_with_their_count_or_skipped(tmp_path):
 
 @pytest.mark.bad_input("datasets")
 def test_labels_that_do_not_map_to_the_model(tmp_path):
+    """Explaining each image for its label needs labels that map to the model's classes."""
     _img(tmp_path / "data" / "zebra" / "a.png")
     with pytest.raises(SuiteError, match=r"labels zebra do not map to the model's classes; give \[images\] classes"):
-        _records(_suite(tmp_path, 'folder = "data"'))
+        _records(_suite(tmp_path, 'folder = "data"'), target="label")
     _img(tmp_path / "data2" / "7" / "a.png")  # tiny_cnn has 5 classes
     with pytest.raises(SuiteError, match=r"outside the model's 5 classes"):
-        _records(_suite(tmp_path, 'folder = "data2"'))
+        _records(_suite(tmp_path, 'folder = "data2"'), target="label")
     (tmp_path / "classes.txt").write_text("cat\n")
     with pytest.raises(SuiteError, match=r"labels zebra are not in the classes file"):
-        _records(_suite(tmp_path, 'folder = "data"\nclasses = "classes.txt"'))
+        _records(_suite(tmp_path, 'folder = "data"\nclasses = "classes.txt"'), target="label")
+
+
+def test_folder_names_that_are_not_the_models_classes_run_for_the_predicted_class(tmp_path):
+    """``cats/`` and ``dogs/`` are not tiny_cnn's classes: the images keep their names, carry no label,
+    and one warning says the labels were not mapped; the study runs for the model's top-1 class."""
+    for cls in ("cats", "dogs"):
+        _img(tmp_path / "data" / cls / "a.png")
+    suite = _suite(tmp_path, 'folder = "data"')
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        recs = _records(suite)
+    said = [str(w.message) for w in caught if "do not map" in str(w.message)]
+    assert len(said) == 1 and "cats, dogs" in said[0] and "not used" in said[0], said
+    assert [(r.id, r.label, r.target) for r in recs] == [("cats/a.png", None, None), ("dogs/a.png", None, None)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        db = bench.run(suite, out=tmp_path / "out", progress=False)
+    images = bench.read_table(db, "images")
+    assert sorted(images.image) == ["cats/a.png", "dogs/a.png"] and images.target.between(0, 4).all()
+    assert set(bench.read_table(db, "cells").status) == {"done"}
+
+
+def test_symbolic_link_loops_list_each_image_once_and_fast(tmp_path):
+    """A ``self -> .`` link, two of them, a link up to the dataset's root and two links to one file:
+    each real image is listed once, in well under a second."""
+    import threading
+    import time
+
+    cat = tmp_path / "data" / "1"
+    _img(cat / "a.png")
+    _img(cat / "deep" / "b.png", seed=1)
+    (cat / "self").symlink_to(".", target_is_directory=True)
+    (cat / "self2").symlink_to(".", target_is_directory=True)
+    (cat / "deep" / "up").symlink_to("..", target_is_directory=True)
+    (cat / "deep" / "root").symlink_to(tmp_path / "data", target_is_directory=True)
+    (cat / "again.png").symlink_to(cat / "a.png")
+    suite = _suite(tmp_path, 'folder = "data"')
+    got: list = []
+    # In a daemon thread: a walk that loops (exponential in the links) fails the test instead of hanging it.
+    walk = threading.Thread(target=lambda: got.append(_records(suite)), daemon=True)
+    t0 = time.perf_counter()
+    walk.start()
+    walk.join(20)
+    assert not walk.is_alive() and time.perf_counter() - t0 < 5, "the listing did not finish"
+    (recs,) = got
+    assert sorted(Path(r.path).resolve().name for r in recs) == ["a.png", "b.png"], [r.id for r in recs]
+    # a link to a folder elsewhere is still followed (once)
+    _img(tmp_path / "elsewhere" / "c.png", seed=2)
+    (tmp_path / "data" / "2").mkdir()
+    (tmp_path / "data" / "2" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    recs = _records(_suite(tmp_path, 'folder = "data"'))
+    assert [r.id for r in recs if r.label == 2] == ["2/linked/c.png"]
+
+
+def test_a_utf8_bom_in_a_csv_manifest(tmp_path):
+    _img(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_bytes("\ufeffpath,label\na.png,3\n".encode())
+    (rec,) = _records(_suite(tmp_path, 'manifest = "m.csv"'))
+    assert rec.id == "a.png" and rec.label == 3
+
+
+def test_paths_outside_the_manifests_folder_with_allow_outside_root(tmp_path):
+    _img(tmp_path / "a.png")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.csv").write_text("path,label\n../a.png,1\n")
+    (rec,) = _records(_suite(tmp_path, 'manifest = "sub/m.csv"\nallow_outside_root = true'))
+    assert Path(rec.path) == (tmp_path / "a.png").resolve() and rec.label == 1
 
 
 @pytest.mark.bad_input("datasets")
@@ -277,13 +346,108 @@ def test_target_label_needs_labels(tmp_path):
 
 
 @pytest.mark.bad_input("datasets")
-def test_a_bad_dataset_fails_the_run_before_any_cell(tmp_path):
+def test_a_bad_dataset_fails_the_run_before_the_study_file_exists(tmp_path):
     _img(tmp_path / "data" / "zebra" / "a.png")
     out = tmp_path / "out"
     with pytest.raises(SuiteError, match="do not map"), warnings.catch_warnings():
-        bench.run(_suite(tmp_path, 'folder = "data"'), out=out, progress=False)
-    dbs = list(out.glob("*.sqlite")) if out.exists() else []
-    assert all(bench.read_table(db, "cells").empty for db in dbs)
+        bench.run(_suite(tmp_path, 'folder = "data"', extra='target = "label"'), out=out, progress=False)
+    assert not (out.exists() and list(out.iterdir()))
+
+
+def _bad_csv_field(d: Path) -> str:
+    (d / "m.csv").write_text("path,label\n" + "a" * 140_000 + ".png,1\n")
+    return 'manifest = "m.csv"'
+
+
+def _jsonl(*rows: object, raw: str = "") -> Callable[[Path], str]:
+    def make(d: Path) -> str:
+        _img(d / "a.png")
+        (d / "m.jsonl").write_text(raw or "".join(json.dumps(r) + "\n" for r in rows))
+        return 'manifest = "m.jsonl"'
+    return make
+
+
+def _csv(text: str, mask: np.ndarray | None = None) -> Callable[[Path], str]:
+    def make(d: Path) -> str:
+        _img(d / "a.png", 64, 32)
+        _img(d / "b.png", 64, 32, seed=1)
+        if mask is not None:
+            Image.fromarray(mask).save(d / "mask.png")
+        (d / "m.csv").write_text(text)
+        return 'manifest = "m.csv"'
+    return make
+
+
+def _coco_file(images: list, annotations: list) -> Callable[[Path], str]:
+    def make(d: Path) -> str:
+        _img(d / "im" / "a.png")
+        (d / "c.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+        return f'files = ["{d}/im/*.png"]\nannotations = "c.json"'
+    return make
+
+
+def _outside(d: Path) -> str:
+    _img(d / "secret.png")
+    (d / "sub").mkdir()
+    (d / "sub" / "m.csv").write_text(f"path\n../secret.png\n{d / 'secret.png'}\n")
+    return 'manifest = "sub/m.csv"'
+
+
+def _one_file_two_classes(d: Path) -> str:
+    _img(d / "data" / "1" / "a.png")
+    (d / "data" / "2").mkdir()
+    (d / "data" / "2" / "b.png").symlink_to(d / "data" / "1" / "a.png")
+    return 'folder = "data"'
+
+
+def _rgba_alpha_only() -> np.ndarray:
+    m = np.zeros((32, 64, 4), np.uint8)
+    m[8:24, 16:48, 3] = 255  # the object is opaque, its colour black
+    return m
+
+
+_LEFT_EDGE = np.zeros((32, 64), np.uint8)
+_LEFT_EDGE[8:24, :3] = 255  # the crop keeps source columns 17..46 of 64 (resize to 74x37, crop 32)
+
+#: (id, files, what the one SuiteError says). Each is a raw exception or a silent acceptance without a check.
+BAD_DATASETS = [
+    ("csv-field-over-128kb", _bad_csv_field, r"row 2 cannot be read as CSV: a field is longer than 128 KB"),
+    ("nul-byte-in-a-csv-path", _csv("path\na\x00.png\n"), r"row 2: path: a path cannot hold a NUL byte"),
+    ("nul-byte-in-a-jsonl-mask", _jsonl({"path": "a.png", "mask": "m\x00.png"}), r"row 1: mask: .*NUL byte"),
+    ("jsonl-box-of-3-numbers", _jsonl({"path": "a.png", "boxes": [[1, 2, 3]]}),
+     r"row 1: boxes\.0\.3: Field required .*boxes is a list of boxes of 4 numbers"),
+    ("jsonl-boxes-a-number", _jsonl({"path": "a.png", "boxes": [5]}), r"row 1: boxes\.0: Input should be a valid tuple"),
+    ("jsonl-boxes-null", _jsonl({"path": "a.png", "boxes": [None]}), r"row 1: boxes\.0: .*got None"),
+    ("jsonl-box-of-strings", _jsonl({"path": "a.png", "boxes": [["a", "b", "c", "d"]]}),
+     r"row 1: boxes\.0\.0: Input should be a valid number \(got 'a'\)"),
+    ("jsonl-boxes-a-dict", _jsonl({"path": "a.png", "boxes": {"x0": 1, "y0": 1, "x1": 9, "y1": 9}}),
+     r"row 1: boxes: Input should be a valid list"),
+    ("jsonl-mask-an-int", _jsonl({"path": "a.png", "mask": 5}), r"row 1: mask: Input should be a valid string .*mask is a"),
+    ("jsonl-mask-a-list", _jsonl({"path": "a.png", "mask": ["a.png"]}), r"row 1: mask: Input should be a valid string"),
+    ("jsonl-nested-100000-deep", _jsonl(raw="[" * 100_000 + "]" * 100_000 + "\n"), r"line 1 is nested too deeply"),
+    ("coco-integer-file-name", _coco_file([{"id": 1, "file_name": 5}], []),
+     r"COCO file .*images\.0\.file_name: Input should be a valid string \(got 5\)"),
+    ("coco-box-of-strings", _coco_file([{"id": 1, "file_name": "a.png"}], [{"image_id": 1, "bbox": ["1", 2, 3, 4]}]),
+     r"annotations\.0\.bbox\.0: Input should be a valid number"),
+    ("one-image-two-labels", _csv("path,label\na.png,1\nb.png,2\na.png,3\n"),
+     r"gives 1 images two different labels.*a\.png \(row 2: label 1, row 4: label 3\)"),
+    ("one-file-in-two-class-folders", _one_file_two_classes, r"are one image file .* in two class folders"),
+    ("all-zero-mask", _csv("path,mask\na.png,mask.png\n", np.zeros((32, 64), np.uint8)), r"mask\.png' .* is all zero"),
+    ("rgba-mask-object-only-in-alpha", _csv("path,mask\na.png,mask.png\n", _rgba_alpha_only()),
+     r"marks its object only in the alpha channel"),
+    ("mask-object-outside-the-crop", _csv("path,mask\na.png,mask.png\n", _LEFT_EDGE),
+     r"marks an object only outside the model's centre crop"),
+    ("paths-outside-the-manifests-folder", _outside,
+     r"names 2 files outside its folder .*row 2: \.\./secret\.png.*allow_outside_root = true"),
+]
+
+
+@pytest.mark.bad_input("datasets")
+@pytest.mark.parametrize(("make", "match"), [pytest.param(m, r, id=i) for i, m, r in BAD_DATASETS])
+def test_a_malformed_dataset_is_one_suite_error(tmp_path, make, match):
+    suite = _suite(tmp_path, make(tmp_path))
+    with pytest.raises(SuiteError, match=match):
+        _records(suite)
 
 
 # --------------------------------------------------------------------------------------------
@@ -320,6 +484,19 @@ def test_an_imagefolder_study_is_identical_on_local_and_ray(tmp_path):
     pd.testing.assert_frame_equal(deterministic_table(ray_db), ref)
     images = bench.read_table(local, "images")
     assert sorted(images.target.tolist()) == [0, 0, 1, 1, 2, 2]  # the labels, not the model's top-1
+
+
+@pytest.mark.bad_input("datasets")
+@pytest.mark.parametrize(("case", "words"), [("jsonl-nested-100000-deep", ("nested too deeply",)),
+                                             ("csv-field-over-128kb", ("longer than 128 KB",)),
+                                             ("jsonl-box-of-3-numbers", ("boxes.0.3", "4 numbers"))])
+def test_a_malformed_manifest_is_one_line_in_the_cli_and_no_study_file(tmp_path, case, words):
+    from cnnlens.testing import one_line_error, run_cli
+
+    make = next(m for i, m, _r in BAD_DATASETS if i == case)
+    out = tmp_path / "out"
+    one_line_error(run_cli("bench", "--suite", _suite(tmp_path, make(tmp_path)), "--out", out), *words)
+    assert not (out.exists() and list(out.iterdir()))
 
 
 @pytest.mark.bad_input("datasets")

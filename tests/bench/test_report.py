@@ -171,3 +171,60 @@ def test_a_cell_error_reads_back_as_text_or_nothing():
 
     assert error_line(float("nan")) == "" and error_line(None) == ""
     assert error_line("ModelError: reuses\nTraceback ...") == "ModelError: reuses"
+
+
+@pytest.mark.slow
+def test_the_agreement_table_fits_a_1400_px_window(browser, smoke_report):
+    """At 1400 px the agreement table is seen whole: text cells and headers wrap, the page uses the width."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        page.goto((smoke_report / "report.html").as_uri())
+        widths = page.evaluate("""() => {
+            const h = Array.from(document.querySelectorAll('h2')).find(e => e.textContent.trim() === 'Agreement');
+            const out = [];
+            for (let e = h.nextElementSibling; e && e.tagName !== 'H2'; e = e.nextElementSibling)
+                if (e.classList.contains('tw')) out.push([e.scrollWidth, e.clientWidth]);
+            return out;
+        }""")
+    finally:
+        page.close()
+    assert widths and all(sw <= cw + 1 for sw, cw in widths), widths
+
+
+def test_the_grid_shows_every_image_of_a_small_study(tmp_path):
+    """A study of 6 images shows 6 figures in its image x method grid, not the first few."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k in range(6):
+        arr = np.random.default_rng(k).integers(0, 255, (40, 48, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"p{k}.png")
+    suite = tmp_path / "grid.toml"
+    suite.write_text(f"""
+[study]
+name = "grid"
+threads = 1
+[[models]]
+id = "tiny"
+spec = "cnnlens.testing:tiny_cnn"
+image_size = 32
+[images]
+files = ["{folder / '*.png'}"]
+[methods]
+include = ["gradcam"]
+backends = ["captum"]
+[agreement]
+enabled = false
+[faithfulness]
+enabled = false
+[sanity]
+enabled = false
+[speed]
+enabled = false
+""")
+    db = bench.run(str(suite), out=tmp_path / "study", progress=False)
+    md, _page = bench.report(db, tmp_path / "report")
+    assert len(list((md.parent / "figures").glob("grid_*.jpg"))) == 6
+    assert "over the first 6 of 6 images" in md.read_text()

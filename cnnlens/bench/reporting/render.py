@@ -122,7 +122,7 @@ def _text_html(s: str) -> str:
 
 
 CSS = """
-body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1320px;margin:1.5em auto;padding:0 1.2em;
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1800px;margin:1.5em auto;padding:0 1.2em;
      color:#1d1d1f;line-height:1.5;font-size:15px}
 h1{font-size:1.7em;margin-bottom:.2em}h2{margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 nav{position:sticky;top:0;background:#fff;padding:.5em 0;border-bottom:1px solid #eee;z-index:2;font-size:14px}
@@ -131,7 +131,8 @@ nav a{margin-right:1em;color:#0b57d0;text-decoration:none;white-space:nowrap;dis
 .tw{overflow-x:auto;max-width:100%;margin:.8em 0}
 table{border-collapse:collapse;font-size:13px;font-variant-numeric:tabular-nums}
 td,th{border:1px solid #d0d0d0;padding:3px 8px;text-align:right;white-space:nowrap}
-td.t{text-align:left}th{background:#f1f3f4;cursor:pointer;position:sticky;top:0}
+td.t{text-align:left;white-space:normal;min-width:6em}p,ul{max-width:1100px}
+th{white-space:normal;background:#f1f3f4;cursor:pointer;position:sticky;top:0}
 th.asc::after{content:' \\25B2';font-size:10px}th.desc::after{content:' \\25BC';font-size:10px}
 tbody tr:nth-child(even){background:#fafafa}tbody tr:hover{background:#eef3fd}
 .blank{color:#555;font-size:13px;margin-top:-.4em}

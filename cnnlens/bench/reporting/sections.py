@@ -20,8 +20,9 @@ SUBSTRATES = {
     "insertion_blur": "insertion, starting from the blurred image and restoring original pixels",
 }
 
-#: Images shown in the image x method grid (one figure each).
-GRID_IMAGES = 4
+#: Most images shown in the image x method grid (one figure each, about 100 KB): a study of a few
+#: dozen images shows each; a larger one its first images (the report says how many).
+GRID_IMAGES = 16
 
 
 def _untrained_note(st: Study) -> str:
@@ -339,7 +340,9 @@ def grid(st: Study, figs: dict[str, bytes], max_images: int = GRID_IMAGES) -> Se
     imgs = st.images
     model = imgs.model.iloc[0]
     imgs = imgs[imgs.model == model]
-    shown = imgs.head(max_images)
+    # Images with at least one stored map (a slim published copy keeps maps for its first few only).
+    with_maps = {i for (mo, i, _m, _b) in st.maps if mo == model}
+    shown = imgs[imgs.image.isin(with_maps)].head(max_images)
     pairs = sorted({(m, b) for (mo, _i, m, b) in st.explained if mo == model},
                    key=lambda p: (p[1] == "baseline", p[0], p[1]))
     sec.text(f"Every (method, backend) over the first {len(shown)} of {len(imgs)} images of model `{model}`, one "
