@@ -304,13 +304,12 @@ def test_light_requests_do_not_wait_behind_a_heavy_one(slow_server: str) -> None
 
 
 def test_cancel_frees_the_model_at_once(slow_server: str) -> None:
-    client = _client(slow_server)
+    client, other = _client(slow_server), _client(slow_server)
     client.predict("chelsea", "whole", api_name="/demo_photo")
+    other.predict("chelsea", "whole", api_name="/demo_photo")
     job = _explain(client, HEAVY, submit=True)
     _wait_running(job)
     time.sleep(1.0)
-    other = _client(slow_server)
-    other.predict("chelsea", "whole", api_name="/demo_photo")
     client.predict(api_name="/cancel")
     t0 = time.monotonic()
     out = _explain(other, "", ("gradcam",), ("pytorch-grad-cam",))  # needs the model the cancelled call held
