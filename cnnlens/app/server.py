@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cnnlens.app import workbench as W
+from cnnlens.errors import CnnlensError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: Addresses that mean "every interface": the app then answers any IP address and the machine's names.
@@ -136,6 +137,10 @@ class HostGuard:
         await PlainTextResponse(text, status_code=code)(scope, receive, send)
 
 
+class AppStartError(CnnlensError):
+    """The server started but its own address does not answer."""
+
+
 def guarded_app(policy: HostPolicy) -> Any:
     """Gradio's FastAPI app with :class:`HostGuard` outside every other middleware (Gradio's CORS
     included), in place from the first request the server answers."""
@@ -211,23 +216,32 @@ def start(
     demo.queue(default_concurrency_limit=4, max_size=64)
     if port == 0:
         port = None
-    demo.launch(
-        server_name=host,
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=quiet,
-        show_error=True,
-        max_file_size=W.MAX_UPLOAD,
-        footer_links=[],
-        theme=theme(),
-        enable_monitoring=False,
-        mcp_server=False,
-        pwa=False,
-        ssr_mode=False,
-        inbrowser=False,
-        share=False,
-        _app=guarded_app(HostPolicy(host)),
-    )
+    try:
+        demo.launch(
+            server_name=host,
+            server_port=port,
+            prevent_thread_lock=True,
+            quiet=quiet,
+            show_error=True,
+            max_file_size=W.MAX_UPLOAD,
+            footer_links=[],
+            theme=theme(),
+            enable_monitoring=False,
+            mcp_server=False,
+            pwa=False,
+            ssr_mode=False,
+            inbrowser=False,
+            share=False,
+            _app=guarded_app(HostPolicy(host)),
+        )
+    except ValueError as exc:
+        if "share=True" not in str(exc):
+            raise
+        # Gradio could not reach its own address and suggests a public share link; the app offers none.
+        demo.close()
+        raise AppStartError(f"the web app started but does not answer on {getattr(demo, 'local_url', host)} from "
+                            "this machine; if an HTTP proxy is set (HTTP_PROXY, HTTPS_PROXY), add the host to "
+                            "NO_PROXY") from None
     url = demo.local_url
     if announce:
         print(f"cnnlens: the web app is at {url} (Ctrl-C stops it)", flush=True)
