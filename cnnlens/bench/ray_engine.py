@@ -128,10 +128,19 @@ def _auth_refused(exc: BaseException) -> bool:
 
 def _check_token(address: str) -> None:
     """Ask the cluster's GCS once whether it accepts this process's token, so a refusal is one clear
-    error at once instead of Ray's 20 s of retries. Any other outcome is left to ``ray.init``."""
+    error at once instead of Ray's 20 s of retries. Any other outcome is left to ``ray.init``; so is an
+    address where nothing answers (Ray's client would wait 40 s for it)."""
+    import socket
+
     try:
         from ray._raylet import GcsClient
     except ImportError:  # another Ray layout: ray.init reports it
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=3):
+            pass
+    except (OSError, ValueError):
         return
     try:
         GcsClient(address=address)
@@ -143,26 +152,14 @@ def _check_token(address: str) -> None:
 def start_local_ray(num_cpus: int, num_gpus: int = 0) -> str:
     """Start a Ray on this machine, reachable on the loopback interface only; returns its address.
 
-    Ray's token notice is not shown (the Ray is this run's own). A watchdog process (see
-    :func:`_start_watchdog`) ends Ray's processes soon after this process dies, even by SIGKILL.
+    A watchdog process (see :func:`_start_watchdog`) ends Ray's processes soon after this process
+    dies, even by SIGKILL.
     """
-    import logging
-
     ray = require_ray()
-    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
-    level = notices.level
-    notices.setLevel(logging.ERROR)
     before = _children()
-    try:
-        with _loopback(), _captured_stderr() as lines:
-            try:
-                ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-                               configure_logging=False)
-            except BaseException:
-                _replay(lines)
-                raise
-    finally:
-        notices.setLevel(level)
+    with _loopback():
+        ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                       configure_logging=False)
     _start_watchdog(_children() - before)
     return str(ctx.address_info["gcs_address"])
 
@@ -184,23 +181,18 @@ def join_ray(address: str) -> None:
     # Ray Client (ray://) takes the address alone; a driver on a node takes the logging settings.
     kwargs = {} if address.startswith("ray://") else \
         {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    # Ray's retry warnings (one line a second while it cannot connect) are not shown: a failure is one
+    # error, with its reason; after a success, what Ray wrote is shown.
     with _captured_stderr() as lines:
         try:
             if "://" not in address and address != "auto":
                 _check_token(address)
             with _loopback() if host in ("127.0.0.1", "localhost", "::1") else contextlib.nullcontext():
                 ray.init(address=address, **kwargs)
-        except OptionError:
-            raise
-        except BaseException as exc:
+        except Exception as exc:
             if _auth_refused(exc):
                 raise OptionError(f"the Ray cluster at '{address}' refused this driver's token; {AUTH_HELP}") from None
-            failed = exc
-        else:
-            failed = None
-    if failed is not None:
-        _replay(lines)
-        raise failed
+            raise
     _replay(lines)
 
 
