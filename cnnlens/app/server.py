@@ -119,7 +119,8 @@ class HostGuard:
         host = headers.get("host", "")
         if not self.policy.host_ok(host):
             await self._refuse(scope, receive, send, 400, "this app answers only requests addressed to the host "
-                               "names it listens on (see `cnnlens serve --host`)")
+                               "names it listens on (`cnnlens serve --host`; `--allow-host NAME` adds a name, "
+                               "e.g. a reverse proxy's)")
             return
         if not self.policy.origin_ok(headers.get("origin"), host):
             await self._refuse(scope, receive, send, 403, "this app answers only its own page (the Origin differs)")
@@ -172,6 +173,7 @@ def start(
     studies: str | Path | None = None,
     time_budget: float | None = W.TIME_BUDGET,
     announce: bool = False,
+    allow_hosts: Iterable[str] = (),
 ) -> tuple[Any, str]:
     """Build and launch the app; returns ``(blocks, url)`` (after the server stops when ``block``).
 
@@ -187,6 +189,8 @@ def start(
         export_dir: Where export zips are written (default: a new temporary folder).
         studies: A folder whose study databases the Study tab offers; no other study can be opened.
         time_budget: Seconds one Explain request may run (None: no limit).
+        allow_hosts: More host names to answer besides ``host`` and the loopback names (the name a
+            reverse proxy or a container's host forwards under).
         announce: Print one line with the address once the server is up (the CLI, which passes
             ``quiet`` so that Gradio's own banner, with hints a command-line user cannot act on, is not shown).
     """
@@ -232,7 +236,7 @@ def start(
             ssr_mode=False,
             inbrowser=False,
             share=False,
-            _app=guarded_app(HostPolicy(host)),
+            _app=guarded_app(HostPolicy(host, allow_hosts)),
         )
     except ValueError as exc:
         if "share=True" not in str(exc):

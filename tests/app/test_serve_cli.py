@@ -129,9 +129,10 @@ def test_cli_passes_studies_budget_and_silences_gradio(monkeypatch: pytest.Monke
     monkeypatch.setattr(webapp, "available", lambda: True)
     monkeypatch.setattr(webapp, "serve", _fake_serve(calls))
     code, _, _ = _run(["serve", "--model", "cnnlens.testing:tiny_cnn", "--studies", str(tmp_path),
-                       "--time-budget", "30"], capsys)
+                       "--time-budget", "30", "--allow-host", "box.lan", "--allow-host", "proxy.example"], capsys)
     kw = calls[-1][4]
     assert code == 0 and kw["studies"] == tmp_path and kw["time_budget"] == 30.0
+    assert list(kw["allow_hosts"]) == ["box.lan", "proxy.example"]
     assert kw["quiet"] is True and kw["announce"] is True  # Gradio's banner (and its share hint) stays off
     code, _, err = _run(["serve", "--time-budget", "0"], capsys)
     assert code == 2 and "--time-budget" in err
