@@ -67,6 +67,7 @@ def snapshot(model: nn.Module) -> dict[str, Any]:
     """Everything a well-behaved adapter must leave untouched."""
     return {
         "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "storage": [(k, v.data_ptr()) for k, v in model.state_dict(keep_vars=True).items()],
         "training": [(n, m.training) for n, m in model.named_modules()],
         "requires_grad": [(n, p.requires_grad) for n, p in model.named_parameters()],
         "grad": [(n, None if p.grad is None else p.grad.detach().clone()) for n, p in model.named_parameters()],
@@ -81,6 +82,8 @@ def assert_same_state(before: dict[str, Any], model: nn.Module) -> None:
     """Raise AssertionError naming the first difference from ``before``."""
     after = snapshot(model)
     assert after["hooks"] == before["hooks"], f"hooks left behind: {before['hooks']} -> {after['hooks']}"
+    changed = [k for (k, p0), (_, p1) in zip(before["storage"], after["storage"], strict=False) if p0 != p1]
+    assert not changed, f"storage of {', '.join(changed[:3])} replaced (.data = ...)"
     assert after["modules"] == before["modules"], "module tree changed"
     assert after["inplace"] == before["inplace"], "in-place flags changed"
     assert after["training"] == before["training"], "train/eval flags changed"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections import OrderedDict
 
+import pytest
 import torch
 from torch import nn
 from torch.nn.modules import module as module_mod
@@ -234,3 +235,67 @@ def test_random_mutations_inside_are_undone_and_changes_between_calls_kept() -> 
             for k in set(module_mod._global_forward_hooks) - set(user_globals):
                 del module_mod._global_forward_hooks[k]
 
+
+
+class _ToolkitFailed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["returns", "raises"])
+def test_replaced_storages_and_attribute_values_come_back(fail) -> None:
+    """A "toolkit" that swaps the storage of a buffer and of a parameter (``.data = t``, which bumps no
+    version counter; zennit's BatchNorm merge does this), puts a new tensor into ``_buffers`` and sets
+    an existing attribute (``eps``): the same objects come back, on their own storages, with their values."""
+    model = tiny_cnn()
+    conv, bn = model.features[0], model.features[1]
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 16, 16)
+    out = model(x).detach()
+    mean, var, weight, eps = bn.running_mean, bn.running_var, conv.weight, bn.eps
+    ptrs = {"mean": mean.data_ptr(), "var": var.data_ptr(), "weight": weight.data_ptr()}
+    values = {"mean": mean.clone(), "var": var.clone(), "weight": weight.detach().clone()}
+    view = weight.data[0]  # the user's view of a weight keeps seeing the model's weight
+    before = snapshot(model)
+    try:
+        with ModelGuard(model):
+            bn.running_mean.data = torch.zeros_like(mean)
+            conv.weight.data = conv.weight.data * 2.0
+            bn._buffers["running_var"] = torch.ones_like(var)
+            bn.eps = 0.0
+            if fail:
+                raise _ToolkitFailed
+    except _ToolkitFailed:
+        pass
+    assert bn.running_mean is mean and bn.running_var is var and conv.weight is weight and bn.eps == eps
+    assert {"mean": mean.data_ptr(), "var": var.data_ptr(), "weight": weight.data_ptr()} == ptrs
+    assert torch.equal(mean, values["mean"]) and torch.equal(var, values["var"])
+    assert torch.equal(weight, values["weight"]) and view.data_ptr() == weight.data_ptr()
+    assert torch.equal(model(x), out)
+    assert_same_state(before, model)
+
+
+def test_state_a_users_module_keeps_in_its_attributes_is_its_own() -> None:
+    """A user's forward may count calls or cache in its attributes: such a change is kept (an added
+    attribute is still dropped), while torch's own layers get every setting back."""
+    model = tiny_cnn()
+    model.calls = 0
+    relu = next(m for m in model.modules() if isinstance(m, nn.ReLU))
+    with ModelGuard(model):
+        model.calls += 1
+        model.parked = object()
+        relu.inplace = not relu.inplace
+    assert model.calls == 1 and not hasattr(model, "parked") and relu.inplace is False
+
+
+def test_writes_through_a_data_alias_are_undone_for_tensor_writing_backends() -> None:
+    """``buffer.data.add_()`` bumps no version counter either; for a backend that writes tensors
+    (``copy_params``) every buffer is compared with its copy."""
+    model = tiny_cnn()
+    bn = model.features[1]
+    first = bn.running_var.clone()
+    with ModelGuard(model, copy_params=True):
+        bn.running_var.data.mul_(3.0)
+        model.fc.weight.data.zero_()
+    assert torch.equal(bn.running_var, first) and model.fc.weight.abs().sum() > 0

@@ -19,10 +19,16 @@ returns the model output and the attribution. The adapter only translates at the
   (ResNetCanonizer, VGGCanonizer, otherwise SequentialMergeBatchNorm when the model has BatchNorm).
   zennit's canonizers rewrite weights and BatchNorm statistics for the call and put them back
   themselves (the registry marks the pair ``mutates_params``; the model guard verifies the values).
+  They are zennit's classes with two additions: every applied instance is logged, so that the ones
+  applied before a failing one are removed too (zennit's ``apply`` loses them when a later merge
+  raises, leaving those BatchNorms at mean 0, variance 1), and the BatchNorm merge also folds
+  torchvision's ``FrozenBatchNorm2d`` (detection backbones), which computes the same affine map from
+  buffers and which zennit's types do not list (its LRP would otherwise run through it unmerged).
   Models zennit has no canonizer for are refused when its result would not be LRP: a BatchNorm that
   no Conv/Linear leaf module directly precedes (zennit's BatchNorm rule then passes relevance
-  through unchanged), or a Conv/Linear/pooling module that runs more than once per forward (zennit
-  keeps one input per module). A canonized model must still compute the model's own output.
+  through unchanged), a BatchNorm without an affine map or running statistics (zennit's merge needs
+  both), or a Conv/Linear/pooling module that runs more than once per forward (zennit keeps one input
+  per module). A canonized model must still compute the model's own output.
 
 Why one ``lrp`` method with a ``composite=`` option rather than a method per composite: a composite
 is a choice of rules for one method, LRP, as ``aug_smooth`` is a choice within Grad-CAM; one name
@@ -36,6 +42,7 @@ zennit's exceptions become cnnlens errors; nothing of zennit is replaced
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -45,9 +52,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from zennit import composites as zc
 from zennit.attribution import Gradient, IntegratedGradients, Occlusion, SmoothGrad, occlude_independent
-from zennit.canonizers import Canonizer, SequentialMergeBatchNorm
+from zennit.canonizers import Canonizer, CompositeCanonizer, SequentialMergeBatchNorm
 from zennit.core import collect_leaves
-from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+from zennit.torchvision import (
+    ResNetBasicBlockCanonizer,
+    ResNetBottleneckCanonizer,
+    ResNetCanonizer,
+    VGGCanonizer,
+)
 from zennit.types import AvgPool, BatchNorm
 from zennit.types import Linear as ZennitLinear
 
@@ -75,6 +87,78 @@ PER_IMAGE_OCCLUSION = "one zennit Occlusion call per image (its score drops come
 CANON_RTOL = 1e-3
 
 
+def _norm_types() -> tuple[type, ...]:
+    """What the BatchNorm merge folds: zennit's BatchNorm types and torchvision's FrozenBatchNorm2d."""
+    try:
+        from torchvision.ops.misc import FrozenBatchNorm2d
+    except ImportError:  # pragma: no cover - torchvision is a dependency of the zennit extra
+        return (BatchNorm,)
+    return (BatchNorm, FrozenBatchNorm2d)
+
+
+NORMS = _norm_types()
+
+
+class _Logged:
+    """Mixin for a zennit canonizer: every instance it registers is listed in ``applied`` (shared by
+    its copies) until removed, so that :func:`remove_applied` can undo a half-applied canonizer."""
+
+    applied: list[Canonizer]
+
+    def copy(self) -> Canonizer:
+        c = type(self)()
+        c.applied = self.applied
+        return c
+
+    def register(self, *args: Any) -> None:
+        self.applied.append(self)  # listed first: a merge that fails half-way is undone too
+        super().register(*args)  # type: ignore[misc]
+
+    def remove(self) -> None:
+        super().remove()  # type: ignore[misc]
+        self.applied.remove(self)
+
+
+class MergeBatchNorm(_Logged, SequentialMergeBatchNorm):
+    """zennit's SequentialMergeBatchNorm, logged, merging FrozenBatchNorm2d as well."""
+
+    batch_norm_type = NORMS
+
+
+class VGGMergeBatchNorm(_Logged, VGGCanonizer):
+    """zennit's VGGCanonizer, logged, merging FrozenBatchNorm2d as well."""
+
+    batch_norm_type = NORMS
+
+
+class _BottleneckCanonizer(_Logged, ResNetBottleneckCanonizer):
+    pass
+
+
+class _BasicBlockCanonizer(_Logged, ResNetBasicBlockCanonizer):
+    pass
+
+
+class ResNetMergeCanonizer(ResNetCanonizer):
+    """zennit's ResNetCanonizer (BatchNorm merge, then the residual sums as Sum modules), its parts logged,
+    merging FrozenBatchNorm2d as well."""
+
+    def __init__(self) -> None:
+        CompositeCanonizer.__init__(self, (MergeBatchNorm(), _BottleneckCanonizer(), _BasicBlockCanonizer()))
+
+
+def remove_applied(canonizer: Canonizer) -> None:
+    """Remove every instance that ``canonizer`` (or its parts) registered and nothing removed since,
+    latest first. Nothing remains on the normal path (zennit removes them on leaving its attributor);
+    after a failure inside zennit's ``apply`` these are the instances zennit lost. A removal that fails
+    leaves the rest to the model guard."""
+    parts = canonizer.canonizers if isinstance(canonizer, CompositeCanonizer) else [canonizer]
+    applied = [c for part in parts for c in getattr(part, "applied", [])]
+    for c in reversed(applied):
+        with contextlib.suppress(Exception):  # a half-registered instance: the guard restores the rest
+            c.remove()
+
+
 def one_hot_output(targets: Tensor) -> Callable[[Tensor], Tensor]:
     """zennit's ``attr_output``: a one on each image's target score, zero elsewhere."""
     return lambda out: F.one_hot(targets, out.shape[1]).to(out)
@@ -91,18 +175,36 @@ def _inner(model: nn.Module) -> nn.Module:
 
 
 def pick_canonizer(model: nn.Module) -> Canonizer | None:
-    """The canonizer zennit ships for ``model``, or None when it has no BatchNorm to merge."""
+    """The canonizer zennit ships for ``model`` (logged, see :class:`MergeBatchNorm`), or None when
+    it has no BatchNorm to merge. Each call gives a new canonizer with its own log."""
     from torchvision.models import VGG
     from torchvision.models.resnet import BasicBlock, Bottleneck
 
     modules = list(model.modules())
+    canonizer: Canonizer
     if any(isinstance(m, (BasicBlock, Bottleneck)) for m in modules):
-        return ResNetCanonizer()
-    if not any(isinstance(m, BatchNorm) for m in modules):
+        canonizer = ResNetMergeCanonizer()
+    elif not any(isinstance(m, NORMS) for m in modules):
         return None
-    if any(isinstance(m, VGG) for m in modules):
-        return VGGCanonizer()
-    return SequentialMergeBatchNorm()
+    elif any(isinstance(m, VGG) for m in modules):
+        canonizer = VGGMergeBatchNorm()
+    else:
+        canonizer = MergeBatchNorm()
+    for part in canonizer.canonizers if isinstance(canonizer, CompositeCanonizer) else [canonizer]:
+        part.applied = []
+    return canonizer
+
+
+def zennit_name(canonizer: Canonizer | None, model: nn.Module) -> str:
+    """The zennit class a canonizer is (the logged subclasses above add no rule of their own), and
+    whether it merged FrozenBatchNorm2d modules of ``model``."""
+    if canonizer is None:
+        return "none"
+    name = next(c.__name__ for c in type(canonizer).__mro__ if c.__module__.startswith("zennit."))
+    frozen = NORMS[1:]
+    if frozen and any(isinstance(m, frozen) for m in model.modules()):
+        name += " (its BatchNorm merge applied to FrozenBatchNorm2d too)"
+    return name
 
 
 def unmerged_batchnorms(model: nn.Module) -> list[str]:
@@ -111,9 +213,22 @@ def unmerged_batchnorms(model: nn.Module) -> list[str]:
     names = {id(m): n for n, m in model.named_modules()}
     out, last = [], None
     for leaf in collect_leaves(model):
-        if isinstance(leaf, BatchNorm) and not isinstance(last, ZennitLinear):
+        if isinstance(leaf, NORMS) and not isinstance(last, ZennitLinear):
             out.append(names.get(id(leaf), type(leaf).__name__))
         last = leaf
+    return out
+
+
+def unmergeable_batchnorms(model: nn.Module) -> list[str]:
+    """BatchNorm modules, each with what it lacks, that zennit's merge cannot fold: it reads
+    ``weight``, ``bias``, ``running_mean`` and ``running_var``, which ``affine=False`` and
+    ``track_running_stats=False`` leave as None."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, NORMS):
+            lacks = [k for k in ("weight", "bias", "running_mean", "running_var") if getattr(m, k, None) is None]
+            if lacks:
+                out.append(f"'{name or type(m).__name__}' (no {', '.join(lacks)})")
     return out
 
 
@@ -206,6 +321,15 @@ class ZennitAdapter(Adapter):
     def _check_lrp_model(self, x: Tensor, canonizer: Canonizer | None) -> Tensor:
         """Refuse models whose zennit LRP would be silently wrong; return the model's own scores."""
         model = self.model
+        lacking = unmergeable_batchnorms(model)
+        if lacking:
+            raise ModelError(
+                f"zennit LRP cannot explain this model: {len(lacking)} BatchNorm module(s) have no affine "
+                f"map or no running statistics ({'; '.join(lacking[:3])}), and zennit's canonizer merges a "
+                "BatchNorm into the layer before it from exactly those tensors (affine=True, "
+                "track_running_stats=True); use a gradient method (integrated_gradients, smoothgrad) on "
+                "backend 'zennit' instead"
+            )
         left = unmerged_batchnorms(model)
         if left:
             raise ModelError(
@@ -243,8 +367,12 @@ class ZennitAdapter(Adapter):
         canonizer = pick_canonizer(self.model)
         scores = self._check_lrp_model(x, canonizer)
         composite = self._composite(x, canonizer)
-        with Gradient(self.model, composite=composite) as attributor:
-            output, out = attributor(x, score_output(targets))
+        try:
+            with Gradient(self.model, composite=composite) as attributor:
+                output, out = attributor(x, score_output(targets))
+        finally:
+            if canonizer is not None:
+                remove_applied(canonizer)
         err = float((output.detach() - scores).abs().max()) / max(float(scores.abs().max()), 1e-12)
         if err > CANON_RTOL:
             raise ModelError(
@@ -252,6 +380,5 @@ class ZennitAdapter(Adapter):
                 "score): its BatchNorm merge does not match the model's forward order, so LRP on the canonized "
                 "model would explain another function; use a gradient method on backend 'zennit' instead"
             )
-        self.driven.append(f"zennit composite {type(composite).__name__}, canonizer "
-                           f"{type(canonizer).__name__ if canonizer is not None else 'none'}")
+        self.driven.append(f"zennit composite {type(composite).__name__}, canonizer {zennit_name(canonizer, self.model)}")
         return out

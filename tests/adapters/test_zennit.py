@@ -92,10 +92,10 @@ def test_the_canonizer_is_picked_for_the_model() -> None:
     with torch.device("meta"):
         vgg_bn, vgg, resnet = (torchvision.models.vgg11_bn(), torchvision.models.vgg11(),
                                torchvision.models.resnet18())
-    assert type(pick_canonizer(vgg_bn)) is VGGCanonizer
+    assert isinstance(pick_canonizer(vgg_bn), VGGCanonizer)
     assert pick_canonizer(vgg) is None  # nothing to merge
-    assert type(pick_canonizer(resnet)) is ResNetCanonizer
-    assert type(pick_canonizer(tiny_cnn())) is SequentialMergeBatchNorm
+    assert isinstance(pick_canonizer(resnet), ResNetCanonizer)
+    assert isinstance(pick_canonizer(tiny_cnn()), SequentialMergeBatchNorm)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -138,6 +138,117 @@ def test_model_restored_when_the_call_raises_inside_the_canonized_model(build) -
     assert calls["n"] == 3
     assert_same_state(before, model)
     handle.remove()
+
+
+def _state_bits(model: nn.Module) -> list[tuple[str, int, torch.Tensor]]:
+    """Every parameter and buffer: name, storage pointer and a copy of its values."""
+    return [(k, v.data_ptr(), v.detach().clone()) for k, v in model.state_dict(keep_vars=True).items()]
+
+
+def _assert_bit_identical(before: list[tuple[str, int, torch.Tensor]], model: nn.Module) -> None:
+    for (k, ptr, v), (k1, ptr1, v1) in zip(before, _state_bits(model), strict=True):
+        assert k == k1 and ptr == ptr1, f"{k}: storage replaced"
+        assert torch.equal(v, v1), f"{k}: values changed"
+
+
+def _bn_then_unmergeable(**second: bool) -> nn.Module:
+    """Conv -> BatchNorm2d -> ReLU -> Conv -> BatchNorm2d(``second``) -> ReLU -> pool -> Linear."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4, **second), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        for bn in (model[1], model[4]):
+            if bn.running_mean is not None:
+                bn.running_mean.uniform_(-1, 1)
+                bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.mark.bad_input("api")
+@pytest.mark.parametrize("second", [{"affine": False}, {"track_running_stats": False}],
+                         ids=["affine-false", "no-running-stats"])
+def test_a_batchnorm_zennit_cannot_merge_is_refused_and_the_model_left_bit_identical(second) -> None:
+    """zennit's merge reads weight, bias and running statistics: a BatchNorm without them made zennit
+    raise after merging the first BatchNorm, whose statistics stayed at 0 and 1. One clear error now,
+    and every tensor of the model on its own storage with its own values."""
+    model = _bn_then_unmergeable(**second)
+    x = tiny_input(n=2, size=16)
+    out = model(x).detach()
+    before, state = _state_bits(model), snapshot(model)
+    with pytest.raises(cnnlens.CnnlensError, match="'4'") as info:
+        _explain(model, x, "lrp", target=[0, 1])
+    assert "affine" in str(info.value) and "integrated_gradients" in str(info.value)
+    _assert_bit_identical(before, model)
+    assert_same_state(state, model)
+    assert torch.equal(model(x), out)
+
+
+def test_canonizers_applied_before_a_failing_one_are_removed(monkeypatch) -> None:
+    """zennit's ``apply`` loses the instances it merged when a later merge raises; cnnlens removes
+    them itself (checked here without the model guard, which would also restore them)."""
+    from zennit.canonizers import MergeBatchNorm as ZennitMerge
+
+    from cnnlens.adapters.zennit import remove_applied
+
+    model = _bn_then_unmergeable()
+    merge = ZennitMerge.merge_batch_norm
+    calls = {"n": 0}
+
+    def second_fails(modules: object, batch_norm: nn.Module) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Boom("second merge")
+        merge(modules, batch_norm)
+
+    monkeypatch.setattr(ZennitMerge, "merge_batch_norm", staticmethod(second_fails))
+    before, eps = _state_bits(model), model[1].eps
+    canonizer = pick_canonizer(model)
+    with pytest.raises(_Boom):
+        try:
+            canonizer.apply(model)
+        finally:
+            remove_applied(canonizer)
+    assert calls["n"] == 2
+    _assert_bit_identical(before, model)
+    assert model[1].eps == eps
+
+
+def _frozen_pair() -> tuple[nn.Module, nn.Module]:
+    """A resnet18 with BatchNorm2d (random statistics and shifts) and the same network with
+    torchvision's FrozenBatchNorm2d, loaded from its state: the same function."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    bn = torchvision.models.resnet18(num_classes=10)
+    with torch.no_grad():
+        for m in bn.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    frozen = torchvision.models.resnet18(num_classes=10, norm_layer=FrozenBatchNorm2d)
+    frozen.load_state_dict(bn.state_dict(), strict=False)  # (FrozenBatchNorm2d has no num_batches_tracked)
+    return bn.eval(), frozen.eval()
+
+
+def test_frozen_batchnorms_are_merged_like_batchnorms() -> None:
+    """torchvision's detection backbones use FrozenBatchNorm2d, which zennit's types do not list: left
+    unmerged, the relevance sum was many times the score. Merged, LRP on it is LRP on the BatchNorm2d
+    network that computes the same function."""
+    bn, frozen = _frozen_pair()
+    x, targets = tiny_input(n=2, size=32, seed=3), [1, 4]
+    torch.testing.assert_close(frozen(x), bn(x), rtol=1e-5, atol=1e-5)
+    state = snapshot(frozen)
+    e_bn, e_frozen = _explain(bn, x, "lrp", target=targets), _explain(frozen, x, "lrp", target=targets)
+    assert_same_state(state, frozen)
+    scale = float(e_bn.raw.abs().max())
+    torch.testing.assert_close(e_frozen.raw, e_bn.raw, rtol=0, atol=1e-3 * scale)
+    sums, scores = e_frozen.raw.sum(dim=(1, 2, 3)), _scores(frozen, x, targets)
+    torch.testing.assert_close(sums, e_bn.raw.sum(dim=(1, 2, 3)), rtol=1e-3, atol=1e-4)
+    assert ((sums - scores).abs() < 0.5 * scores.abs()).all(), (sums, scores)  # biases absorb a part
+    assert "FrozenBatchNorm2d" in " ".join(e_frozen.provenance.driven)
 
 
 # ------------------------------------------------------------------------------------------------
