@@ -278,11 +278,12 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     """(where, what) of a pydantic error: ``boxes.0``, ``Input should be a valid number (got 'a')``."""
     errs = exc.errors()
     e = errs[0]
-    where = ".".join(str(x) for x in e["loc"]) or "the row"
+    where = ".".join(str(x) for x in e["loc"]) or "top level"
     got = repr(e.get("input"))
     got = got if len(got) <= 60 else got[:57] + "..."
     more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
-    return where, f"{e['msg'].removeprefix('Value error, ')} (got {got}){more}"
+    msg = re.sub(r" or instance of \w+", "", e["msg"]).removeprefix("Value error, ")
+    return where, f"{msg} (got {got}){more}"
 
 
 def _coco(path: Path) -> dict[str, list[tuple[float, ...]]]:
