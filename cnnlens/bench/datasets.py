@@ -479,8 +479,8 @@ def _mask_problem(path: str, resize: int, crop: int) -> str | None:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
+        with Image.open(path) as raw:
+            im = ImageOps.exif_transpose(raw)
             if np.asarray(im.convert("L")).any():
                 return None if load_mask(path, resize, crop).any() else \
                     f"marks an object only outside the model's centre crop ({crop}x{crop}), so nothing is left to score"
@@ -517,7 +517,7 @@ def records(spec: ImagesSpec, model: Any, resize: int, crop: int, target: str = 
         rows += _manifest(Path(spec.manifest), spec.allow_outside_root)
     if spec.annotations:
         ann = read_annotations(spec.annotations, spec.annotations_format)
-        files = [(p, None, [], None) for p in _user_files(spec)]
+        files: list[_Record] = [(p, None, [], None) for p in _user_files(spec)]
         rows = rows + files if not spec.folder else rows
         hit = 0
         for _p, _l, boxes, _m in rows:
