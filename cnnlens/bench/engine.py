@@ -707,10 +707,19 @@ class Worker:
 
 
 def _where() -> tuple[str, int]:
+    """(host, pid) of the process running a cell; in a Ray actor the host names its Ray node too
+    (``host (ray node 1a2b3c4d5e6f)``), which tells apart two nodes of one machine."""
     import os
     import socket
+    import sys
 
-    return socket.gethostname(), os.getpid()
+    host = socket.gethostname()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ctx = ray.get_runtime_context()
+        if ctx.get_actor_id() is not None:
+            host += f" (ray node {ctx.get_node_id()[:12]})"
+    return host, os.getpid()
 
 
 class LocalExecutor:

@@ -69,12 +69,98 @@ def _loopback() -> Iterator[None]:
             os.environ[var] = before_env
 
 
+#: What a driver needs to join a cluster that uses Ray's token authentication.
+AUTH_HELP = ("Ray clusters use token authentication: set RAY_AUTH_MODE=token and the cluster's token in "
+             "RAY_AUTH_TOKEN or in the file ~/.ray/auth_token (RAY_AUTH_TOKEN_PATH names another file), "
+             "the same on every node and on this driver")
+
+#: Ray's notice that a Ray it starts uses token authentication: true, and not the user's to act on.
+_NOTICES = ("Token authentication is enabled for this Ray cluster", "Token authentication is disabled")
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect what this process writes to its standard error (file descriptor 2) meanwhile.
+
+    Ray's C++ client writes a warning line per retry there while it cannot reach a cluster, and
+    its Python side a token notice; the caller decides what of it to show (the CLI's error must stay
+    one line). The lines come in the yielded list when the block ends.
+    """
+    import sys
+    import tempfile
+
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            lines.extend(buf.read().decode("utf-8", "replace").splitlines())
+
+
+def _replay(lines: list[str]) -> None:
+    """Show captured standard-error lines again, without Ray's token notice."""
+    import sys
+
+    kept = [ln for ln in lines if not any(n in ln for n in _NOTICES)]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
+
+
+def _auth_refused(exc: BaseException) -> bool:
+    """Whether Ray refused the connection for its token authentication (anywhere in the chain)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if type(e).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(e) \
+                or "Authentication token is missing or incorrect" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _check_token(address: str) -> None:
+    """Ask the cluster's GCS once whether it accepts this process's token, so a refusal is one clear
+    error at once instead of Ray's 20 s of retries. Any other outcome is left to ``ray.init``; so is an
+    address where nothing answers (Ray's client would wait 40 s for it)."""
+    import socket
+
+    try:
+        from ray._raylet import GcsClient
+    except ImportError:  # another Ray layout: ray.init reports it
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=3):
+            pass
+    except (OSError, ValueError):
+        return
+    try:
+        GcsClient(address=address)
+    except Exception as exc:
+        if _auth_refused(exc):
+            raise OptionError(f"the Ray cluster at '{address}' refused this driver's token; {AUTH_HELP}") from None
+
+
 def start_local_ray(num_cpus: int, num_gpus: int = 0) -> str:
-    """Start a Ray on this machine, reachable on the loopback interface only; returns its address."""
+    """Start a Ray on this machine, reachable on the loopback interface only; returns its address.
+
+    A watchdog process (see :func:`_start_watchdog`) ends Ray's processes soon after this process
+    dies, even by SIGKILL.
+    """
     ray = require_ray()
+    before = _children()
     with _loopback():
         ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
                        configure_logging=False)
+    _start_watchdog(_children() - before)
     return str(ctx.address_info["gcs_address"])
 
 
@@ -83,6 +169,10 @@ def join_ray(address: str) -> None:
 
     A cluster on this machine's loopback address (one :func:`start_local_ray` started) is joined
     as a loopback node too; otherwise Ray would wait for a node at the machine's network address.
+
+    Raises:
+        OptionError: The cluster refused this driver's token (Ray's token authentication); the
+            message names the variables to set.
     """
     from urllib.parse import urlsplit
 
@@ -91,11 +181,91 @@ def join_ray(address: str) -> None:
     # Ray Client (ray://) takes the address alone; a driver on a node takes the logging settings.
     kwargs = {} if address.startswith("ray://") else \
         {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if host in ("127.0.0.1", "localhost", "::1"):
-        with _loopback():
-            ray.init(address=address, **kwargs)
-    else:
-        ray.init(address=address, **kwargs)
+    # Ray's retry warnings (one line a second while it cannot connect) are not shown: a failure is one
+    # error, with its reason; after a success, what Ray wrote is shown.
+    with _captured_stderr() as lines:
+        try:
+            if "://" not in address and address != "auto":
+                _check_token(address)
+            with _loopback() if host in ("127.0.0.1", "localhost", "::1") else contextlib.nullcontext():
+                ray.init(address=address, **kwargs)
+        except Exception as exc:
+            if _auth_refused(exc):
+                raise OptionError(f"the Ray cluster at '{address}' refused this driver's token; {AUTH_HELP}") from None
+            raise
+    _replay(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# The watchdog: a local Ray does not outlive its driver
+# --------------------------------------------------------------------------------------------
+
+#: Seconds between the watchdog's looks at the driver and the Ray processes under it.
+WATCH_EVERY = 0.5
+
+_WATCHDOG_CODE = """
+import sys, time
+import psutil
+driver = psutil.Process(int(sys.argv[1]))
+every = float(sys.argv[2])
+roots = {int(p) for p in sys.argv[3:]}
+known = {}
+while True:
+    gone = not driver.is_running() or driver.status() == psutil.STATUS_ZOMBIE
+    # One scan of the process table per look: the Ray processes and every process under them.
+    procs = {p.pid: p for p in psutil.process_iter(["ppid", "status"])}
+    under = {}
+    for p in procs.values():
+        under.setdefault(p.info["ppid"], []).append(p)
+    todo = [procs[r] for r in roots if r in procs and procs[r].info["status"] != psutil.STATUS_ZOMBIE]
+    if not todo and not gone:
+        sys.exit(0)  # Ray was shut down: nothing left to watch
+    while todo:
+        p = todo.pop()
+        known.setdefault(p.pid, p)
+        todo.extend(under.get(p.pid, []))
+    if gone:
+        break
+    time.sleep(every)
+for p in known.values():
+    try:
+        p.kill()  # psutil refuses a pid that now belongs to another process
+    except psutil.Error:
+        pass
+"""
+
+_watchdogs: list[Any] = []
+
+
+def _children() -> set[int]:
+    import psutil
+
+    try:
+        return {c.pid for c in psutil.Process().children()}
+    except psutil.Error:
+        return set()
+
+
+def _start_watchdog(roots: set[int]) -> None:
+    """Start a small process that kills Ray's processes (``roots``, the ones ``ray.init`` started, and
+    every process under them: raylet, agents, workers) when this driver dies.
+
+    Ray ties its GCS and raylet to the driver (the kernel kills them with it), but its agents and
+    workers outlive a SIGKILLed driver for many seconds, some until they give up on the GCS. The
+    watchdog looks every :data:`WATCH_EVERY` seconds, in its own session (a signal to the driver's
+    process group does not reach it), and exits by itself once Ray's processes are gone (a clean
+    ``ray.shutdown``).
+    """
+    import subprocess
+    import sys
+
+    if not roots:
+        return
+    proc = subprocess.Popen([sys.executable, "-c", _WATCHDOG_CODE, str(os.getpid()), str(WATCH_EVERY),
+                             *map(str, sorted(roots))],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    _watchdogs.append(proc)
 
 
 class RayExecutor:

@@ -436,13 +436,20 @@ def export_csv(db: str | Path, path: str | Path | None = None) -> Path:
 
 
 def summary(db: str | Path) -> Any:
-    """Mean, standard deviation and count over images per (model, method, backend, metric).
+    """Mean, standard deviation, count and 95 % bootstrap interval of the mean (``ci_low``,
+    ``ci_high``: :func:`cnnlens.bench.verdict.intervals`, percentile method, seed 0; NaN for fewer
+    than 2 values) over images per (model, method, backend, metric).
 
     Curve points are kept (they are what the curve plots show); the per-image table stays in the
     study file and in :func:`export_csv`.
     """
+    from cnnlens.bench.verdict import intervals
+
     df = read_results(db)
-    g = df.groupby(["model", "method", "backend", "metric"], sort=True)["value"]
+    keys = ["model", "method", "backend", "metric"]
+    g = df.groupby(keys, sort=True)["value"]
     out = g.agg(["mean", "std", "count"]).reset_index()
-    det = df.groupby(["model", "method", "backend", "metric"], sort=True)["deterministic"].first().reset_index()
-    return out.merge(det, on=["model", "method", "backend", "metric"])
+    ci = intervals(df, metrics="all")[[*keys, "ci_low", "ci_high"]]
+    out = out.merge(ci, on=keys, how="left")
+    det = df.groupby(keys, sort=True)["deterministic"].first().reset_index()
+    return out.merge(det, on=keys)
