@@ -186,13 +186,17 @@ def plan(suite: Suite, model_id: str, image_ids: list[str], positions: dict[str,
             ids = allowed(m, all_ids)
             if not ids:
                 continue
-            c = Cell("explain", {
+            espec = {
                 "model": model_id, "images": ids, "method": m, "backend": b,
                 "options": suite.options_for(m, b), "seed": suite.seed, "faith": faith,
                 "faith_images": [i for i in ids if i in faith_ids],
                 "road": [i for i in ids if i in road_ids], "localization": suite.localization.enabled,
                 "keep_raw": m in multi,
-            }, deps=[images.key])
+            }
+            if suite.quantus is not None:  # only then: a suite without [quantus] keeps its cell keys
+                espec["quantus"] = asdict(suite.quantus)
+                espec["quantus_images"] = [i for i in ids if i in image_ids[:suite.quantus.images]]
+            c = Cell("explain", espec, deps=[images.key])
             explain_key[(m, b)] = c.key
             cells.append(c)
         if not suite.agreement.enabled:
@@ -369,6 +373,10 @@ def run_explain(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Art
             if box is not None:
                 rows.append((mid, iid, m, b, "pointing.hit", M.pointing_hit(maps[j], box), 1))
                 rows.append((mid, iid, m, b, "pointing.energy", M.energy_pointing(maps[j], box), 1))
+    if spec.get("quantus") and spec["quantus_images"]:
+        from cnnlens.bench.quantus_metrics import study_rows
+
+        rows.extend(study_rows(ctx, spec, x, maps, targets))
     ctx.compute += time.perf_counter() - t0
     return rows, arts
 

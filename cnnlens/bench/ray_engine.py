@@ -133,7 +133,7 @@ def _check_token(address: str) -> None:
     import socket
 
     try:
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
     except ImportError:  # another Ray layout: ray.init reports it
         return
     host, _, port = address.rpartition(":")

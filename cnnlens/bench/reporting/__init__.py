@@ -13,8 +13,8 @@ from typing import Any
 
 from cnnlens.bench.reporting.render import Section
 
-SECTIONS = ("Verdict", "Summary", "Agreement", "Faithfulness", "Localization", "Sanity", "Speed", "Image x method grid",
-            "Failures", "Run")
+SECTIONS = ("Verdict", "Summary", "Agreement", "Metric agreement", "Faithfulness", "Localization", "Sanity", "Speed",
+            "Image x method grid", "Failures", "Run")
 
 __all__ = ["SECTIONS", "Section", "build_sections", "write_report"]
 
@@ -22,6 +22,7 @@ __all__ = ["SECTIONS", "Section", "build_sections", "write_report"]
 def build_sections(db: Path) -> tuple[list[Section], dict[str, bytes], dict[str, Any]]:
     """Every section of the report of ``db``, the files they name (figures as PNG bytes, the verdict's
     tables as CSV bytes), and the study's metadata."""
+    from cnnlens.bench.metric_agreement import section as metric_agreement
     from cnnlens.bench.reporting import sections as S
     from cnnlens.bench.reporting.data import load
     from cnnlens.bench.reporting.verdict_section import verdict
@@ -29,7 +30,8 @@ def build_sections(db: Path) -> tuple[list[Section], dict[str, bytes], dict[str,
     st = load(db)
     figs: dict[str, bytes] = {}
     faith_sec, faith_tab = S.faithfulness(st, figs)
-    sections = [verdict(st, figs), S.summary(st, faith_tab), S.agreement(st, figs), faith_sec, S.localization(st, figs),
+    sections = [verdict(st, figs), S.summary(st, faith_tab), S.agreement(st, figs),
+                metric_agreement(st), faith_sec, S.localization(st, figs),
                 S.sanity(st, figs), S.speed(st, figs), S.grid(st, figs), S.failures(st), S.run(st)]
     return sections, figs, st.meta
 

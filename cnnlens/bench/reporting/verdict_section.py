@@ -139,6 +139,11 @@ def verdict(st: Study, figs: dict[str, bytes]) -> Section:
                      "mean with the 95 % bootstrap interval, and how many others the tests (best vs each, Holm) "
                      "cannot tell from it:")
             sec.table(lead, ".3g", blank="no interval: the metric was measured on one image.")
+    errors = sorted((k.split(":", 1)[1], v) for k, v in st.meta.items() if k.startswith("quantus.error:"))
+    if errors:
+        sec.note(f"{len(errors)} Quantus metric run{'s' if len(errors) != 1 else ''} failed and stored no value: "
+                 + "; ".join(f"{k.replace('|', ' ')}: {v}" for k, v in errors[:10])
+                 + (" ..." if len(errors) > 10 else ""))
     if vd.stability is not None:
         sec.text("Rank stability across models (aggregate rank per model; a large range means the verdict does not "
                  "carry over from one model to another):")
