@@ -140,7 +140,7 @@ def _check_token(address: str) -> None:
     import socket
 
     try:
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
     except ImportError:  # another Ray layout: ray.init reports it
         return
     host, _, port = address.rpartition(":")
@@ -159,15 +159,24 @@ def _check_token(address: str) -> None:
 def start_local_ray(num_cpus: int, num_gpus: int = 0) -> str:
     """Start a Ray on this machine, reachable on the loopback interface only; returns its address.
 
-    A watchdog process (see :func:`_start_watchdog`) ends Ray's processes soon after this process
-    dies, even by SIGKILL.
+    Ray's notice that it enabled token authentication is not shown: this Ray is the run's own, on
+    loopback, and a line on standard error would break the CLI's one-line errors. A watchdog process
+    (see :func:`_start_watchdog`) ends Ray's processes soon after this process dies, even by SIGKILL.
     """
+    import logging
+
     ray = require_ray()
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notices.level
+    notices.setLevel(logging.ERROR)
     before = _children()
-    with _loopback():
-        ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-                       configure_logging=False)
-    _start_watchdog(_children() - before)
+    try:
+        with _loopback():
+            ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                           configure_logging=False)
+    finally:
+        notices.setLevel(level)
+    _start_watchdog(_ray_processes(ray) or _children() - before)
     return str(ctx.address_info["gcs_address"])
 
 
@@ -242,6 +251,16 @@ for p in known.values():
 """
 
 _watchdogs: list[Any] = []
+
+
+def _ray_processes(ray: Any) -> set[int]:
+    """The processes ``ray.init`` started in this process (GCS, raylet, monitors), from Ray's node
+    record; empty where that record is not there (the caller falls back to the new children)."""
+    try:
+        node = ray._private.worker._global_node
+        return {int(info.process.pid) for infos in node.all_processes.values() for info in infos}
+    except (AttributeError, TypeError):
+        return set()
 
 
 def _children() -> set[int]:
