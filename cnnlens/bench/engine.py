@@ -683,6 +683,12 @@ class Worker:
         self.models: dict[str, nn.Module] = {}
         self.pixels = PixelCache(2 * shard_size(suite))
 
+    def ready(self) -> int:
+        """This worker's process id; a Ray actor's answer proves that its start-up finished."""
+        import os
+
+        return os.getpid()
+
     def model(self, model_id: str) -> nn.Module:
         from cnnlens.models import load_model
 
@@ -690,7 +696,11 @@ class Worker:
             self.models[model_id] = self.models.pop(model_id)  # most recently used last
             return self.models[model_id]
         ms = next(m for m in self.suite.models if m.id == model_id)
-        net = load_model(ms.spec, weights=ms.weights, device=self.device)
+        # Seeded: a model with random weights (``weights = "none"``) is the same in every process
+        # and every run, so workers and resumes compute with one model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.suite.seed)
+            net = load_model(ms.spec, weights=ms.weights, device=self.device)
         self.models[model_id] = net
         while len(self.models) > 2:
             del self.models[next(iter(self.models))]
@@ -765,6 +775,7 @@ def run(
     workers: int | None = None,
     address: str | None = None,
     gpus_per_worker: float | None = None,
+    retry: bool = True,
 ) -> Path:
     """Run (or resume) a study and return its SQLite file.
 
@@ -781,6 +792,9 @@ def run(
             unless ``overwrite=True``, which deletes that study file (and nothing else) and starts
             fresh.
         overwrite: Start fresh instead of resuming.
+        retry: On a resume, run again the cells that failed (``error``) or were skipped because an
+            input failed (a worker that died, an image unreadable for a moment); ``False`` keeps
+            them as they are (CLI: ``--no-retry``). :func:`failures` lists what failed.
         progress: Show one progress bar for the study (tqdm; drawn only when stderr is a terminal).
         max_cells: Stop after running this many new cells (the study stays resumable).
         engine: ``"local"`` (this process) or ``"ray"`` (long-lived Ray actors, each loading a
@@ -842,7 +856,8 @@ def run(
             except OSError as exc:
                 raise output_error(p, exc, "study database", "--out") from None
     store = Store(path, s.name)
-    how = {"engine": engine, "workers": workers, "address": address, "gpus_per_worker": gpus_per_worker}
+    how = {"engine": engine, "workers": workers, "address": address, "gpus_per_worker": gpus_per_worker,
+           "retry": bool(retry)}
     try:
         _resume(s, dev, store, progress, max_cells, how, prepared)
     except sqlite3.Error as exc:
@@ -850,6 +865,46 @@ def run(
     finally:
         store.close()
     return path
+
+
+def failures(db: str | Path) -> list[tuple[str, str, int]]:
+    """The study's cells that did not finish well, grouped: (status, reason, number of cells).
+
+    ``status`` is ``error`` (the cell failed) or ``skipped`` (an input it needs failed); the
+    reason is the stored message with image names and numbers kept, so one cause is one group.
+    Largest groups first.
+    """
+    from cnnlens.bench.store import read_table
+
+    cells = read_table(db, "cells")
+    bad = cells[cells.status != "done"]
+    if bad.empty:
+        return []
+    groups = bad.groupby(["status", bad.error.fillna("no reason recorded")]).size()
+    out = [(str(st), str(why), int(n)) for (st, why), n in groups.items()]
+    return sorted(out, key=lambda t: (t[0] != "error", -t[2], t[1]))
+
+
+def failure_report(db: str | Path, again: str, groups: int = 5) -> list[str]:
+    """Lines that say how many cells failed, why (the largest ``groups`` causes) and how to retry.
+
+    ``again`` is the command that resumes the study (it retries failed and skipped cells). Empty
+    when every cell is done.
+    """
+    found = failures(db)
+    if not found:
+        return []
+    n_err = sum(n for st, _w, n in found if st == "error")
+    n_skip = sum(n for st, _w, n in found if st == "skipped")
+    lines = [f"{n_err} cells failed and {n_skip} were skipped because an input of theirs failed; "
+             "their results are missing from the study:"]
+    for st, why, n in found[:groups]:
+        lines.append(f"  {n:>5} {st}: {why[:300]}")
+    if len(found) > groups:
+        rest = sum(n for _s, _w, n in found[groups:])
+        lines.append(f"  {rest:>5} more, for {len(found) - groups} other reasons (the study's cells table has each)")
+    lines.append(f"retry them (finished cells are kept): {again}")
+    return lines
 
 
 def _match_hint(word: str, choices: tuple[str, ...]) -> str:
@@ -870,8 +925,21 @@ def study_digest(s: Suite) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _prepare(s: Suite, dev: torch.device, engine: str) -> tuple[Worker | None, dict[str, list[Any]]]:
-    """The local engine's worker (None on Ray) and each model's image records, in study order.
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two suites' dicts (the image list left out)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [prefix.rstrip(".")] if json.dumps(old, default=str) != json.dumps(new, default=str) and prefix else []
+    out: list[str] = []
+    for k in sorted(set(old) | set(new)):
+        if not prefix and k == "images":
+            continue
+        out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+    return out
+
+
+def _prepare(s: Suite, dev: torch.device, engine: str) -> tuple[Worker | None, dict[str, list[Any]], dict[str, str]]:
+    """The local engine's worker (None on Ray), each model's image records, in study order, and
+    each model's :func:`model_digest`.
 
     Each model is loaded here to map the dataset's labels and to keep the pasted objects it
     recognises; the local engine keeps its worker (and so its models) for the cells.
@@ -888,26 +956,35 @@ def _prepare(s: Suite, dev: torch.device, engine: str) -> tuple[Worker | None, d
         local = Worker(s, dev) if engine == "local" else None
         planner = local if local is not None else \
             Worker(s, dev if dev.type != "cuda" or torch.cuda.is_available() else torch.device("cpu"))
-        records = {ms.id: collect_images(s.images, planner.model(ms.id), ms.image_size, s.target) for ms in s.models}
+        records: dict[str, list[Any]] = {}
+        digests: dict[str, str] = {}
+        for ms in s.models:
+            net = planner.model(ms.id)
+            digests[ms.id] = model_digest(net)
+            records[ms.id] = collect_images(s.images, net, ms.image_size, s.target)
         if local is None:
             planner.models.clear()
     finally:
         torch.set_num_threads(threads)
-    return local, records
+    return local, records, digests
 
 
 def _resume(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None,
-            how: dict[str, Any], prepared: tuple[Worker | None, dict[str, list[Any]]]) -> None:
+            how: dict[str, Any], prepared: tuple[Worker | None, dict[str, list[Any]], dict[str, str]]) -> None:
     """Check that the store holds this suite's study (or none), record the run, run the pending cells."""
     path = store.path
     known = store.meta()
     old = known.get("study_digest")
     if (old is not None and old != study_digest(s)) or \
             (old is None and known.get("suite_digest") not in (None, s.digest())):
+        differ = _changed_keys(known.get("suite"), s.to_dict())
+        what = f" (changed: {', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''})" if differ else ""
         raise OutputExistsError(
-            f"'{path}' holds a study of a different version of suite '{s.name}'; pass overwrite=True "
-            "(CLI: --overwrite) to start fresh, or choose another --out folder"
+            f"'{path}' holds a study of a different version of suite '{s.name}'{what}; results of the old and the new "
+            "settings would mix: pass overwrite=True (CLI: --overwrite) to start fresh, or choose another --out folder"
         )
+    for ms in s.models:  # before anything is written: a study of other weights is refused untouched
+        check_model(store, known, ms, prepared[2][ms.id])
     meta = run_metadata(s, dev)
     store.set_meta(meta)  # the first run's metadata stays; later runs add their own entry
     # the suite itself is the latest run's: it may list more images than the first one
@@ -922,6 +999,69 @@ def _resume(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells
         _run_study(s, dev, store, progress, max_cells, how, prepared)
     finally:
         torch.set_num_threads(threads)
+
+
+def model_digest(model: nn.Module) -> str:
+    """A hash of the model's weights and buffers (names, types, shapes, values) and of its class."""
+    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    for name, t in model.state_dict().items():
+        if not isinstance(t, Tensor):
+            continue
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def check_model(store: Store, planned: dict[str, Any], ms: Any, digest: str) -> None:
+    """Refuse to resume a study whose model now has other weights (a replaced model file, other
+    weights, changed code); record the model's digest on the study's first run."""
+    key = f"model_digest:{ms.id}"
+    old = planned.get(key)
+    if old is not None and old != digest:
+        raise OutputExistsError(
+            f"'{store.path}' holds a study of model '{ms.id}' ({ms.spec}) with other weights than the model "
+            "loads now (its file or weights changed since the study began); results of two models would mix: "
+            "pass overwrite=True (CLI: --overwrite) to start afresh, or choose another --out folder")
+    if old is None:
+        store.set_meta({key: digest}, replace=True)
+
+
+def image_digest(record: Any) -> str | None:
+    """A hash of what an image's cells read: the file's bytes (or the generated pixels), the mirror
+    flag, the mask's bytes, the boxes, the label and a fixed target. None when the file cannot be
+    read now (its cells will fail and be retried)."""
+    h = hashlib.sha256()
+    try:
+        for p in (record.path, record.mask_path):
+            if p is not None:
+                with open(p, "rb") as f:
+                    h.update(hashlib.file_digest(f, "sha256").digest())
+    except OSError:
+        return None
+    for arr in (record.display, record.mask):
+        if arr is not None:
+            a = np.ascontiguousarray(arr)
+            h.update(f"{a.dtype}{a.shape}".encode() + a.tobytes())
+    h.update(json.dumps([record.flip, record.boxes, record.label, record.target], default=str).encode())
+    return h.hexdigest()[:20]
+
+
+def invalidate_changed(store: Store, planned: dict[str, Any], model_id: str, records: list[Any]) -> list[str]:
+    """Delete the cells of images whose content changed since the study last saw them (one line on
+    stderr names them), and record every image's digest; returns the changed images' ids."""
+    import sys
+
+    key = f"content:{model_id}"
+    old: dict[str, str | None] = planned.get(key, {})
+    new = {r.id: image_digest(r) for r in records}
+    changed = sorted(i for i, d in new.items() if d is not None and old.get(i) not in (None, d))
+    if changed:
+        n = store.invalidate(model_id, set(changed))
+        names = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        print(f"cnnlens: {len(changed)} images of model '{model_id}' changed since the study last ran ({names}); "
+              f"their {n} cells run again", file=sys.stderr, flush=True)
+    store.set_meta({key: {**old, **{i: d for i, d in new.items() if d is not None}}}, replace=True)
+    return changed
 
 
 def _positions(records: list[Any], known: dict[str, int], size: int) -> dict[str, int]:
@@ -941,7 +1081,7 @@ def _positions(records: list[Any], known: dict[str, int], size: int) -> dict[str
 
 
 def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None,
-               how: dict[str, Any], prepared: tuple[Worker | None, dict[str, list[Any]]]) -> bool:
+               how: dict[str, Any], prepared: tuple[Worker | None, dict[str, list[Any]], dict[str, str]]) -> bool:
     """Plan every model's cells (records from :func:`_prepare`), then run the pending ones as their
     inputs become ready.
 
@@ -950,21 +1090,34 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
     import heapq
 
     size = shard_size(s)
-    local, listed = prepared
+    local, listed, _digests = prepared
     cells: list[Cell] = []
     records: dict[str, dict[str, Any]] = {}
     positions: dict[str, dict[str, int]] = {}
     targets: dict[str, dict[str, int]] = {}
+    planned = store.meta()
     for ms in s.models:
         recs = listed[ms.id]
         records[ms.id] = {r.id: r for r in recs}
-        positions[ms.id] = _positions(recs, store.positions(ms.id), size)
+        invalidate_changed(store, planned, ms.id, recs)
+        # The plan's positions are kept too: images whose shard failed have no image row yet, and
+        # must keep their place when it is retried (the first images decide ROAD, sanity and speed).
+        known = {**planned.get(f"positions:{ms.id}", {}), **store.positions(ms.id)}
+        positions[ms.id] = _positions(recs, known, size)
+        store.set_meta({f"positions:{ms.id}": positions[ms.id]}, replace=True)
         targets[ms.id] = store.targets(ms.id)
         cells.extend(plan(s, ms.id, list(positions[ms.id]), positions[ms.id]))
 
     seen: set[str] = set()
     cells = [c for c in cells if not (c.key in seen or seen.add(c.key))]
     status = dict(store.finished())
+    redo: set[str] = set()
+    if how.get("retry", True):  # failed and skipped cells run again (the store replaces their rows)
+        status = {k: v for k, v in status.items() if v == "done"}
+        for c in cells:  # dependency order: a cross-method cell that compared fewer methods runs again too
+            if c.key in status and any(d not in status for d in c.deps):
+                del status[c.key]
+                redo.add(c.key)
     pending = [i for i, c in enumerate(cells) if c.key not in status]
     waiting = {i: sum(1 for d in cells[i].deps if d not in status) for i in pending}
     dependents: dict[str, list[int]] = {}
@@ -993,7 +1146,7 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
             images = [(mid, iid, pos[iid], src, t, label, box, png) for iid, src, t, label, box, png in img_rows]
             targets[mid].update({iid: int(t) for iid, _s, t, *_ in img_rows})
         store.write_cell(c.key, c.kind, c.spec, o.status, o.rows, o.arts, o.error, o.seconds,
-                         images=images, meta=o.meta, compute=o.compute, where=o.where)
+                         images=images, meta=o.meta, compute=o.compute, where=o.where, replace=c.key in redo)
         status[c.key] = o.status
         if c.kind == "explain":
             explained[0] += len(c.spec["images"])

@@ -6,11 +6,15 @@ to the actor that read it last when it is free). The driver keeps
 the plan, hands each actor at most two cells at a time (one running, one queued, so an actor is
 never idle while the driver writes), and alone writes the store with what the actors return.
 
-Faults: an actor that dies mid-cell (killed, out of memory, a crash in a toolkit) is replaced by a
-new one and its cells go back to the queue, to run on whichever actor is free next; a cell that
-killed its worker :data:`MAX_ATTEMPTS` times is recorded as an error instead of being retried
-forever. The driver's own death loses nothing: every finished cell is in the store, and a rerun
-skips it.
+Faults: an actor that dies (killed, out of memory, a crash in a toolkit) is replaced by a new one
+and its cells go back to the queue, to run on whichever actor is free next. Only the cell the actor
+was running is charged an attempt: an actor executes its cells in the order they were handed to it,
+after a ``ready`` call that proves its start-up finished, so the running cell is its oldest one,
+and only once it was ready; the cell queued behind it, and every cell of an actor that died while
+starting, go back uncharged. A cell that took its worker down :data:`MAX_ATTEMPTS` times is
+recorded as an error (a rerun retries it). Workers that keep dying without finishing anything
+(:data:`MAX_IDLE_DEATHS` per worker in a row) stop the study with one clear error. The driver's own
+death loses nothing: every finished cell is in the store, and a rerun skips it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from cnnlens.errors import BackendError, BackendUnavailableError, ModelError, Op
 
 #: Times a cell may take its worker down with it before it is recorded as an error.
 MAX_ATTEMPTS = 3
+
+#: Worker deaths in a row, per worker, with no cell finished in between, before the study stops.
+MAX_IDLE_DEATHS = 5
 
 #: Cells handed to one actor at a time (one running, one queued behind it).
 DEPTH = 2
@@ -133,7 +140,7 @@ def _check_token(address: str) -> None:
     import socket
 
     try:
-        from ray._raylet import GcsClient
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
     except ImportError:  # another Ray layout: ray.init reports it
         return
     host, _, port = address.rpartition(":")
@@ -152,15 +159,24 @@ def _check_token(address: str) -> None:
 def start_local_ray(num_cpus: int, num_gpus: int = 0) -> str:
     """Start a Ray on this machine, reachable on the loopback interface only; returns its address.
 
-    A watchdog process (see :func:`_start_watchdog`) ends Ray's processes soon after this process
-    dies, even by SIGKILL.
+    Ray's notice that it enabled token authentication is not shown: this Ray is the run's own, on
+    loopback, and a line on standard error would break the CLI's one-line errors. A watchdog process
+    (see :func:`_start_watchdog`) ends Ray's processes soon after this process dies, even by SIGKILL.
     """
+    import logging
+
     ray = require_ray()
+    notices = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level = notices.level
+    notices.setLevel(logging.ERROR)
     before = _children()
-    with _loopback():
-        ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
-                       configure_logging=False)
-    _start_watchdog(_children() - before)
+    try:
+        with _loopback():
+            ctx = ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False,
+                           configure_logging=False)
+    finally:
+        notices.setLevel(level)
+    _start_watchdog(_ray_processes(ray) or _children() - before)
     return str(ctx.address_info["gcs_address"])
 
 
@@ -235,6 +251,16 @@ for p in known.values():
 """
 
 _watchdogs: list[Any] = []
+
+
+def _ray_processes(ray: Any) -> set[int]:
+    """The processes ``ray.init`` started in this process (GCS, raylet, monitors), from Ray's node
+    record; empty where that record is not there (the caller falls back to the new children)."""
+    try:
+        node = ray._private.worker._global_node
+        return {int(info.process.pid) for infos in node.all_processes.values() for info in infos}
+    except (AttributeError, TypeError):
+        return set()
 
 
 def _children() -> set[int]:
@@ -312,17 +338,46 @@ class RayExecutor:
         self.threads = suite.threads or cpus_each
         self.device = str(device)
         self.actor_cls = ray.remote(max_restarts=0)(Worker).options(**opts)
+        #: actor -> the reference of its ``ready`` call (done once its start-up finished)
+        self.ready: dict[Any, Any] = {}
         self.actors = [self._new_actor() for _ in range(self.workers)]
         self.load: dict[Any, int] = dict.fromkeys(self.actors, 0)
-        #: task reference -> (cell index, kind, spec, records, targets, actor, attempt)
-        self.inflight: dict[Any, tuple[int, str, dict[str, Any], list[Any], dict[str, int], Any, int]] = {}
+        #: task reference -> (cell index, kind, spec, records, targets, actor, attempt, submission number)
+        self.inflight: dict[Any, tuple[int, str, dict[str, Any], list[Any], dict[str, int], Any, int, int]] = {}
         self.retry: list[tuple[int, str, dict[str, Any], list[Any], dict[str, int], int]] = []
+        #: dead actor -> the reference of the cell it was running (None: it died starting up or idle)
+        self.dead: dict[Any, Any] = {}
         self.deaths = 0
+        self.idle_deaths = 0
         self.finished = 0
+        self.submitted = 0
         self.shard: dict[Any, str | None] = {}
 
     def _new_actor(self) -> Any:
-        return self.actor_cls.remote(self.suite, self.device, self.threads)
+        actor = self.actor_cls.remote(self.suite, self.device, self.threads)
+        self.ready[actor] = actor.ready.remote()
+        return actor
+
+    def _was_ready(self, actor: Any) -> bool:
+        """Whether the actor finished starting up (its ``ready`` call returned) before it died."""
+        ref = self.ready.get(actor)
+        if ref is None:
+            return False
+        done, _ = self.ray.wait([ref], timeout=0)
+        if not done:
+            return False
+        try:
+            self.ray.get(ref)
+        except Exception:  # any failure of ``ready`` means the start-up did not finish
+            return False
+        return True
+
+    def _running(self, actor: Any) -> Any:
+        """The cell reference the actor was running when it died: its oldest one, if it had started."""
+        if not self._was_ready(actor):
+            return None
+        mine = [(v[7], ref) for ref, v in self.inflight.items() if v[5] is actor]
+        return min(mine, key=lambda t: t[0])[1] if mine else None
 
     def free(self) -> bool:
         self._drain_retries()
@@ -341,7 +396,8 @@ class RayExecutor:
         ref = actor.run.remote(kind, spec, records, targets)
         self.load[actor] += 1
         self.shard[actor] = shard
-        self.inflight[ref] = (i, kind, spec, records, targets, actor, attempt)
+        self.submitted += 1
+        self.inflight[ref] = (i, kind, spec, records, targets, actor, attempt, self.submitted)
 
     def _drain_retries(self) -> None:
         while self.retry and any(n < DEPTH for n in self.load.values()):
@@ -360,28 +416,42 @@ class RayExecutor:
                                timeout=0) if len(self.inflight) > 1 else ([], [])
             done = done + more
         out: list[tuple[int, Outcome]] = []
-        for ref in done:
-            i, kind, spec, records, targets, actor, attempt = self.inflight.pop(ref)
-            if actor in self.load:
-                self.load[actor] -= 1
+        # In submission order: an actor's finished cells come before the one it died running.
+        for ref in sorted(done, key=lambda r: self.inflight[r][7]):
+            i, kind, spec, records, targets, actor, attempt, _n = self.inflight[ref]
             try:
-                out.append((i, ray.get(ref)))
-                self.finished += 1
+                outcome = ray.get(ref)
             except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError,
                     ray.exceptions.ActorUnavailableError) as exc:
-                self._replace(actor)
-                if not self.finished and self.deaths > MAX_ATTEMPTS * self.workers:
+                if actor not in self.dead:
+                    self.dead[actor] = self._running(actor)
+                    self._replace(actor)
+                    if self.dead[actor] is None:
+                        self.idle_deaths += 1
+                del self.inflight[ref]
+                limit = MAX_IDLE_DEATHS * self.workers
+                if self.deaths > limit and (not self.finished or self.idle_deaths > limit):
                     raise BackendError(
-                        f"every Ray worker died before finishing a single cell ({self.deaths} deaths; last: "
-                        f"{str(exc).splitlines()[0][:300]}); check that cnnlens and the suite's models import "
-                        "on the cluster's nodes, or run with --engine local") from None
-                if attempt >= MAX_ATTEMPTS:
-                    why = f"its worker died {attempt} times running it ({type(exc).__name__})"
+                        f"Ray workers keep dying without finishing a cell ({self.deaths} deaths, {self.finished} "
+                        f"cells finished; last: {str(exc).splitlines()[0][:300]}); check that cnnlens and the "
+                        "suite's models import on the cluster's nodes and that the workers have memory enough, "
+                        "or run with --engine local; finished cells are kept and a rerun resumes") from None
+                if self.dead[actor] is not ref:  # queued behind the running cell, or the actor never started
+                    self.retry.append((i, kind, spec, records, targets, attempt))
+                elif attempt >= MAX_ATTEMPTS:
+                    why = f"its worker died running it, {attempt} times ({type(exc).__name__})"
                     out.append((i, Outcome("error", why, [], [], {}, 0.0, 0.0)))
                 else:
                     self.retry.append((i, kind, spec, records, targets, attempt + 1))
+                continue
             except ray.exceptions.RayTaskError as exc:  # the worker caught method errors; this is cnnlens's
-                out.append((i, Outcome("error", _error_text(exc.cause if exc.cause else exc), [], [], {}, 0.0, 0.0)))
+                outcome = Outcome("error", _error_text(exc.cause if exc.cause else exc), [], [], {}, 0.0, 0.0)
+            del self.inflight[ref]
+            if actor in self.load:
+                self.load[actor] -= 1
+            self.finished += 1
+            self.idle_deaths = 0
+            out.append((i, outcome))
         self._drain_retries()
         return out
 
@@ -391,6 +461,7 @@ class RayExecutor:
             return
         self.deaths += 1
         del self.load[actor]
+        self.ready.pop(actor, None)
         self.actors = [a for a in self.actors if a is not actor]
         fresh = self._new_actor()
         self.actors.append(fresh)
@@ -406,4 +477,4 @@ class RayExecutor:
             ray.shutdown()
 
 
-__all__ = ["DEPTH", "INSTALL", "MAX_ATTEMPTS", "RayExecutor", "join_ray", "require_ray", "start_local_ray"]
+__all__ = ["DEPTH", "INSTALL", "MAX_ATTEMPTS", "MAX_IDLE_DEATHS", "RayExecutor", "join_ray", "require_ray", "start_local_ray"]

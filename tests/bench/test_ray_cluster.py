@@ -185,8 +185,8 @@ def test_a_driver_the_cluster_refuses_gets_one_line_naming_the_token_variables(c
 
 
 def test_a_killed_drivers_local_ray_is_gone_within_seconds(tmp_path):
-    """A driver that started its own local Ray (and an actor on it) is SIGKILLed: every process Ray
-    started under it (GCS, raylet, agents, the actor's worker) is gone within a few seconds."""
+    """A driver that started its own local Ray (and an actor on it), silently, is SIGKILLed: every
+    process Ray started under it (GCS, raylet, agents, the actor's worker) is gone within a few seconds."""
     import psutil
 
     code = ("import time, ray\n"
@@ -201,7 +201,8 @@ def test_a_killed_drivers_local_ray_is_gone_within_seconds(tmp_path):
             "print(ray.get(a.pid.remote()), flush=True)\n"
             "time.sleep(600)\n")
     env = {**_without_auth(dict(os.environ)), "HOME": str(tmp_path), "RAY_USAGE_STATS_ENABLED": "0"}
-    driver = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    err = (tmp_path / "stderr").open("w")
+    driver = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=err,
                               text=True, start_new_session=True)
     under: list = []
     try:
@@ -209,6 +210,8 @@ def test_a_killed_drivers_local_ray_is_gone_within_seconds(tmp_path):
         assert actor, "the driver did not start its Ray"
         under = psutil.Process(driver.pid).children(recursive=True)  # Ray's processes and cnnlens's watchdog
         assert actor in {p.pid for p in under} and len(under) >= 4
+        # Ray's notice that it enabled token authentication would be a second line under a CLI error.
+        assert "Token authentication" not in (tmp_path / "stderr").read_text()
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait(timeout=30)
         t0 = time.monotonic()
@@ -221,6 +224,7 @@ def test_a_killed_drivers_local_ray_is_gone_within_seconds(tmp_path):
         if driver.poll() is None:
             driver.kill()
             driver.wait(timeout=30)
+        err.close()
         for p in under:  # nothing of this test's is left behind, whatever happened
             with contextlib.suppress(psutil.Error):
                 p.kill()
