@@ -12,9 +12,11 @@
 * Localization: pointing game and energy-based pointing game (Wang et al. 2020, Score-CAM).
 * Baseline maps: pixel noise, smooth noise (low-resolution noise upsampled) and a centred Gaussian.
 
-Pixel rankings break ties with one fixed seeded permutation shared by every method, so a map with
-large flat regions (a ReLU'd CAM) is not ranked in raster order, and two methods with the same map
-get the same ranking.
+Pixel rankings rank a map made stable first: its values rounded to :data:`RANK_DIGITS` digits of
+its largest magnitude (:func:`stable`), so float noise (another thread count, another CPU, another
+engine change a map in its 7th digit) does not reorder pixels that the map holds equal; ties are
+then broken by one fixed seeded permutation shared by every method, so a map with large flat regions
+(a ReLU'd CAM) is not ranked in raster order, and two methods with the same map get the same ranking.
 """
 
 from __future__ import annotations
@@ -40,9 +42,28 @@ def tiebreak(n: int) -> np.ndarray:
     return np.random.default_rng(_TIEBREAK_SEED).permutation(n)
 
 
+#: Digits of a map's largest magnitude that its ranking sees: values closer than 1e-4 of the map's
+#: range are ranked as ties, far above float32 noise (1e-7) and far below any difference a map means.
+RANK_DIGITS = 4
+
+
+def stable(saliency: np.ndarray) -> np.ndarray:
+    """The map (float64) rounded to :data:`RANK_DIGITS` decimals of its largest magnitude.
+
+    Two computations of one map that differ by float noise give the same values here, except for a
+    value that falls within the noise of a rounding boundary (about 1e-7 / 1e-4 of them).
+    """
+    a = np.asarray(saliency, dtype=np.float64)
+    scale = float(np.abs(a).max()) if a.size else 0.0
+    if not math.isfinite(scale) or scale == 0.0:
+        return a
+    return np.round(a / scale, RANK_DIGITS)
+
+
 def rank_order(saliency: np.ndarray) -> np.ndarray:
-    """Flat pixel indices, most salient first; ties broken by a fixed seeded permutation."""
-    flat = np.asarray(saliency, dtype=np.float64).ravel()
+    """Flat pixel indices, most salient first, on the :func:`stable` map; ties broken by a fixed
+    seeded permutation."""
+    flat = stable(saliency).ravel()
     return np.lexsort((tiebreak(flat.size), -flat))
 
 
@@ -294,12 +315,13 @@ def region_mask(shape: tuple[int, ...], region: Region) -> np.ndarray:
 
 
 def pointing_hit(saliency: np.ndarray, box: Region) -> float:
-    """1 if the map's maximum lies in the box, any of several boxes or the mask (first maximum on
-    ties), else 0; an all-zero map misses."""
+    """1 if the map's maximum lies in the box, any of several boxes or the mask (the first pixel of
+    :func:`rank_order`: near-ties are ties, broken by the seeded permutation), else 0; an all-zero
+    map misses."""
     s = np.asarray(saliency)
     if not np.any(s > 0):
         return 0.0
-    y, x = np.unravel_index(int(np.argmax(s)), s.shape)
+    y, x = np.unravel_index(int(rank_order(s)[0]), s.shape)
     return float(region_mask(s.shape, box)[y, x])
 
 
@@ -478,7 +500,7 @@ def pgc_arcc(
     def base_method(input_tensor: Tensor, targets: list[Any]) -> np.ndarray:
         return explain(input_tensor, [t.category for t in targets]).detach().float().cpu().numpy()
 
-    cams = np.asarray(saliency, np.float32)[None]
+    cams = stable(saliency).astype(np.float32)[None]  # ARCC ranks pixels: on the stable map
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # NumPy 2 deprecation inside SciPy's spsolve path
         torch.manual_seed(seed)  # the imputer's noise comes from torch's global RNG

@@ -399,3 +399,21 @@ def test_bad_toolkit_metric_keys_are_refused(tmp_path, line, bad, message):
     (tmp_path / "s.toml").write_text(_TOOLKIT_SUITE.replace(line, bad))
     with pytest.raises(SuiteError, match=re.escape(message)):
         load_suite(tmp_path / "s.toml")
+
+
+def test_rankings_do_not_turn_float_noise_into_other_orders():
+    # A 4x4 CAM upsampled to 64x64 holds plateaus of equal values; float noise of another thread
+    # count (1e-7 relative) must not reorder them, nor move the map's maximum.
+    rng = np.random.default_rng(0)
+    cam = rng.integers(0, 8, (4, 4)).astype(np.float64) / 8
+    cam[0, 0] = cam[3, 3] = cam.max()  # the maximum twice: inside and outside a box
+    base = np.kron(cam, np.ones((16, 16)))
+    noisy = base * (1 + rng.normal(0, 1e-7, base.shape))
+    assert not np.array_equal(np.argsort(-base.ravel(), kind="stable"), np.argsort(-noisy.ravel(), kind="stable"))
+    assert np.array_equal(M.rank_order(base), M.rank_order(noisy))
+    for k in (1, 5, 10, 30):
+        assert M.topk_iou(base, noisy, k) == 1.0
+    box = (0, 0, 16, 16)
+    hits = {M.pointing_hit(base, box), M.pointing_hit(noisy, box)}
+    assert len(hits) == 1
+    assert np.array_equal(M.stable(noisy), M.stable(base))
