@@ -643,6 +643,9 @@ RUNNERS: dict[str, Callable[[Context, dict[str, Any]], tuple[list[Row], list[Art
 
 ENGINES = ("local", "ray")
 
+#: Seconds between two progress lines where no progress bar is drawn (a log, a pipe).
+PROGRESS_EVERY = 30.0
+
 
 @dataclass
 class Outcome:
@@ -795,7 +798,8 @@ def run(
         retry: On a resume, run again the cells that failed (``error``) or were skipped because an
             input failed (a worker that died, an image unreadable for a moment); ``False`` keeps
             them as they are (CLI: ``--no-retry``). :func:`failures` lists what failed.
-        progress: Show one progress bar for the study (tqdm; drawn only when stderr is a terminal).
+        progress: Say how many cells will run and a rough time first, then show a progress bar (tqdm)
+            on a terminal, or elsewhere (a log, a pipe) print a line every 30 s and at the end.
         max_cells: Stop after running this many new cells (the study stays resumable).
         engine: ``"local"`` (this process) or ``"ray"`` (long-lived Ray actors, each loading a
             model once and running many cells; needs ``pip install -e '.[ray]'``).
@@ -925,6 +929,68 @@ def study_digest(s: Suite) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+#: What :func:`_prepare` gives the run: the local worker, records, model digests, pass seconds.
+Prepared = tuple["Worker | None", dict[str, list[Any]], dict[str, str], dict[str, float]]
+
+
+def _pass_seconds(model: nn.Module, size: int | None) -> float:
+    """Seconds of one forward and backward pass of one image (the best of two), for the estimate."""
+    from cnnlens.bench.data import _sizes
+
+    _resize, crop = _sizes(model, size)
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, 3, crop, crop, device=p.device if p is not None else "cpu", requires_grad=True)
+    best = float("inf")
+    try:
+        for _ in range(2):
+            t0 = time.perf_counter()
+            model(x).sum().backward()
+            best = min(best, time.perf_counter() - t0)
+    except Exception:  # an estimate only: a model this cannot run fails in its cells with a clear error
+        return 0.0
+    finally:
+        model.zero_grad(set_to_none=True)
+    return best
+
+
+#: Option names whose values multiply a method's passes (their product is the estimate's factor).
+_PASSES = ("n_steps", "nt_samples", "n_samples", "num_samples", "num_scales")
+
+
+def estimate_seconds(s: Suite, cells: list[Cell], pass_seconds: dict[str, float]) -> float:
+    """A rough guess of the cells' seconds from one measured pass: explanations cost their passes
+    (the product of their sample and step options), the faithfulness measures their forwards."""
+    f = s.faithfulness
+    total = 0.0
+    for c in cells:
+        t = pass_seconds.get(c.spec.get("model", ""), 0.0)
+        n = len(c.spec.get("images", []))
+        opts = c.spec.get("options") or {}
+        passes = float(np.prod([float(v) for k, v in opts.items() if k in _PASSES and isinstance(v, int | float)]))
+        if c.kind == "images":
+            total += n * t / 2
+        elif c.kind == "explain":
+            total += n * t * passes
+            faith = c.spec.get("faith")
+            if faith:
+                forwards = 3 * (f.steps + 1) + 2 + (f.perturb_samples if f.infidelity else 0)
+                total += len(c.spec["faith_images"]) * forwards * t / 2
+                total += len(c.spec["road"]) * 2 * len(f.road_percentiles) * t / 2
+        elif c.kind == "sanity":
+            total += n * t * passes * (c.spec["max_steps"] + 1)
+        elif c.kind == "speed":
+            total += (c.spec["repeats"] + c.spec["warmup"]) * c.spec["batch_size"] * t * passes * 2
+    return total
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     """The dotted keys whose values differ between two suites' dicts (the image list left out)."""
     if not isinstance(old, dict) or not isinstance(new, dict):
@@ -937,9 +1003,9 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def _prepare(s: Suite, dev: torch.device, engine: str) -> tuple[Worker | None, dict[str, list[Any]], dict[str, str]]:
-    """The local engine's worker (None on Ray), each model's image records, in study order, and
-    each model's :func:`model_digest`.
+def _prepare(s: Suite, dev: torch.device, engine: str) -> Prepared:
+    """The local engine's worker (None on Ray), each model's image records, in study order, each
+    model's :func:`model_digest` and the seconds of one forward and backward pass of one image.
 
     Each model is loaded here to map the dataset's labels and to keep the pasted objects it
     recognises; the local engine keeps its worker (and so its models) for the cells.
@@ -958,19 +1024,21 @@ def _prepare(s: Suite, dev: torch.device, engine: str) -> tuple[Worker | None, d
             Worker(s, dev if dev.type != "cuda" or torch.cuda.is_available() else torch.device("cpu"))
         records: dict[str, list[Any]] = {}
         digests: dict[str, str] = {}
+        costs: dict[str, float] = {}
         for ms in s.models:
             net = planner.model(ms.id)
             digests[ms.id] = model_digest(net)
             records[ms.id] = collect_images(s.images, net, ms.image_size, s.target)
+            costs[ms.id] = _pass_seconds(net, ms.image_size)
         if local is None:
             planner.models.clear()
     finally:
         torch.set_num_threads(threads)
-    return local, records, digests
+    return local, records, digests, costs
 
 
 def _resume(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None,
-            how: dict[str, Any], prepared: tuple[Worker | None, dict[str, list[Any]], dict[str, str]]) -> None:
+            how: dict[str, Any], prepared: Prepared) -> None:
     """Check that the store holds this suite's study (or none), record the run, run the pending cells."""
     path = store.path
     known = store.meta()
@@ -1081,7 +1149,7 @@ def _positions(records: list[Any], known: dict[str, int], size: int) -> dict[str
 
 
 def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None,
-               how: dict[str, Any], prepared: tuple[Worker | None, dict[str, list[Any]], dict[str, str]]) -> bool:
+               how: dict[str, Any], prepared: Prepared) -> bool:
     """Plan every model's cells (records from :func:`_prepare`), then run the pending ones as their
     inputs become ready.
 
@@ -1090,7 +1158,7 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
     import heapq
 
     size = shard_size(s)
-    local, listed, _digests = prepared
+    local, listed, _digests, costs = prepared
     cells: list[Cell] = []
     records: dict[str, dict[str, Any]] = {}
     positions: dict[str, dict[str, int]] = {}
@@ -1128,13 +1196,40 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
     ready = [i for i in pending if waiting[i] == 0]
     heapq.heapify(ready)
 
+    import sys
+
     from tqdm.auto import tqdm
 
-    # disable=None: tqdm draws only on a terminal, so logs and pipes get no carriage-return frames.
+    def say(line: str) -> None:  # stdout: stderr keeps the one-line error contract
+        print(f"{s.name}: {line}", file=sys.stdout, flush=True)
+
+    if progress and pending:
+        kinds: dict[str, int] = {}
+        for i in pending:
+            kinds[cells[i].kind] = kinds.get(cells[i].kind, 0) + 1
+        guess = estimate_seconds(s, [cells[i] for i in pending], costs)
+        say(f"{len(pending)} cells to run ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
+            f"{len(cells) - len(pending)} already done; roughly {_duration(guess)} on this machine's speed now "
+            "(a guess from one timed forward pass)")
+    # disable=None: tqdm draws only on a terminal, so logs and pipes get no carriage-return frames;
+    # there a line every PROGRESS_EVERY seconds says how far the study is.
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), disable=None if progress else True,
                desc=s.name, unit="cell", mininterval=0.5)
+    lines = progress and bar.disable
     t_start = time.perf_counter()
     explained = [0]
+    ran = [0, 0]  # cells finished this run, of them failed or skipped
+    last = [t_start]
+
+    def report_line(final: bool = False) -> None:
+        now = time.perf_counter()
+        if not lines or not pending or (not final and now - last[0] < PROGRESS_EVERY):
+            return
+        last[0] = now
+        left = len(pending) - ran[0]
+        eta = f", about {_duration((now - t_start) / ran[0] * left)} left" if ran[0] and left else ""
+        say(f"{ran[0]}/{len(pending)} cells ({100 * ran[0] // len(pending)}%), {ran[1]} failed or skipped, "
+            f"{explained[0] / max(now - t_start, 1e-9):.2f} img/s{eta}")
 
     def finish(i: int, o: Outcome) -> None:
         c = cells[i]
@@ -1157,6 +1252,9 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
         bar.update(1)
         rate = explained[0] / max(time.perf_counter() - t_start, 1e-9)
         bar.set_postfix_str(f"{rate:.1f} img/s", refresh=False)
+        ran[0] += 1
+        ran[1] += o.status != "done"
+        report_line()
 
     def on_driver(c: Cell) -> Outcome | None:
         """Cells that run here: store comparisons, and cells whose inputs failed (skipped)."""
@@ -1211,4 +1309,5 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
     finally:
         bar.close()
         executor.close()
+    report_line(final=True)
     return max_cells is None or started < max_cells

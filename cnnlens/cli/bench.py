@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,7 +45,7 @@ def bench(
     out: Annotated[Path, typer.Option("--out", help="Study folder (holds the SQLite database; a rerun resumes).")] = Path("cnnlens-bench"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start the study afresh (deletes its database and report).")] = False,
     report: Annotated[bool, typer.Option("--report", help="Also write the report (report.md, report.html) into the study folder.")] = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar (there is none in a pipe or a log anyway).")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No estimate and no progress (a bar on a terminal, else a line every 30 s).")] = False,
     engine_name: Annotated[str, typer.Option("--engine", help="local (this process) or ray (Ray actors; pip install -e '.\\[ray]').")] = "local",
     workers: Annotated[int | None, typer.Option("--workers", min=1, help="Ray workers (default: one per CPU).")] = None,
     address: Annotated[str | None, typer.Option("--address", help="Join a Ray cluster: auto or ray://host:port (default: start a local one).")] = None,
@@ -73,15 +72,15 @@ def bench(
                                     f"`cnnlens report {out} --overwrite`, or run without --report")
     if report:
         outputs.check_report_out(out, overwrite=True)
-    # The bar only on a terminal: in a log or a pipe tqdm's \r frames are noise, and an error must
-    # stay the one line on stderr.
+    # The bar only on a terminal (in a log or a pipe tqdm's \r frames are noise; there a line on
+    # stdout every 30 s), so that an error stays the one line on stderr.
     again = ["cnnlens", "bench", "--suite", suite, "--out", str(out), *(["--device", device] if device != "cpu" else []),
              *(["--engine", engine_name] if engine_name != "local" else []),
              *(["--workers", str(workers)] if workers is not None else []),
              *(["--address", address] if address is not None else [])]
     try:
         db = Path(engine.run(suite, device=device, out=out, overwrite=overwrite,
-                             progress=sys.stderr.isatty() and not no_progress, engine=engine_name, workers=workers,
+                             progress=not no_progress, engine=engine_name, workers=workers,
                              address=address, gpus_per_worker=gpus_per_worker, retry=not no_retry))
     except KeyboardInterrupt:
         error("interrupted; every finished cell is saved, and the same command resumes the study: "

@@ -145,3 +145,39 @@ def test_a_replaced_model_file_is_refused_on_resume(photos, tmp_path):
     assert len(bench.read_table(db, "cells")) == 3  # nothing was added to the study
     db = bench.run(suite, out=out, progress=False, overwrite=True)  # the new model's study, from the start
     assert len(bench.read_table(db, "cells")) > 3
+
+
+# --------------------------------------------------------------------------------------------
+# Progress outside a terminal, and the estimate before the study starts
+# --------------------------------------------------------------------------------------------
+
+
+def test_bench_in_a_pipe_prints_an_estimate_and_progress_lines(photos, tmp_path, monkeypatch):
+    import cnnlens.bench.engine as engine
+
+    monkeypatch.setattr(engine, "PROGRESS_EVERY", 0.0)  # a line per cell instead of one per 30 s
+    _folder, suite = photos
+    result = run_cli("bench", "--suite", suite, "--out", tmp_path / "o")  # CliRunner: not a terminal
+    assert result.exit_code == 0, result.output
+    out = result.stdout.splitlines()
+    total = len(bench.read_table(tmp_path / "o" / "flaky.sqlite", "cells"))
+    first = next(ln for ln in out if "cells to run" in ln)
+    assert first.startswith(f"flaky: {total} cells to run (") and "roughly" in first, first
+    steps = [ln for ln in out if "%)" in ln]
+    assert len(steps) >= total and steps[-1].startswith(f"flaky: {total}/{total} cells (100%)"), out
+    assert "\r" not in result.output
+    # --no-progress: quiet
+    result = run_cli("bench", "--suite", suite, "--out", tmp_path / "q", "--no-progress")
+    assert "cells to run" not in result.stdout and "%)" not in result.stdout
+
+
+def test_the_estimate_grows_with_the_work(photos):
+    from cnnlens.bench.engine import estimate_seconds, plan
+    from cnnlens.bench.suite import load_suite
+
+    _folder, suite = photos
+    s = load_suite(suite)
+    one = estimate_seconds(s, plan(s, "tiny", ["a"]), {"tiny": 0.01})
+    two = estimate_seconds(s, plan(s, "tiny", ["a", "b"]), {"tiny": 0.01})
+    assert 0 < one < two
+    assert estimate_seconds(s, plan(s, "tiny", ["a"]), {"tiny": 0.02}) == pytest.approx(2 * one)
