@@ -106,7 +106,7 @@ def test_kendall_between_metrics_by_hand():
     k = V.kendall_matrix(V.cube(_hand_case(), "m"))
     assert k.loc["insertion_blur.auc", "deletion_blur.auc"] == pytest.approx(1 / 3)
     assert k.loc["deletion_blur.auc", "deletion_blur.auc"] == pytest.approx(1.0)
-    assert V.disagreeing_pairs(k) == [("deletion_blur.auc", "insertion_blur.auc", pytest.approx(1 / 3))]
+    assert V.disagreeing_pairs(k) == [("deletion_blur.auc", "insertion_blur.auc", pytest.approx(1 / 3), 3)]
 
 
 def test_rank_stability_across_models():

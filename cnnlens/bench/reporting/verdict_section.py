@@ -113,7 +113,7 @@ def verdict(st: Study, figs: dict[str, bytes]) -> Section:
         worst = V.disagreeing_pairs(mv.kendall, 3)
         if worst:
             lines.append("Metrics that disagree most (Kendall's tau of their method rankings): "
-                         + "; ".join(f"{a} vs {b} ({t:+.2f})" for a, b, t in worst) + ".")
+                         + "; ".join(f"{a} vs {b} ({t:+.2f} over {n} pairs)" for a, b, t, n in worst) + ".")
         split = real.sort_values("metric_rank_sd", ascending=False).head(3)
         if len(split) and len(mv.ranks) > 2:
             lines.append("Methods the metrics disagree about most (spread of their per-metric ranks): "
