@@ -44,7 +44,7 @@ def ranks_figure(ranks: Any, model: str, top: int = TOP) -> bytes:
     ax.invert_yaxis()
     ax.set_xlabel("aggregate rank across metrics (1 = best); bar: 95 % bootstrap interval over images", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)  # the best sit at the top left, the worst at the bottom right
     ax.set_title(f"{model}: aggregate rank with interval (best {min(top, len(ranks))} of {len(ranks)}, and the baselines)", fontsize=10)
     return F.png(fig)
 
