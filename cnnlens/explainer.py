@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 import warnings
@@ -204,6 +205,10 @@ class Explainer:
             except ModelError:
                 _resolve.check_channels(self.net, x[:1])  # the input's fault when the first conv to run refuses it
                 raise
+            if probe.nonfinite is not None:  # one clear error before any backend runs
+                _resolve.check_finite(x)  # the input's fault when its pixels are NaN / Inf
+                with torch.no_grad():
+                    _resolve.check_scores(self.model, self.net(x))
             self._check_categories(probe.num_classes)
             self._probe_cache[key] = probe
         return self._probe_cache[key]
@@ -245,6 +250,21 @@ class Explainer:
             "toolkit guides nn.ReLU only, so this result equals the plain gradient rule for those activations"
         )
 
+    def _constant_caveat(self, x: Tensor, flat: list[int], targets: Tensor, layer_name: str | None,
+                         probe: _resolve.ProbeResult) -> _resolve.Caveat:
+        """The warning for the images ``flat`` whose maps are constant, naming the likely cause; a
+        :class:`ModelError` when their scores are NaN or Inf (whose maps are zero for that reason)."""
+        idx = torch.tensor(flat, device=x.device)
+        with ModelGuard(self.model), torch.no_grad():
+            scores = self.net(x.index_select(0, idx))
+        _resolve.check_scores(self.model, scores, flat)
+        python, cli = _resolve.constant_map_causes(
+            model=self.model, method=self.method, kind=self.spec.kind, layer=layer_name,
+            auto_layer=self._layer_arg is None, size=(x.shape[2], x.shape[3]), scores=scores,
+            targets=targets.index_select(0, idx.cpu()), probe_result=probe, reshape_ok="reshape" in self.impl.options,
+        )
+        return _resolve.Caveat(self.method, self.backend, python, cli, flat, x.shape[0])
+
     def explain(self, inputs: Tensor | Images, target: Any = None, *, chunk_size: int | None = None) -> Explanation:
         """Explain ``inputs`` for ``target``.
 
@@ -264,7 +284,8 @@ class Explainer:
             whole batch, whatever ``chunk_size``).
         """
         if chunk_size is not None:
-            return Explanation.concat([e for _start, _stop, e in self.explain_chunks(inputs, target, chunk_size)])
+            e = Explanation.concat([e for _start, _stop, e in self.explain_chunks(inputs, target, chunk_size)])
+            return dataclasses.replace(e, warnings=tuple(_resolve.merge_caveats(e.warnings)))
         images: Images | None = None
         if isinstance(inputs, Images):
             # The whole Images travels into the result (Explanation.source): its original pictures
@@ -293,7 +314,11 @@ class Explainer:
             _resolve.resolve_targets(target, n, probe.num_classes, self.categories, None)
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
-            yield start, stop, self.explain(inputs[start:stop], target=_chunk_target(target, start, stop))
+            e = self.explain(inputs[start:stop], target=_chunk_target(target, start, stop))
+            if start or stop < n:  # a caveat names images by their index in the whole batch
+                shifted = tuple(w.shifted(start, n) if isinstance(w, _resolve.Caveat) else w for w in e.warnings)
+                e = dataclasses.replace(e, warnings=shifted)
+            yield start, stop, e
 
     def _explain(self, inputs: Tensor, target: Any, images: Images | None) -> Explanation:
         x = _resolve.check_input(inputs, self.model)
@@ -317,6 +342,10 @@ class Explainer:
                         logits = self.net(x)
                     except Exception as exc:
                         raise ModelError(f"the model's forward pass failed: {type(exc).__name__}: {exc}") from exc
+                if not bool(torch.isfinite(logits).all()):  # argmax(NaN) is class 0: refuse before any map
+                    if finite is not None:
+                        _resolve.check_finite(inputs, finite)
+                    _resolve.check_scores(self.model, logits)
                 predicted = logits.argmax(dim=1)
                 scores = logits.float().softmax(dim=1).gather(1, predicted[:, None])[:, 0]
             targets = _resolve.resolve_targets(target, x.shape[0], probe.num_classes, self.categories, predicted)
@@ -352,13 +381,14 @@ class Explainer:
             # restore (Python on the CPU) overlaps with these kernels instead of following them.
             raw = raw.detach().to(out_device)
             maps = _post.to_maps(raw, self.spec.kind, (x.shape[2], x.shape[3]), self.reduce)
-            if self._layer_arg is None and layer_name is not None and self.spec.kind == "cam":
-                flat = _resolve.constant_map_warning(self.model, maps, layer_name, probe, "reshape" in self.impl.options)
-                if flat:
-                    warnings.warn(f"{self.method} ({self.backend}): {flat}", CnnlensWarning, stacklevel=2)
-                    warn_msgs.append(f"{self.method} ({self.backend}): {flat}")
         if finite is not None:
             _resolve.check_finite(inputs, finite)
+        # After the restore (on a GPU, reading the maps waits for the post-processing kernels)
+        flat = _resolve.constant_maps(maps)
+        if flat:
+            caveat = self._constant_caveat(x, flat, targets, layer_name, probe)
+            warnings.warn(caveat, CnnlensWarning, stacklevel=2)
+            warn_msgs.append(caveat)
         if changed:
             raise CnnlensError(
                 f"backend {self.backend} modified model parameters in place ({', '.join(changed[:3])}); "

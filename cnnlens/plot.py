@@ -423,6 +423,11 @@ def _images_of(explanations: Sequence[Explanation], images: Any) -> np.ndarray |
 # ------------------------------------------------------------------------------------------------
 
 
+def _is_constant(e: Explanation, i: int) -> bool:
+    """Whether image ``i``'s map is constant (min-max normalised maps are then all zeros)."""
+    return not float(e.maps[i].max()) > 0.0
+
+
 def _label(e: Explanation, i: int) -> str:
     parts = []
     if e.labels:
@@ -594,7 +599,8 @@ def comparison_grid(
                 drawn = draw(e, i, picture, cmap, alpha, sign=sign, outlier_perc=outlier_perc)
             ax.imshow(drawn)
             head = f"{e.method}\n{e.backend} · {e.seconds:.2f} s\n" if i == 0 else ""
-            ax.set_title(wrap(head + _label(e, i), cell, fs), fontsize=fs)
+            flat = "\nconstant map" if _is_constant(e, i) else ""  # drawn as the bare picture: say why
+            ax.set_title(wrap(head + _label(e, i) + flat, cell, fs), fontsize=fs)
     for ax in axes.flat:
         ax.set_axis_off()
     for view_sign in bars:
