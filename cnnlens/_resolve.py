@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -542,6 +543,20 @@ def constant_map_causes(
     if size[0] * size[1] == 1:
         why = "the image is 1x1 pixel, so any map of it is one value; give images of at least 2x2 pixels"
         return why, why
+    python, cli = _constant_map_causes(model=model, method=method, kind=kind, layer=layer, auto_layer=auto_layer,
+                                       scores=scores, targets=targets, probe_result=probe_result,
+                                       reshape_ok=reshape_ok)
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        dtype = str(scores.dtype).removeprefix("torch.")
+        note = f" (the model runs in {dtype}, whose rounding can also flatten a map; float32 may not)"
+        python, cli = python + note, cli + note
+    return python, cli
+
+
+def _constant_map_causes(
+    *, model: nn.Module, method: str, kind: str, layer: str | None, auto_layer: bool, scores: Tensor,
+    targets: Tensor, probe_result: ProbeResult, reshape_ok: bool,
+) -> tuple[str, str]:
     s = scores.detach().float()
     if bool((s == s[:, :1]).all()):
         value = float(s[0, 0])
@@ -633,6 +648,13 @@ def resolve_targets(
             raise TargetError("target=None needs the predicted classes")
         return predicted.detach().to("cpu", torch.long)
     items: list[Any]
+    if isinstance(target, np.generic):  # np.int64(3) (what indexing an array gives), np.str_
+        target = target.item()
+    elif isinstance(target, np.ndarray):
+        if target.dtype.kind not in "iu":
+            raise TargetError(f"target array must hold integer class indices, got dtype {target.dtype}; "
+                              "e.g. np.array([1, 0])")
+        target = torch.from_numpy(np.array(target, dtype=np.int64))  # a copy, 0-D kept
     if isinstance(target, (int, str)) and not isinstance(target, bool):
         items = [target] * n
     elif isinstance(target, Tensor):
@@ -659,7 +681,8 @@ def resolve_targets(
         items = list(target)
     else:
         raise TargetError(
-            f"target must be None, an int, a class name, or a list/tensor of length N={n}; got {type(target).__name__}"
+            f"target must be None, an int, a class name, or a list/tensor/array of length N={n}; got "
+            f"{type(target).__name__}"
         )
     if len(items) != n:
         raise TargetError(

@@ -251,13 +251,19 @@ class Explainer:
         )
 
     def _constant_caveat(self, x: Tensor, flat: list[int], targets: Tensor, layer_name: str | None,
-                         probe: _resolve.ProbeResult) -> _resolve.Caveat:
-        """The warning for the images ``flat`` whose maps are constant, naming the likely cause; a
-        :class:`ModelError` when their scores are NaN or Inf (whose maps are zero for that reason)."""
+                         probe: _resolve.ProbeResult, said: Sequence[str]) -> _resolve.Caveat | None:
+        """The warning for the images ``flat`` whose maps are constant, naming the likely cause (None
+        where the adapter's own caveats, ``said``, already name one for each); a :class:`ModelError`
+        when their scores are NaN or Inf (whose maps are zero for that reason)."""
         idx = torch.tensor(flat, device=x.device)
         with ModelGuard(self.model), torch.no_grad():
             scores = self.net(x.index_select(0, idx))
         _resolve.check_scores(self.model, scores, flat)
+        covered = {i for w in said if isinstance(w, _resolve.Caveat) for i in w.images}
+        keep = [k for k, i in enumerate(flat) if i not in covered]
+        if not keep:
+            return None
+        flat, scores, idx = [flat[k] for k in keep], scores[keep], idx[keep]
         python, cli = _resolve.constant_map_causes(
             model=self.model, method=self.method, kind=self.spec.kind, layer=layer_name,
             auto_layer=self._layer_arg is None, size=(x.shape[2], x.shape[3]), scores=scores,
@@ -272,8 +278,8 @@ class Explainer:
             inputs: (N, C, H, W) float tensor, preprocessed for the model, or the
                 :class:`~cnnlens.images.Images` that :func:`cnnlens.load_images` returns (its display
                 copies then travel into the result). It is not modified.
-            target: None (predicted class), an int or class name for every image, or a list/tensor
-                of N ints or names.
+            target: None (predicted class), an int or class name for every image, or a list, tensor
+                or NumPy array of N ints or names (NumPy integers count as ints).
             chunk_size: Images per backend call (bounds memory; the CLI's ``--batch-size``); None
                 explains the whole batch in one call. Every target is checked before the first call.
                 An image's result does not depend on the chunking. (Not ``batch_size``: that is
@@ -386,9 +392,10 @@ class Explainer:
         # After the restore (on a GPU, reading the maps waits for the post-processing kernels)
         flat = _resolve.constant_maps(maps)
         if flat:
-            caveat = self._constant_caveat(x, flat, targets, layer_name, probe)
-            warnings.warn(caveat, CnnlensWarning, stacklevel=2)
-            warn_msgs.append(caveat)
+            caveat = self._constant_caveat(x, flat, targets, layer_name, probe, adapter.warnings)
+            if caveat is not None:
+                warnings.warn(caveat, CnnlensWarning, stacklevel=2)
+                warn_msgs.append(caveat)
         if changed:
             raise CnnlensError(
                 f"backend {self.backend} modified model parameters in place ({', '.join(changed[:3])}); "
@@ -425,7 +432,7 @@ class Explainer:
 
 def _chunk_target(target: Any, start: int, stop: int) -> Any:
     """The targets of images ``start:stop``: a per-image list or tensor is sliced, one for all is kept."""
-    if isinstance(target, (list, tuple)) or (isinstance(target, Tensor) and target.dim() == 1):
+    if isinstance(target, (list, tuple)) or (isinstance(target, (Tensor, np.ndarray)) and target.ndim == 1):
         return target[start:stop]
     return target
 

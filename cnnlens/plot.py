@@ -137,10 +137,18 @@ def as_uint8_image(image: Any) -> np.ndarray:
     return np.clip(f * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def _two_d(a: np.ndarray) -> np.ndarray:
+    """``a`` without its extra axes of length 1, as (H, W): leading ones first, so that the map of a
+    1x1 picture stays (1, 1) rather than squeezed to a scalar."""
+    if a.ndim > 2 and all(d == 1 for d in a.shape[:-2]):
+        return a.reshape(a.shape[-2:])
+    return a if a.ndim == 2 else np.squeeze(a)
+
+
 def as_map(m: Any) -> np.ndarray:
     """A heatmap as (H, W) float64 with NaN/Inf replaced by 0."""
     a = _numpy(m).astype(np.float64)
-    a = np.squeeze(a)
+    a = _two_d(a)
     if a.ndim != 2:
         raise InputError(f"a map must be (H, W); got shape {_numpy(m).shape}")
     return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
@@ -149,7 +157,7 @@ def as_map(m: Any) -> np.ndarray:
 def _map32(m: Any) -> np.ndarray:
     """:func:`as_map` in float32, for full-size pictures (a 12-megapixel map in float64 is 100 MB
     per temporary)."""
-    a = np.squeeze(_numpy(m))
+    a = _two_d(_numpy(m))
     if a.ndim != 2:
         raise InputError(f"a map must be (H, W); got shape {_numpy(m).shape}")
     a = a.astype(np.float32, copy=False)

@@ -55,6 +55,7 @@ def bench(
 
     engine = _bench_module()
     jobs.check_device(device)
+    outputs.check_study_out(out)  # never a folder of the user's pictures
     if report and not overwrite:
         # Before any work. A resumed study keeps its report until `cnnlens report --overwrite`
         # rewrites it; --overwrite here starts the study afresh, report included.
