@@ -119,7 +119,7 @@ def main() -> None:
             from gradio_client import Client, handle_file
 
             c = Client(url, verbose=False)
-            c.predict(handle_file(str(png)), api_name="/upload")
+            c.predict(handle_file(str(png)), "whole", api_name="/upload")
 
             def explain() -> None:
                 c.predict(None, ["gradcam"], ["pytorch-grad-cam", "captum"], "auto", "", "positive", False,

@@ -384,6 +384,29 @@ def save_all(expls: Sequence[Explanation], save: Path, overwrite: bool, **save_o
     return written
 
 
+def agreement(names: Sequence[str], expls: Sequence[Explanation]) -> list[dict[str, Any]]:
+    """How far the backends agree, per image, for every method explained on two or more backends.
+
+    The contract maps of each pair of backends are compared as a study compares them
+    (:func:`cnnlens.bench.metrics.agreement`): Pearson and Spearman correlation, SSIM and the IoU of
+    the top 5 % pixels. ``None`` where a correlation is undefined (a constant map).
+    """
+    from cnnlens.bench import metrics as M
+
+    by_method: dict[str, list[Explanation]] = {}
+    for e in expls:
+        by_method.setdefault(e.method, []).append(e)
+    rows: list[dict[str, Any]] = []
+    for method, group in by_method.items():
+        for i, a in enumerate(group):
+            for b in group[i + 1:]:
+                for k, name in enumerate(names):
+                    res = M.agreement(a.maps[k].float().cpu().numpy(), b.maps[k].float().cpu().numpy(), topk=(5.0,))
+                    rows.append({"method": method, "backends": f"{a.backend} vs {b.backend}", "image": str(name),
+                                 **{m: res[m] for m in ("pearson", "spearman", "ssim", "iou_top5")}})
+    return rows
+
+
 def summary(model: nn.Module, names: Sequence[str], expls: Sequence[Explanation],
             files: dict[str, Any] | None = None) -> dict[str, Any]:
     """A JSON-ready summary of an explain run: files, the explained class and score per image,
@@ -406,6 +429,7 @@ def summary(model: nn.Module, names: Sequence[str], expls: Sequence[Explanation]
         "images": images,
         "explanations": [{"method": e.method, "backend": e.backend, "layer": e.layer, "seconds": float(e.seconds)}
                          for e in expls],
+        "agreement": agreement(names, expls),
         "warnings": warning_lines([w for e in expls for w in e.warnings], cli=True),
     }
 

@@ -236,7 +236,8 @@ __all__ = [
 
 
 #: The files and folders :func:`cnnlens.bench.reporting.write_report` writes into its folder.
-REPORT_OUTPUTS: tuple[str, ...] = ("report.md", "report.html", "figures")
+REPORT_OUTPUTS: tuple[str, ...] = ("report.md", "report.html", "figures", "verdict_ranks.csv", "verdict_tests.csv",
+                                   "verdict_leaders.csv", "verdict_kendall.csv", "verdict_intervals.csv")
 
 #: Picture suffixes: a folder holding such files (other than a report's figures) is the user's.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})

@@ -58,7 +58,7 @@ def test_missing_backend_names_install_command(monkeypatch):
     from cnnlens import registry
 
     monkeypatch.setattr(registry.Backend, "installed", property(lambda self: False))
-    with pytest.raises(errors.BackendUnavailableError, match="pip install 'captum'"):
+    with pytest.raises(errors.BackendUnavailableError, match=r"pip install -e \. in the cnnlens checkout"):
         resolve("saliency", "captum")
 
 
@@ -151,3 +151,46 @@ def test_a_missing_toolkit_names_the_install_that_keeps_cnnlens_version_cap(back
     with pytest.raises(BackendUnavailableError) as info:
         missing.require()
     assert hint in str(info.value) and f"pip install '{registry.BACKENDS[backend].pip}'" not in str(info.value)
+
+
+def test_a_duplicate_is_refused_when_registered() -> None:
+    """A second (method, backend), a method declared twice, or a pair of an undeclared method is an
+    error at import, never a silent replacement (``setdefault`` once dropped Finer-CAM's summary)."""
+    from cnnlens.registry import schema
+
+    impl = REGISTRY[("gradcam", "captum")]
+    with pytest.raises(ValueError, match=r"\(gradcam, captum\) is registered twice"):
+        schema.register(impl)
+    with pytest.raises(ValueError, match="method 'finercam' is declared twice"):
+        schema.declare(METHODS["finercam"])
+    import dataclasses
+
+    with pytest.raises(ValueError, match="method 'no_such_method' is not declared"):
+        schema.register(dataclasses.replace(impl, method="no_such_method"))
+    assert ("no_such_method", "captum") not in REGISTRY
+
+
+def test_a_catalogue_imports_no_toolkit() -> None:
+    """Reading every catalogue imports none of the toolkits (nor torch)."""
+    code = ("import sys, cnnlens.registry as r; assert len(r.REGISTRY) >= 70; "
+            "heavy = [m for m in ('torch', 'captum', 'pytorch_grad_cam', 'flashtorch', 'torchcam', 'zennit') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_adding_a_method_is_one_entry_in_its_toolkits_catalogue() -> None:
+    """A new method and its pair, declared where the toolkit lives, reach methods() and the README table."""
+    from cnnlens import registry
+    from cnnlens.registry import schema
+
+    spec = schema.MethodSpec("example_cam", "cam", True, True, False, "Example: a test-only method")
+    impl = schema.Implementation("example_cam", "captum", "cnnlens.adapters.captum:CaptumAdapter", "LayerGradCam")
+    try:
+        schema.declare(spec)
+        schema.register(impl)
+        assert [m.backend for m in registry.methods("example_cam")] == ["captum"]
+        assert "| example_cam | cam |" in registry.markdown_table()
+    finally:
+        schema.REGISTRY.pop(("example_cam", "captum"), None)
+        schema.METHODS.pop("example_cam", None)

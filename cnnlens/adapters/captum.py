@@ -32,6 +32,8 @@ the internal batches.) Each such loop is named in ``provenance.driven``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -133,92 +135,121 @@ class CaptumAdapter(Adapter):
         return max(1, internal_batch(x) // x.shape[0])
 
     def attribute(self, x: Tensor, targets: Tensor) -> Tensor:
-        m, o, model, t = self.method, self.options, self.model, targets
-        if m in ("gradcam", "guided_gradcam") and o.get("reshape") is not None:
-            # A token or channels-last layer: Captum's layer is a view of it as (N, C, H, W) (cnnlens.reshape).
-            fn = o["reshape"]
-            if not isinstance(fn, reshape.Reshape):
-                raise OptionError(
-                    "backend 'captum' needs a cnnlens.reshape preset (vit, deit, tokens, swin, channels_last) or a "
-                    "cnnlens.reshape.Reshape: Captum's layer is a view of the layer output, which must be undone; "
-                    "a plain callable works with backend 'pytorch-grad-cam'"
-                )
-            self.driven.append(GRID_VIEW_DRIVE.format(fn.name))
-            with reshape.grid_view(self.layer, fn) as view:
-                if m == "gradcam":
-                    return ca.LayerGradCam(model, view).attribute(x, target=t, relu_attributions=False)
-                return ca.GuidedGradCam(model, view).attribute(x, target=t)
-        if m == "gradcam":
-            out = ca.LayerGradCam(model, self.layer).attribute(x, target=t, relu_attributions=False)
-        elif m == "guided_gradcam":
-            out = ca.GuidedGradCam(model, self.layer).attribute(x, target=t)
-        elif m == "saliency":
-            out = ca.Saliency(model).attribute(x, target=t, abs=False)
-        elif m in SIMPLE:
-            out = SIMPLE[m](model).attribute(x, target=t)
-        elif m == "integrated_gradients":
-            out = ca.IntegratedGradients(model).attribute(
-                x, baselines=self._baseline(x), target=t, n_steps=o["n_steps"],
-                internal_batch_size=o["internal_batch_size"] or internal_batch(x),
+        route = ROUTES.get(self.method)
+        if route is None:  # the registry only routes methods of the table below
+            raise CnnlensError(f"captum adapter has no route for '{self.method}'")
+        return route(self, x, targets).detach()
+
+    # One route per method (the table ROUTES below): Captum's class, called as Captum documents it.
+
+    def _gradcam(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.options.get("reshape") is not None:
+            with self._grid_view() as view:
+                return ca.LayerGradCam(self.model, view).attribute(x, target=t, relu_attributions=False)
+        return ca.LayerGradCam(self.model, self.layer).attribute(x, target=t, relu_attributions=False)
+
+    def _guided_gradcam(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.options.get("reshape") is not None:
+            with self._grid_view() as view:
+                return ca.GuidedGradCam(self.model, view).attribute(x, target=t)
+        return ca.GuidedGradCam(self.model, self.layer).attribute(x, target=t)
+
+    @contextlib.contextmanager
+    def _grid_view(self) -> Iterator[Any]:
+        """A token or channels-last layer: Captum's layer is a view of it as (N, C, H, W) (cnnlens.reshape)."""
+        fn = self.options["reshape"]
+        if not isinstance(fn, reshape.Reshape):
+            raise OptionError(
+                "backend 'captum' needs a cnnlens.reshape preset (vit, deit, tokens, swin, channels_last) or a "
+                "cnnlens.reshape.Reshape: Captum's layer is a view of the layer output, which must be undone; "
+                "a plain callable works with backend 'pytorch-grad-cam'"
             )
-        elif m in NOISE:
-            # One image per call: the noisy copies of one image fill an internal batch.
-            per_batch = o["nt_samples_batch_size"] or min(o["nt_samples"], internal_batch(x))
-            nt = ca.NoiseTunnel(ca.Saliency(model))
-            out = self.each_image(x, t, lambda xi, ti, _i: nt.attribute(
-                xi, nt_type=NOISE[m], nt_samples=o["nt_samples"], nt_samples_batch_size=per_batch,
-                stdevs=noise_scale(o["stdevs"], xi), target=ti, abs=False,
-            ), PER_IMAGE_SEEDED)
-        elif m in LAYER:
-            out = self._layer_attribution(x, t)
-            self._warn_if_no_positive_sum(out)
-        elif m in NOISE_OVER:
-            out = self._noise_over(x, t)
-        elif m == "shapley_value_sampling":
-            sv = ca.ShapleyValueSampling(model)
-            mask = grid_mask(x, o["feature_grid"])
-            per_eval = o["perturbations_per_eval"] or internal_batch(x)
-            out = self.each_image(x, t, lambda xi, ti, i: sv.attribute(
-                xi, baselines=self._baseline_of(x, i), target=ti, feature_mask=mask, n_samples=o["n_samples"],
-                perturbations_per_eval=per_eval,
-            ), PER_IMAGE_SEEDED)
-        elif m == "gradient_shap":
-            gs = ca.GradientShap(model)
-            out = self.each_image(x, t, lambda xi, ti, i: gs.attribute(
-                xi, baselines=self._baseline_of(x, i), n_samples=o["n_samples"],
-                stdevs=noise_scale(o["stdevs"], xi), target=ti,
-            ), PER_IMAGE_SEEDED)
-        elif m == "deeplift":
-            out = ca.DeepLift(model).attribute(x, baselines=self._baseline(x), target=t)
-        elif m == "deeplift_shap":
-            dls = ca.DeepLiftShap(model)
-            out = self.each_image(x, t, lambda xi, ti, i: dls.attribute(
-                xi, baselines=deeplift_shap_baselines(self._baseline_of(x, i), xi, o["n_baselines"]), target=ti,
-            ), PER_IMAGE_BASELINES)
-        elif m == "occlusion":
-            wh, ww = window_pair(o["sliding_window"])
-            sh, sw = window_pair(o["strides"])
-            c = x.shape[1]
-            out = ca.Occlusion(model).attribute(
-                x, sliding_window_shapes=(c, wh, ww), strides=(c, sh, sw), baselines=self._baseline(x),
-                target=t, perturbations_per_eval=o["perturbations_per_eval"] or self._per_eval(x),
-            )
-        elif m == "feature_ablation":
-            out = ca.FeatureAblation(model).attribute(
-                x, baselines=self._baseline(x), target=t, feature_mask=grid_mask(x, o["feature_grid"]),
-                perturbations_per_eval=o["perturbations_per_eval"] or self._per_eval(x),
-            )
-        elif m in ("lime", "kernel_shap"):
-            # Captum's Lime and KernelShap take one example at a time when a feature mask is shared.
-            explainer: Any = (ca.Lime if m == "lime" else ca.KernelShap)(model)
-            mask = grid_mask(x, o["feature_grid"])
-            per_eval = o["perturbations_per_eval"] or internal_batch(x)
-            out = self.each_image(x, t, lambda xi, ti, _i: explainer.attribute(
-                xi, target=ti, feature_mask=mask, n_samples=o["n_samples"], perturbations_per_eval=per_eval,
-            ), PER_IMAGE_SEEDED)
-        else:  # the registry only routes methods listed above
-            raise CnnlensError(f"captum adapter has no route for '{m}'")
-        return out.detach()
+        self.driven.append(GRID_VIEW_DRIVE.format(fn.name))
+        with reshape.grid_view(self.layer, fn) as view:
+            yield view
+
+    def _saliency(self, x: Tensor, t: Tensor) -> Tensor:
+        return ca.Saliency(self.model).attribute(x, target=t, abs=False)
+
+    def _simple(self, x: Tensor, t: Tensor) -> Tensor:
+        return SIMPLE[self.method](self.model).attribute(x, target=t)  # type: ignore[no-any-return]
+
+    def _integrated_gradients(self, x: Tensor, t: Tensor) -> Tensor:
+        o = self.options
+        return ca.IntegratedGradients(self.model).attribute(
+            x, baselines=self._baseline(x), target=t, n_steps=o["n_steps"],
+            internal_batch_size=o["internal_batch_size"] or internal_batch(x),
+        )
+
+    def _noise(self, x: Tensor, t: Tensor) -> Tensor:
+        # One image per call: the noisy copies of one image fill an internal batch.
+        o = self.options
+        per_batch = o["nt_samples_batch_size"] or min(o["nt_samples"], internal_batch(x))
+        nt = ca.NoiseTunnel(ca.Saliency(self.model))
+        return self.each_image(x, t, lambda xi, ti, _i: nt.attribute(
+            xi, nt_type=NOISE[self.method], nt_samples=o["nt_samples"], nt_samples_batch_size=per_batch,
+            stdevs=noise_scale(o["stdevs"], xi), target=ti, abs=False,
+        ), PER_IMAGE_SEEDED)
+
+    def _layer(self, x: Tensor, t: Tensor) -> Tensor:
+        out = self._layer_attribution(x, t)
+        self._warn_if_no_positive_sum(out)
+        return out
+
+    def _shapley_value_sampling(self, x: Tensor, t: Tensor) -> Tensor:
+        o = self.options
+        sv = ca.ShapleyValueSampling(self.model)
+        mask = grid_mask(x, o["feature_grid"])
+        per_eval = o["perturbations_per_eval"] or internal_batch(x)
+        return self.each_image(x, t, lambda xi, ti, i: sv.attribute(
+            xi, baselines=self._baseline_of(x, i), target=ti, feature_mask=mask, n_samples=o["n_samples"],
+            perturbations_per_eval=per_eval,
+        ), PER_IMAGE_SEEDED)
+
+    def _gradient_shap(self, x: Tensor, t: Tensor) -> Tensor:
+        o = self.options
+        gs = ca.GradientShap(self.model)
+        return self.each_image(x, t, lambda xi, ti, i: gs.attribute(
+            xi, baselines=self._baseline_of(x, i), n_samples=o["n_samples"],
+            stdevs=noise_scale(o["stdevs"], xi), target=ti,
+        ), PER_IMAGE_SEEDED)
+
+    def _deeplift(self, x: Tensor, t: Tensor) -> Tensor:
+        return ca.DeepLift(self.model).attribute(x, baselines=self._baseline(x), target=t)
+
+    def _deeplift_shap(self, x: Tensor, t: Tensor) -> Tensor:
+        dls = ca.DeepLiftShap(self.model)
+        return self.each_image(x, t, lambda xi, ti, i: dls.attribute(
+            xi, baselines=deeplift_shap_baselines(self._baseline_of(x, i), xi, self.options["n_baselines"]),
+            target=ti,
+        ), PER_IMAGE_BASELINES)
+
+    def _occlusion(self, x: Tensor, t: Tensor) -> Tensor:
+        o = self.options
+        wh, ww = window_pair(o["sliding_window"])
+        sh, sw = window_pair(o["strides"])
+        c = x.shape[1]
+        return ca.Occlusion(self.model).attribute(
+            x, sliding_window_shapes=(c, wh, ww), strides=(c, sh, sw), baselines=self._baseline(x),
+            target=t, perturbations_per_eval=o["perturbations_per_eval"] or self._per_eval(x),
+        )
+
+    def _feature_ablation(self, x: Tensor, t: Tensor) -> Tensor:
+        o = self.options
+        return ca.FeatureAblation(self.model).attribute(
+            x, baselines=self._baseline(x), target=t, feature_mask=grid_mask(x, o["feature_grid"]),
+            perturbations_per_eval=o["perturbations_per_eval"] or self._per_eval(x),
+        )
+
+    def _lime_or_kernel_shap(self, x: Tensor, t: Tensor) -> Tensor:
+        # Captum's Lime and KernelShap take one example at a time when a feature mask is shared.
+        o = self.options
+        explainer: Any = (ca.Lime if self.method == "lime" else ca.KernelShap)(self.model)
+        mask = grid_mask(x, o["feature_grid"])
+        per_eval = o["perturbations_per_eval"] or internal_batch(x)
+        return self.each_image(x, t, lambda xi, ti, _i: explainer.attribute(
+            xi, target=ti, feature_mask=mask, n_samples=o["n_samples"], perturbations_per_eval=per_eval,
+        ), PER_IMAGE_SEEDED)
 
     def _layer_attribution(self, x: Tensor, t: Tensor) -> Tensor:
         """Captum's layer attribution of the layer's output, as Captum returns it (N, C, h, w)."""
@@ -290,3 +321,26 @@ class CaptumAdapter(Adapter):
                 "LRP supports Conv2d, Linear, ReLU, pooling and BatchNorm; pick another method"
             )
         return None
+
+
+_Route = Callable[[CaptumAdapter, Tensor, Tensor], Tensor]
+#: The adapter's dispatch: method -> the route that calls Captum for it. A Captum method added to
+#: ``cnnlens.registry.catalogue.captum`` gets its route here (a test checks every registered pair has one).
+ROUTES: dict[str, _Route] = {
+    "gradcam": CaptumAdapter._gradcam,
+    "guided_gradcam": CaptumAdapter._guided_gradcam,
+    "saliency": CaptumAdapter._saliency,
+    **dict.fromkeys(SIMPLE, CaptumAdapter._simple),
+    "integrated_gradients": CaptumAdapter._integrated_gradients,
+    **dict.fromkeys(NOISE, CaptumAdapter._noise),
+    **dict.fromkeys(LAYER, CaptumAdapter._layer),
+    **dict.fromkeys(NOISE_OVER, CaptumAdapter._noise_over),
+    "shapley_value_sampling": CaptumAdapter._shapley_value_sampling,
+    "gradient_shap": CaptumAdapter._gradient_shap,
+    "deeplift": CaptumAdapter._deeplift,
+    "deeplift_shap": CaptumAdapter._deeplift_shap,
+    "occlusion": CaptumAdapter._occlusion,
+    "feature_ablation": CaptumAdapter._feature_ablation,
+    "lime": CaptumAdapter._lime_or_kernel_shap,
+    "kernel_shap": CaptumAdapter._lime_or_kernel_shap,
+}

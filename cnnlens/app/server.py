@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cnnlens.app import workbench as W
+from cnnlens.errors import CnnlensError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 #: Addresses that mean "every interface": the app then answers any IP address and the machine's names.
@@ -118,7 +119,8 @@ class HostGuard:
         host = headers.get("host", "")
         if not self.policy.host_ok(host):
             await self._refuse(scope, receive, send, 400, "this app answers only requests addressed to the host "
-                               "names it listens on (see `cnnlens serve --host`)")
+                               "names it listens on (`cnnlens serve --host`; `--allow-host NAME` adds a name, "
+                               "e.g. a reverse proxy's)")
             return
         if not self.policy.origin_ok(headers.get("origin"), host):
             await self._refuse(scope, receive, send, 403, "this app answers only its own page (the Origin differs)")
@@ -134,6 +136,10 @@ class HostGuard:
         from starlette.responses import PlainTextResponse
 
         await PlainTextResponse(text, status_code=code)(scope, receive, send)
+
+
+class AppStartError(CnnlensError):
+    """The server started but its own address does not answer."""
 
 
 def guarded_app(policy: HostPolicy) -> Any:
@@ -167,6 +173,7 @@ def start(
     studies: str | Path | None = None,
     time_budget: float | None = W.TIME_BUDGET,
     announce: bool = False,
+    allow_hosts: Iterable[str] = (),
 ) -> tuple[Any, str]:
     """Build and launch the app; returns ``(blocks, url)`` (after the server stops when ``block``).
 
@@ -182,6 +189,8 @@ def start(
         export_dir: Where export zips are written (default: a new temporary folder).
         studies: A folder whose study databases the Study tab offers; no other study can be opened.
         time_budget: Seconds one Explain request may run (None: no limit).
+        allow_hosts: More host names to answer besides ``host`` and the loopback names (the name a
+            reverse proxy or a container's host forwards under).
         announce: Print one line with the address once the server is up (the CLI, which passes
             ``quiet`` so that Gradio's own banner, with hints a command-line user cannot act on, is not shown).
     """
@@ -211,23 +220,32 @@ def start(
     demo.queue(default_concurrency_limit=4, max_size=64)
     if port == 0:
         port = None
-    demo.launch(
-        server_name=host,
-        server_port=port,
-        prevent_thread_lock=True,
-        quiet=quiet,
-        show_error=True,
-        max_file_size=W.MAX_UPLOAD,
-        footer_links=[],
-        theme=theme(),
-        enable_monitoring=False,
-        mcp_server=False,
-        pwa=False,
-        ssr_mode=False,
-        inbrowser=False,
-        share=False,
-        _app=guarded_app(HostPolicy(host)),
-    )
+    try:
+        demo.launch(
+            server_name=host,
+            server_port=port,
+            prevent_thread_lock=True,
+            quiet=quiet,
+            show_error=True,
+            max_file_size=W.MAX_UPLOAD,
+            footer_links=[],
+            theme=theme(),
+            enable_monitoring=False,
+            mcp_server=False,
+            pwa=False,
+            ssr_mode=False,
+            inbrowser=False,
+            share=False,
+            _app=guarded_app(HostPolicy(host, allow_hosts)),
+        )
+    except ValueError as exc:
+        if "share=True" not in str(exc):
+            raise
+        # Gradio could not reach its own address and suggests a public share link; the app offers none.
+        demo.close()
+        raise AppStartError(f"the web app started but does not answer on {getattr(demo, 'local_url', host)} from "
+                            "this machine; if an HTTP proxy is set (HTTP_PROXY, HTTPS_PROXY), add the host to "
+                            "NO_PROXY") from None
     url = demo.local_url
     if announce:
         print(f"cnnlens: the web app is at {url} (Ctrl-C stops it)", flush=True)

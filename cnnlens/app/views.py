@@ -93,7 +93,7 @@ def _guarded(n_out: int, status_index: int) -> Callable[[Callable[..., Any]], Ca
             try:
                 return fn(*args)
             except Exception as exc:
-                out = [gr.update() for _ in range(n_out)]
+                out: list[Any] = [gr.update() for _ in range(n_out)]
                 out[status_index] = _fail(exc)
                 return tuple(out)
 
@@ -335,7 +335,7 @@ def _colour_scale(sign: str) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> Any:
-    import pandas as pd
+    import pandas as pd  # type: ignore[import-untyped]
 
     return pd.DataFrame(rows)
 

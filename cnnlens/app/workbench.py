@@ -363,9 +363,10 @@ def agreement(grid: Grid) -> list[dict[str, Any]]:
                 a = cells[i].explanation.maps[0].float().cpu().numpy()
                 b = cells[j].explanation.maps[0].float().cpu().numpy()
                 res = M.agreement(a, b, topk=(5.0,))
+                pearson, iou = res["pearson"], res["iou_top5"]
                 rows.append({"method": method, "backends": f"{cells[i].backend} | {cells[j].backend}",
-                             "pearson": None if res["pearson"] is None else round(res["pearson"], 4),
-                             "iou_top5": round(res["iou_top5"], 4)})
+                             "pearson": None if pearson is None else round(pearson, 4),
+                             "iou_top5": None if iou is None else round(iou, 4)})
     return rows
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["export", "export_csv", "load", "load_suite", "read_results", "read_table", "report", "run", "summary"]
+__all__ = ["export", "export_csv", "failures", "load", "load_suite", "read_results", "read_table", "report", "run", "summary"]
 
 
 def run(
@@ -30,6 +30,7 @@ def run(
     workers: int | None = None,
     address: str | None = None,
     gpus_per_worker: float | None = None,
+    retry: bool = True,
 ) -> Path:
     """Run or resume a study, on this process (``engine="local"``) or on Ray actors (``"ray"``).
 
@@ -38,7 +39,14 @@ def run(
     from cnnlens.bench.engine import run as _run
 
     return _run(suite, device=device, out=out, overwrite=overwrite, progress=progress, max_cells=max_cells,
-                engine=engine, workers=workers, address=address, gpus_per_worker=gpus_per_worker)
+                engine=engine, workers=workers, address=address, gpus_per_worker=gpus_per_worker, retry=retry)
+
+
+def failures(db: Path | str) -> list[tuple[str, str, int]]:
+    """The cells that failed or were skipped, grouped by reason; see :func:`cnnlens.bench.engine.failures`."""
+    from cnnlens.bench.engine import failures as _failures
+
+    return _failures(db)
 
 
 def report(db: Path | str, out_dir: Path | str | None = None) -> tuple[Path, Path]:

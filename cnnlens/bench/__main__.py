@@ -3,6 +3,9 @@
     python -m cnnlens.bench --suite smoke --out bench-out [--device cpu] [--overwrite] [--no-progress]
     python -m cnnlens.bench --report bench-out/smoke.sqlite [--out DIR]
     python -m cnnlens.bench --suite FILE --engine ray [--workers N] [--address auto|ray://host:port]
+
+Exit code 0 when every cell finished, 3 when some cells failed or were skipped (listed on stderr;
+a rerun retries them unless --no-retry), 2 for bad input.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None, help="Ray workers (actors)")
     p.add_argument("--address", default=None, help="join a Ray cluster (auto, ray://host:port); default: start one")
     p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per Ray worker on cuda (0.5 shares)")
+    p.add_argument("--no-retry", action="store_true", help="on a resume, keep failed and skipped cells as they are")
     p.add_argument("--max-cells", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     args = p.parse_args(argv)
@@ -40,9 +44,15 @@ def main(argv: list[str] | None = None) -> int:
 
         db = bench.run(args.suite, device=args.device, out=args.out or "bench-out", overwrite=args.overwrite,
                        progress=not args.no_progress, max_cells=args.max_cells, engine=args.engine,
-                       workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker)
+                       workers=args.workers, address=args.address, gpus_per_worker=args.gpus_per_worker,
+                       retry=not args.no_retry)
         print(db)
-        return 0
+        from cnnlens.bench.engine import failure_report
+
+        failed = failure_report(db, "the same command")
+        for line in failed:
+            print(line, file=sys.stderr)
+        return 3 if failed else 0
     except CnnlensError as exc:
         if args.debug:
             raise

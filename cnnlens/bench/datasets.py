@@ -278,11 +278,12 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     """(where, what) of a pydantic error: ``boxes.0``, ``Input should be a valid number (got 'a')``."""
     errs = exc.errors()
     e = errs[0]
-    where = ".".join(str(x) for x in e["loc"]) or "the row"
+    where = ".".join(str(x) for x in e["loc"]) or "top level"
     got = repr(e.get("input"))
     got = got if len(got) <= 60 else got[:57] + "..."
     more = f" (and {len(errs) - 1} more problems)" if len(errs) > 1 else ""
-    return where, f"{e['msg'].removeprefix('Value error, ')} (got {got}){more}"
+    msg = re.sub(r" or instance of \w+", "", e["msg"]).removeprefix("Value error, ")
+    return where, f"{msg} (got {got}){more}"
 
 
 def _coco(path: Path) -> dict[str, list[tuple[float, ...]]]:
@@ -478,8 +479,8 @@ def _mask_problem(path: str, resize: int, crop: int) -> str | None:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
+        with Image.open(path) as raw:
+            im = ImageOps.exif_transpose(raw)
             if np.asarray(im.convert("L")).any():
                 return None if load_mask(path, resize, crop).any() else \
                     f"marks an object only outside the model's centre crop ({crop}x{crop}), so nothing is left to score"
@@ -516,7 +517,7 @@ def records(spec: ImagesSpec, model: Any, resize: int, crop: int, target: str = 
         rows += _manifest(Path(spec.manifest), spec.allow_outside_root)
     if spec.annotations:
         ann = read_annotations(spec.annotations, spec.annotations_format)
-        files = [(p, None, [], None) for p in _user_files(spec)]
+        files: list[_Record] = [(p, None, [], None) for p in _user_files(spec)]
         rows = rows + files if not spec.folder else rows
         hit = 0
         for _p, _l, boxes, _m in rows:

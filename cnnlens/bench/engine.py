@@ -186,13 +186,17 @@ def plan(suite: Suite, model_id: str, image_ids: list[str], positions: dict[str,
             ids = allowed(m, all_ids)
             if not ids:
                 continue
-            c = Cell("explain", {
+            espec = {
                 "model": model_id, "images": ids, "method": m, "backend": b,
                 "options": suite.options_for(m, b), "seed": suite.seed, "faith": faith,
                 "faith_images": [i for i in ids if i in faith_ids],
                 "road": [i for i in ids if i in road_ids], "localization": suite.localization.enabled,
                 "keep_raw": m in multi,
-            }, deps=[images.key])
+            }
+            if suite.quantus is not None:  # only then: a suite without [quantus] keeps its cell keys
+                espec["quantus"] = asdict(suite.quantus)
+                espec["quantus_images"] = [i for i in ids if i in image_ids[:suite.quantus.images]]
+            c = Cell("explain", espec, deps=[images.key])
             explain_key[(m, b)] = c.key
             cells.append(c)
         if not suite.agreement.enabled:
@@ -369,6 +373,10 @@ def run_explain(ctx: Context, spec: dict[str, Any]) -> tuple[list[Row], list[Art
             if box is not None:
                 rows.append((mid, iid, m, b, "pointing.hit", M.pointing_hit(maps[j], box), 1))
                 rows.append((mid, iid, m, b, "pointing.energy", M.energy_pointing(maps[j], box), 1))
+    if spec.get("quantus") and spec["quantus_images"]:
+        from cnnlens.bench.quantus_metrics import study_rows
+
+        rows.extend(study_rows(ctx, spec, x, maps, targets))
     ctx.compute += time.perf_counter() - t0
     return rows, arts
 
@@ -635,6 +643,9 @@ RUNNERS: dict[str, Callable[[Context, dict[str, Any]], tuple[list[Row], list[Art
 
 ENGINES = ("local", "ray")
 
+#: Seconds between two progress lines where no progress bar is drawn (a log, a pipe).
+PROGRESS_EVERY = 30.0
+
 
 @dataclass
 class Outcome:
@@ -675,6 +686,12 @@ class Worker:
         self.models: dict[str, nn.Module] = {}
         self.pixels = PixelCache(2 * shard_size(suite))
 
+    def ready(self) -> int:
+        """This worker's process id; a Ray actor's answer proves that its start-up finished."""
+        import os
+
+        return os.getpid()
+
     def model(self, model_id: str) -> nn.Module:
         from cnnlens.models import load_model
 
@@ -682,7 +699,11 @@ class Worker:
             self.models[model_id] = self.models.pop(model_id)  # most recently used last
             return self.models[model_id]
         ms = next(m for m in self.suite.models if m.id == model_id)
-        net = load_model(ms.spec, weights=ms.weights, device=self.device)
+        # Seeded: a model with random weights (``weights = "none"``) is the same in every process
+        # and every run, so workers and resumes compute with one model.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.suite.seed)
+            net = load_model(ms.spec, weights=ms.weights, device=self.device)
         self.models[model_id] = net
         while len(self.models) > 2:
             del self.models[next(iter(self.models))]
@@ -707,10 +728,19 @@ class Worker:
 
 
 def _where() -> tuple[str, int]:
+    """(host, pid) of the process running a cell; in a Ray actor the host names its Ray node too
+    (``host (ray node 1a2b3c4d5e6f)``), which tells apart two nodes of one machine."""
     import os
     import socket
+    import sys
 
-    return socket.gethostname(), os.getpid()
+    host = socket.gethostname()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ctx = ray.get_runtime_context()
+        if ctx.get_actor_id() is not None:
+            host += f" (ray node {ctx.get_node_id()[:12]})"
+    return host, os.getpid()
 
 
 class LocalExecutor:
@@ -748,6 +778,7 @@ def run(
     workers: int | None = None,
     address: str | None = None,
     gpus_per_worker: float | None = None,
+    retry: bool = True,
 ) -> Path:
     """Run (or resume) a study and return its SQLite file.
 
@@ -764,7 +795,11 @@ def run(
             unless ``overwrite=True``, which deletes that study file (and nothing else) and starts
             fresh.
         overwrite: Start fresh instead of resuming.
-        progress: Show one progress bar for the study (tqdm; drawn only when stderr is a terminal).
+        retry: On a resume, run again the cells that failed (``error``) or were skipped because an
+            input failed (a worker that died, an image unreadable for a moment); ``False`` keeps
+            them as they are (CLI: ``--no-retry``). :func:`failures` lists what failed.
+        progress: Say how many cells will run and a rough time first, then show a progress bar (tqdm)
+            on a terminal, or elsewhere (a log, a pipe) print a line every 30 s and at the end.
         max_cells: Stop after running this many new cells (the study stays resumable).
         engine: ``"local"`` (this process) or ``"ray"`` (long-lived Ray actors, each loading a
             model once and running many cells; needs ``pip install -e '.[ray]'``).
@@ -825,7 +860,8 @@ def run(
             except OSError as exc:
                 raise output_error(p, exc, "study database", "--out") from None
     store = Store(path, s.name)
-    how = {"engine": engine, "workers": workers, "address": address, "gpus_per_worker": gpus_per_worker}
+    how = {"engine": engine, "workers": workers, "address": address, "gpus_per_worker": gpus_per_worker,
+           "retry": bool(retry)}
     try:
         _resume(s, dev, store, progress, max_cells, how, prepared)
     except sqlite3.Error as exc:
@@ -833,6 +869,46 @@ def run(
     finally:
         store.close()
     return path
+
+
+def failures(db: str | Path) -> list[tuple[str, str, int]]:
+    """The study's cells that did not finish well, grouped: (status, reason, number of cells).
+
+    ``status`` is ``error`` (the cell failed) or ``skipped`` (an input it needs failed); the
+    reason is the stored message with image names and numbers kept, so one cause is one group.
+    Largest groups first.
+    """
+    from cnnlens.bench.store import read_table
+
+    cells = read_table(db, "cells")
+    bad = cells[cells.status != "done"]
+    if bad.empty:
+        return []
+    groups = bad.groupby(["status", bad.error.fillna("no reason recorded")]).size()
+    out = [(str(st), str(why), int(n)) for (st, why), n in groups.items()]
+    return sorted(out, key=lambda t: (t[0] != "error", -t[2], t[1]))
+
+
+def failure_report(db: str | Path, again: str, groups: int = 5) -> list[str]:
+    """Lines that say how many cells failed, why (the largest ``groups`` causes) and how to retry.
+
+    ``again`` is the command that resumes the study (it retries failed and skipped cells). Empty
+    when every cell is done.
+    """
+    found = failures(db)
+    if not found:
+        return []
+    n_err = sum(n for st, _w, n in found if st == "error")
+    n_skip = sum(n for st, _w, n in found if st == "skipped")
+    lines = [f"{n_err} cells failed and {n_skip} were skipped because an input of theirs failed; "
+             "their results are missing from the study:"]
+    for st, why, n in found[:groups]:
+        lines.append(f"  {n:>5} {st}: {why[:300]}")
+    if len(found) > groups:
+        rest = sum(n for _s, _w, n in found[groups:])
+        lines.append(f"  {rest:>5} more, for {len(found) - groups} other reasons (the study's cells table has each)")
+    lines.append(f"retry them (finished cells are kept): {again}")
+    return lines
 
 
 def _match_hint(word: str, choices: tuple[str, ...]) -> str:
@@ -853,8 +929,83 @@ def study_digest(s: Suite) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _prepare(s: Suite, dev: torch.device, engine: str) -> tuple[Worker | None, dict[str, list[Any]]]:
-    """The local engine's worker (None on Ray) and each model's image records, in study order.
+#: What :func:`_prepare` gives the run: the local worker, records, model digests, pass seconds.
+Prepared = tuple["Worker | None", dict[str, list[Any]], dict[str, str], dict[str, float]]
+
+
+def _pass_seconds(model: nn.Module, size: int | None) -> float:
+    """Seconds of one forward and backward pass of one image (the best of two), for the estimate."""
+    from cnnlens.bench.data import _sizes
+
+    _resize, crop = _sizes(model, size)
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, 3, crop, crop, device=p.device if p is not None else "cpu", requires_grad=True)
+    best = float("inf")
+    try:
+        for _ in range(2):
+            t0 = time.perf_counter()
+            model(x).sum().backward()
+            best = min(best, time.perf_counter() - t0)
+    except Exception:  # an estimate only: a model this cannot run fails in its cells with a clear error
+        return 0.0
+    finally:
+        model.zero_grad(set_to_none=True)
+    return best
+
+
+#: Option names whose values multiply a method's passes (their product is the estimate's factor).
+_PASSES = ("n_steps", "nt_samples", "n_samples", "num_samples", "num_scales")
+
+
+def estimate_seconds(s: Suite, cells: list[Cell], pass_seconds: dict[str, float]) -> float:
+    """A rough guess of the cells' seconds from one measured pass: explanations cost their passes
+    (the product of their sample and step options), the faithfulness measures their forwards."""
+    f = s.faithfulness
+    total = 0.0
+    for c in cells:
+        t = pass_seconds.get(c.spec.get("model", ""), 0.0)
+        n = len(c.spec.get("images", []))
+        opts = c.spec.get("options") or {}
+        passes = float(np.prod([float(v) for k, v in opts.items() if k in _PASSES and isinstance(v, int | float)]))
+        if c.kind == "images":
+            total += n * t / 2
+        elif c.kind == "explain":
+            total += n * t * passes
+            faith = c.spec.get("faith")
+            if faith:
+                forwards = 3 * (f.steps + 1) + 2 + (f.perturb_samples if f.infidelity else 0)
+                total += len(c.spec["faith_images"]) * forwards * t / 2
+                total += len(c.spec["road"]) * 2 * len(f.road_percentiles) * t / 2
+        elif c.kind == "sanity":
+            total += n * t * passes * (c.spec["max_steps"] + 1)
+        elif c.kind == "speed":
+            total += (c.spec["repeats"] + c.spec["warmup"]) * c.spec["batch_size"] * t * passes * 2
+    return total
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two suites' dicts (the image list left out)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return [prefix.rstrip(".")] if json.dumps(old, default=str) != json.dumps(new, default=str) and prefix else []
+    out: list[str] = []
+    for k in sorted(set(old) | set(new)):
+        if not prefix and k == "images":
+            continue
+        out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+    return out
+
+
+def _prepare(s: Suite, dev: torch.device, engine: str) -> Prepared:
+    """The local engine's worker (None on Ray), each model's image records, in study order, each
+    model's :func:`model_digest` and the seconds of one forward and backward pass of one image.
 
     Each model is loaded here to map the dataset's labels and to keep the pasted objects it
     recognises; the local engine keeps its worker (and so its models) for the cells.
@@ -871,26 +1022,37 @@ def _prepare(s: Suite, dev: torch.device, engine: str) -> tuple[Worker | None, d
         local = Worker(s, dev) if engine == "local" else None
         planner = local if local is not None else \
             Worker(s, dev if dev.type != "cuda" or torch.cuda.is_available() else torch.device("cpu"))
-        records = {ms.id: collect_images(s.images, planner.model(ms.id), ms.image_size, s.target) for ms in s.models}
+        records: dict[str, list[Any]] = {}
+        digests: dict[str, str] = {}
+        costs: dict[str, float] = {}
+        for ms in s.models:
+            net = planner.model(ms.id)
+            digests[ms.id] = model_digest(net)
+            records[ms.id] = collect_images(s.images, net, ms.image_size, s.target)
+            costs[ms.id] = _pass_seconds(net, ms.image_size)
         if local is None:
             planner.models.clear()
     finally:
         torch.set_num_threads(threads)
-    return local, records
+    return local, records, digests, costs
 
 
 def _resume(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None,
-            how: dict[str, Any], prepared: tuple[Worker | None, dict[str, list[Any]]]) -> None:
+            how: dict[str, Any], prepared: Prepared) -> None:
     """Check that the store holds this suite's study (or none), record the run, run the pending cells."""
     path = store.path
     known = store.meta()
     old = known.get("study_digest")
     if (old is not None and old != study_digest(s)) or \
             (old is None and known.get("suite_digest") not in (None, s.digest())):
+        differ = _changed_keys(known.get("suite"), s.to_dict())
+        what = f" (changed: {', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''})" if differ else ""
         raise OutputExistsError(
-            f"'{path}' holds a study of a different version of suite '{s.name}'; pass overwrite=True "
-            "(CLI: --overwrite) to start fresh, or choose another --out folder"
+            f"'{path}' holds a study of a different version of suite '{s.name}'{what}; results of the old and the new "
+            "settings would mix: pass overwrite=True (CLI: --overwrite) to start fresh, or choose another --out folder"
         )
+    for ms in s.models:  # before anything is written: a study of other weights is refused untouched
+        check_model(store, known, ms, prepared[2][ms.id])
     meta = run_metadata(s, dev)
     store.set_meta(meta)  # the first run's metadata stays; later runs add their own entry
     # the suite itself is the latest run's: it may list more images than the first one
@@ -905,6 +1067,69 @@ def _resume(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells
         _run_study(s, dev, store, progress, max_cells, how, prepared)
     finally:
         torch.set_num_threads(threads)
+
+
+def model_digest(model: nn.Module) -> str:
+    """A hash of the model's weights and buffers (names, types, shapes, values) and of its class."""
+    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}".encode())
+    for name, t in model.state_dict().items():
+        if not isinstance(t, Tensor):
+            continue
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def check_model(store: Store, planned: dict[str, Any], ms: Any, digest: str) -> None:
+    """Refuse to resume a study whose model now has other weights (a replaced model file, other
+    weights, changed code); record the model's digest on the study's first run."""
+    key = f"model_digest:{ms.id}"
+    old = planned.get(key)
+    if old is not None and old != digest:
+        raise OutputExistsError(
+            f"'{store.path}' holds a study of model '{ms.id}' ({ms.spec}) with other weights than the model "
+            "loads now (its file or weights changed since the study began); results of two models would mix: "
+            "pass overwrite=True (CLI: --overwrite) to start afresh, or choose another --out folder")
+    if old is None:
+        store.set_meta({key: digest}, replace=True)
+
+
+def image_digest(record: Any) -> str | None:
+    """A hash of what an image's cells read: the file's bytes (or the generated pixels), the mirror
+    flag, the mask's bytes, the boxes, the label and a fixed target. None when the file cannot be
+    read now (its cells will fail and be retried)."""
+    h = hashlib.sha256()
+    try:
+        for p in (record.path, record.mask_path):
+            if p is not None:
+                with open(p, "rb") as f:
+                    h.update(hashlib.file_digest(f, "sha256").digest())
+    except OSError:
+        return None
+    for arr in (record.display, record.mask):
+        if arr is not None:
+            a = np.ascontiguousarray(arr)
+            h.update(f"{a.dtype}{a.shape}".encode() + a.tobytes())
+    h.update(json.dumps([record.flip, record.boxes, record.label, record.target], default=str).encode())
+    return h.hexdigest()[:20]
+
+
+def invalidate_changed(store: Store, planned: dict[str, Any], model_id: str, records: list[Any]) -> list[str]:
+    """Delete the cells of images whose content changed since the study last saw them (one line on
+    stderr names them), and record every image's digest; returns the changed images' ids."""
+    import sys
+
+    key = f"content:{model_id}"
+    old: dict[str, str | None] = planned.get(key, {})
+    new = {r.id: image_digest(r) for r in records}
+    changed = sorted(i for i, d in new.items() if d is not None and old.get(i) not in (None, d))
+    if changed:
+        n = store.invalidate(model_id, set(changed))
+        names = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        print(f"cnnlens: {len(changed)} images of model '{model_id}' changed since the study last ran ({names}); "
+              f"their {n} cells run again", file=sys.stderr, flush=True)
+    store.set_meta({key: {**old, **{i: d for i, d in new.items() if d is not None}}}, replace=True)
+    return changed
 
 
 def _positions(records: list[Any], known: dict[str, int], size: int) -> dict[str, int]:
@@ -924,7 +1149,7 @@ def _positions(records: list[Any], known: dict[str, int], size: int) -> dict[str
 
 
 def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None,
-               how: dict[str, Any], prepared: tuple[Worker | None, dict[str, list[Any]]]) -> bool:
+               how: dict[str, Any], prepared: Prepared) -> bool:
     """Plan every model's cells (records from :func:`_prepare`), then run the pending ones as their
     inputs become ready.
 
@@ -933,21 +1158,34 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
     import heapq
 
     size = shard_size(s)
-    local, listed = prepared
+    local, listed, _digests, costs = prepared
     cells: list[Cell] = []
     records: dict[str, dict[str, Any]] = {}
     positions: dict[str, dict[str, int]] = {}
     targets: dict[str, dict[str, int]] = {}
+    planned = store.meta()
     for ms in s.models:
         recs = listed[ms.id]
         records[ms.id] = {r.id: r for r in recs}
-        positions[ms.id] = _positions(recs, store.positions(ms.id), size)
+        invalidate_changed(store, planned, ms.id, recs)
+        # The plan's positions are kept too: images whose shard failed have no image row yet, and
+        # must keep their place when it is retried (the first images decide ROAD, sanity and speed).
+        known = {**planned.get(f"positions:{ms.id}", {}), **store.positions(ms.id)}
+        positions[ms.id] = _positions(recs, known, size)
+        store.set_meta({f"positions:{ms.id}": positions[ms.id]}, replace=True)
         targets[ms.id] = store.targets(ms.id)
         cells.extend(plan(s, ms.id, list(positions[ms.id]), positions[ms.id]))
 
     seen: set[str] = set()
     cells = [c for c in cells if not (c.key in seen or seen.add(c.key))]
     status = dict(store.finished())
+    redo: set[str] = set()
+    if how.get("retry", True):  # failed and skipped cells run again (the store replaces their rows)
+        status = {k: v for k, v in status.items() if v == "done"}
+        for c in cells:  # dependency order: a cross-method cell that compared fewer methods runs again too
+            if c.key in status and any(d not in status for d in c.deps):
+                del status[c.key]
+                redo.add(c.key)
     pending = [i for i, c in enumerate(cells) if c.key not in status]
     waiting = {i: sum(1 for d in cells[i].deps if d not in status) for i in pending}
     dependents: dict[str, list[int]] = {}
@@ -958,13 +1196,40 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
     ready = [i for i in pending if waiting[i] == 0]
     heapq.heapify(ready)
 
+    import sys
+
     from tqdm.auto import tqdm
 
-    # disable=None: tqdm draws only on a terminal, so logs and pipes get no carriage-return frames.
+    def say(line: str) -> None:  # stdout: stderr keeps the one-line error contract
+        print(f"{s.name}: {line}", file=sys.stdout, flush=True)
+
+    if progress and pending:
+        kinds: dict[str, int] = {}
+        for i in pending:
+            kinds[cells[i].kind] = kinds.get(cells[i].kind, 0) + 1
+        guess = estimate_seconds(s, [cells[i] for i in pending], costs)
+        say(f"{len(pending)} cells to run ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
+            f"{len(cells) - len(pending)} already done; roughly {_duration(guess)} on this machine's speed now "
+            "(a guess from one timed forward pass)")
+    # disable=None: tqdm draws only on a terminal, so logs and pipes get no carriage-return frames;
+    # there a line every PROGRESS_EVERY seconds says how far the study is.
     bar = tqdm(total=len(cells), initial=len(cells) - len(pending), disable=None if progress else True,
                desc=s.name, unit="cell", mininterval=0.5)
+    lines = progress and bar.disable
     t_start = time.perf_counter()
     explained = [0]
+    ran = [0, 0]  # cells finished this run, of them failed or skipped
+    last = [t_start]
+
+    def report_line(final: bool = False) -> None:
+        now = time.perf_counter()
+        if not lines or not pending or (not final and now - last[0] < PROGRESS_EVERY):
+            return
+        last[0] = now
+        left = len(pending) - ran[0]
+        eta = f", about {_duration((now - t_start) / ran[0] * left)} left" if ran[0] and left else ""
+        say(f"{ran[0]}/{len(pending)} cells ({100 * ran[0] // len(pending)}%), {ran[1]} failed or skipped, "
+            f"{explained[0] / max(now - t_start, 1e-9):.2f} img/s{eta}")
 
     def finish(i: int, o: Outcome) -> None:
         c = cells[i]
@@ -976,7 +1241,7 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
             images = [(mid, iid, pos[iid], src, t, label, box, png) for iid, src, t, label, box, png in img_rows]
             targets[mid].update({iid: int(t) for iid, _s, t, *_ in img_rows})
         store.write_cell(c.key, c.kind, c.spec, o.status, o.rows, o.arts, o.error, o.seconds,
-                         images=images, meta=o.meta, compute=o.compute, where=o.where)
+                         images=images, meta=o.meta, compute=o.compute, where=o.where, replace=c.key in redo)
         status[c.key] = o.status
         if c.kind == "explain":
             explained[0] += len(c.spec["images"])
@@ -987,6 +1252,9 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
         bar.update(1)
         rate = explained[0] / max(time.perf_counter() - t_start, 1e-9)
         bar.set_postfix_str(f"{rate:.1f} img/s", refresh=False)
+        ran[0] += 1
+        ran[1] += o.status != "done"
+        report_line()
 
     def on_driver(c: Cell) -> Outcome | None:
         """Cells that run here: store comparisons, and cells whose inputs failed (skipped)."""
@@ -1041,4 +1309,5 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
     finally:
         bar.close()
         executor.close()
+    report_line(final=True)
     return max_cells is None or started < max_cells

@@ -230,16 +230,23 @@ class Store:
         meta: dict[str, Any] | None = None,
         compute: float | None = None,
         where: tuple[str, int] | None = None,
+        replace: bool = False,
     ) -> None:
         """Write a cell's rows, artifacts, image rows, metadata and status in one transaction.
 
-        All or nothing: a study killed at any moment has each cell either whole or absent.
+        All or nothing: a study killed at any moment has each cell either whole or absent. A cell
+        stored as ``error`` or ``skipped`` is replaced (a retry); a ``done`` one only with ``replace``
+        (a cell that compared what its failed inputs left, run again once they are retried).
         ``images`` rows are (model, image, position, source, target, label, box, png); ``where``
         is the (host, pid) that ran the cell (default: this process).
         """
         import socket
 
         with self.transaction() as c:
+            old = c.execute("SELECT status FROM cells WHERE study = ? AND cell = ?", (self.study, cell)).fetchone()
+            if old is not None and (replace or old[0] != "done"):
+                for table in ("cells", "results", "artifacts"):
+                    c.execute(f"DELETE FROM {table} WHERE study = ? AND cell = ?", (self.study, cell))
             if images:
                 c.executemany(
                     "INSERT OR IGNORE INTO images VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -273,6 +280,29 @@ class Store:
                 [(self.study, model, img, pos, src, tgt, label, json.dumps(box), png)
                  for img, pos, src, tgt, label, box, png in items],
             )
+
+    def invalidate(self, model: str, images: set[str]) -> int:
+        """Delete every cell of ``model`` whose images include one of ``images`` (its rows and artifacts
+        too) and the image rows of their shards, in one transaction; returns the number of cells.
+
+        A resume then runs those cells again: an image whose file changed must not keep results
+        computed from its old pixels, nor be compared with maps of the new ones.
+        """
+        keys: list[str] = []
+        shard_images: set[str] = set()
+        for cell, kind, spec in self.conn.execute("SELECT cell, kind, spec FROM cells WHERE study = ?", (self.study,)):
+            d = json.loads(spec)
+            ids = d.get("images") or []
+            if d.get("model") == model and images.intersection(ids):
+                keys.append(cell)
+                if kind == "images":
+                    shard_images.update(ids)
+        with self.transaction() as c:
+            for table in ("cells", "results", "artifacts"):
+                c.executemany(f"DELETE FROM {table} WHERE study = ? AND cell = ?", [(self.study, k) for k in keys])
+            c.executemany("DELETE FROM images WHERE study = ? AND model = ? AND image = ?",
+                          [(self.study, model, i) for i in sorted(shard_images | images)])
+        return len(keys)
 
     def positions(self, model: str) -> dict[str, int]:
         """image -> position, for the images of ``model`` already in the study."""
@@ -436,13 +466,20 @@ def export_csv(db: str | Path, path: str | Path | None = None) -> Path:
 
 
 def summary(db: str | Path) -> Any:
-    """Mean, standard deviation and count over images per (model, method, backend, metric).
+    """Mean, standard deviation, count and 95 % bootstrap interval of the mean (``ci_low``,
+    ``ci_high``: :func:`cnnlens.bench.verdict.intervals`, percentile method, seed 0; NaN for fewer
+    than 2 values) over images per (model, method, backend, metric).
 
     Curve points are kept (they are what the curve plots show); the per-image table stays in the
     study file and in :func:`export_csv`.
     """
+    from cnnlens.bench.verdict import intervals
+
     df = read_results(db)
-    g = df.groupby(["model", "method", "backend", "metric"], sort=True)["value"]
+    keys = ["model", "method", "backend", "metric"]
+    g = df.groupby(keys, sort=True)["value"]
     out = g.agg(["mean", "std", "count"]).reset_index()
-    det = df.groupby(["model", "method", "backend", "metric"], sort=True)["deterministic"].first().reset_index()
-    return out.merge(det, on=["model", "method", "backend", "metric"])
+    ci = intervals(df, metrics="all")[[*keys, "ci_low", "ci_high"]]
+    out = out.merge(ci, on=keys, how="left")
+    det = df.groupby(keys, sort=True)["deterministic"].first().reset_index()
+    return out.merge(det, on=keys)

@@ -431,6 +431,53 @@ class LocalizationSpec:
 
 
 @pdc.dataclass(frozen=True, config=_CFG)
+class QuantusSpec:
+    """``[quantus]``: Quantus metrics (:mod:`cnnlens.bench.quantus_metrics`) on the first ``images`` images,
+    each image's maps scored by the Quantus class of that name; ``settings`` overrides a metric's
+    keyword arguments (``[quantus.settings] PixelFlipping = { features_in_step = 32 }``)."""
+
+    metrics: tuple[str, ...] = ()
+    images: int = Field(4, ge=1, le=MAX_IMAGES)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)  # Quantus' own batch_size (its perturbed copies per forward)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    _lists = field_validator("metrics", mode="before")(_one_or_many)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from cnnlens.bench.quantus_metrics import METRICS
+
+        if v == ("*",):
+            return tuple(METRICS)
+        _check_names(v, list(METRICS), "Quantus metric")
+        return v
+
+    @model_validator(mode="after")
+    def _settings(self) -> QuantusSpec:
+        import inspect
+
+        from cnnlens.bench.quantus_metrics import require
+
+        if not self.metrics:
+            return self
+        try:
+            quantus = require()
+        except CnnlensError as exc:
+            raise _Problem(str(exc)) from None
+        for name, kw in self.settings.items():
+            if name not in self.metrics:
+                raise _Problem(f"settings for '{name}', which metrics does not name; metrics: "
+                               f"{', '.join(self.metrics)}")
+            accepted = [p for p in inspect.signature(getattr(quantus, name).__init__).parameters
+                        if p not in ("self", "args", "kwargs")]
+            for k in kw:
+                if k not in accepted:
+                    raise _Problem(f"settings.{name}: quantus.{name} takes no '{k}'{_hint(k, accepted)}")
+        return self
+
+
+@pdc.dataclass(frozen=True, config=_CFG)
 class StudySpec:
     """The ``[study]`` table (its values become :class:`Suite` attributes)."""
 
@@ -466,6 +513,7 @@ class SuiteFile:
     sanity: SanitySpec = field(default_factory=SanitySpec)
     speed: SpeedSpec = field(default_factory=SpeedSpec)
     localization: LocalizationSpec = field(default_factory=LocalizationSpec)
+    quantus: QuantusSpec | None = None
 
     @model_validator(mode="after")
     def _distinct_ids(self) -> SuiteFile:
@@ -498,6 +546,8 @@ class Suite:
     threads: int = 0
     #: ``[study] target``: explain each image for the model's top-1 class or for its dataset label.
     target: str = field(default="predicted", metadata=LATER)
+    #: ``[quantus]``: Quantus metrics (None: the suite has no such section).
+    quantus: QuantusSpec | None = field(default=None, metadata=LATER)
 
     def to_dict(self) -> dict[str, Any]:
         d = _plain(self)
@@ -658,7 +708,8 @@ def parse(data: dict[str, Any], source: str = "") -> Suite:
     st = f.study
     suite = Suite(st.name if st.name is not None else (Path(source).stem or "study"), st.description, st.seed,
                   f.models, f.images, f.methods, f.agreement, f.faithfulness, f.sanity, f.speed, f.localization,
-                  source, threads=st.threads, target=st.target)
+                  source, threads=st.threads, target=st.target,
+                  quantus=f.quantus if f.quantus is not None and f.quantus.metrics else None)
     _check_batch_bytes(suite.models, suite.images, suite.speed, suite.faithfulness)
     if not suite.pairs():
         raise SuiteError("the suite selects no (method, backend) pair; check [methods] include/exclude/backends")

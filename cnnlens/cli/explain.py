@@ -56,7 +56,7 @@ FitOpt = Annotated[
 
 
 def _print_results(model: nn.Module, names: Sequence[str], expls: Sequence[Explanation]) -> None:
-    from cnnlens.jobs import model_name
+    from cnnlens.jobs import agreement, model_name
 
     first = expls[0]
     rows = []
@@ -67,6 +67,12 @@ def _print_results(model: nn.Module, names: Sequence[str], expls: Sequence[Expla
     c.table(f"{model_name(model)}: explained classes", ["image", "class", "p"], rows, right=["p"])
     c.table("time per method and backend", ["method", "backend", "layer", "seconds"],
             [[e.method, e.backend, e.layer or "-", f"{e.seconds:.2f}"] for e in expls], right=["seconds"])
+    agree = agreement(names, expls)
+    if agree:
+        cols = ["pearson", "spearman", "ssim", "iou_top5"]
+        c.table("agreement between backends (contract maps; 1 = identical)", ["method", "backends", "image", *cols],
+                [[r["method"], r["backends"], r["image"], *("-" if r[k] is None else f"{r[k]:.3f}" for k in cols)]
+                 for r in agree], right=cols)
 
 
 def _explain_job(

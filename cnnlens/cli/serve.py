@@ -27,6 +27,9 @@ def serve(
         "--studies", help="A folder of study databases the Study tab offers (no other study can be opened).")] = None,
     host: Annotated[str, typer.Option("--host", help="Interface to bind; anything but 127.0.0.1 has no authentication.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: a free one).")] = 7860,
+    allow_host: Annotated[list[str] | None, typer.Option(
+        "--allow-host", help="Also answer requests addressed to this host name (repeatable), e.g. a reverse "
+        "proxy's; only 127.0.0.1, localhost and --host are answered otherwise.")] = None,
     time_budget: Annotated[float, typer.Option(
         "--time-budget", min=1, max=3600, help="Seconds one Explain request may run before it is stopped.")] = 60.0,
 ) -> None:
@@ -47,4 +50,4 @@ def serve(
         c.stderr().print(f"warning: {c.escape(warning)}")
     c.stderr().print("starting the web app (Ctrl-C stops it) ...")
     webapp.serve(net, study, host, port or None, name=jobs.model_name(net), block=True, quiet=True,
-                 studies=studies, time_budget=time_budget, announce=True)
+                 studies=studies, time_budget=time_budget, announce=True, allow_hosts=allow_host or ())

@@ -62,7 +62,7 @@ def test_cnnlens_imports_no_torchcam_until_a_torchcam_pair_runs() -> None:
 
 def test_missing_torchcam_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(registry.Backend, "installed", property(lambda self: self.id != "torchcam"))
-    with pytest.raises(BackendUnavailableError, match=r"pip install 'torchcam'"):
+    with pytest.raises(BackendUnavailableError, match=r"pip install -e '\.\[torchcam\]'"):
         cnnlens.Explainer(tiny_cnn(), "sscam", backend="torchcam")
     with pytest.raises(BackendUnavailableError, match=r"needs the package 'torchcam'"):
         cnnlens.Explainer(tiny_cnn(), "cam")  # only torchcam has it

@@ -113,3 +113,43 @@ def test_import_cnnlens_app_does_not_import_gradio() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.bad_input("app")
+def test_studies_must_be_a_folder(monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path) -> None:
+    monkeypatch.setattr(webapp, "available", lambda: True)
+    monkeypatch.setattr(webapp, "serve", _fake_serve([]))
+    code, _, err = _run(["serve", "--studies", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_passes_studies_budget_and_silences_gradio(monkeypatch: pytest.MonkeyPatch, capsys: Any,
+                                                       tmp_path: Path) -> None:
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(webapp, "available", lambda: True)
+    monkeypatch.setattr(webapp, "serve", _fake_serve(calls))
+    code, _, _ = _run(["serve", "--model", "cnnlens.testing:tiny_cnn", "--studies", str(tmp_path),
+                       "--time-budget", "30", "--allow-host", "box.lan", "--allow-host", "proxy.example"], capsys)
+    kw = calls[-1][4]
+    assert code == 0 and kw["studies"] == tmp_path and kw["time_budget"] == 30.0
+    assert list(kw["allow_hosts"]) == ["box.lan", "proxy.example"]
+    assert kw["quiet"] is True and kw["announce"] is True  # Gradio's banner (and its share hint) stays off
+    code, _, err = _run(["serve", "--time-budget", "0"], capsys)
+    assert code == 2 and "--time-budget" in err
+
+
+@pytest.mark.bad_input("app")
+def test_an_unreachable_own_address_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Gradio checks that its address answers and otherwise tells the user to set share=True."""
+    if not webapp.available():
+        pytest.skip("the app extra (gradio) is not installed")
+    import gradio.networking
+
+    from cnnlens.app.server import AppStartError
+    from cnnlens.testing import tiny_cnn
+
+    monkeypatch.setattr(gradio.networking, "url_ok", lambda url: False)
+    with pytest.raises(AppStartError, match="NO_PROXY") as exc:
+        webapp.serve(tiny_cnn(num_classes=5), None, "127.0.0.1", free_port(), block=False, quiet=True,
+                     export_dir=tmp_path)
+    assert "share" not in str(exc.value)

@@ -128,7 +128,7 @@ def test_other_suite_in_same_out_is_refused(mini_suite, tmp_path):
     out = tmp_path / "o"
     bench.run(mini_suite, out=out, progress=False, max_cells=1)
     mini_suite.write_text(mini_suite.read_text().replace("seed = 3", "seed = 4"))
-    with pytest.raises(OutputExistsError, match="overwrite"):
+    with pytest.raises(OutputExistsError, match=r"changed: seed\).*overwrite"):
         bench.run(mini_suite, out=out, progress=False, max_cells=1)
     db = bench.run(mini_suite, out=out, progress=False, max_cells=1, overwrite=True)
     assert len(bench.read_table(db, "cells")) == 1

@@ -18,6 +18,7 @@ import pytest
 from bench_helpers import MINI_SUITE, assert_no_duplicates, deterministic_table
 
 import cnnlens.bench as bench
+import cnnlens.bench.ray_engine as bench_ray
 
 
 def _env() -> dict[str, str]:
@@ -152,6 +153,70 @@ def test_worker_killed_mid_cell_has_its_cells_rerun(cluster, reference, tmp_path
     _same_study(db, local_db)
     # the killed worker's cells ran elsewhere: on the other worker and on the one that replaced it
     assert len(_worker_pids(db) - set(killed)) >= 2
+
+
+def _kill_workers(title: str, times: int, stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL ``times`` different actor processes of this test's Ray, each caught with this process
+    title (``ray::Worker.__init__`` while an actor starts up, ``ray::Worker.run`` inside a cell)."""
+    import psutil
+
+    me = psutil.Process()
+    while not stop.is_set() and len(killed) < times:
+        for p in me.children(recursive=True):
+            try:
+                if p.pid not in killed and (p.cmdline() or [""])[0] == title:
+                    os.kill(p.pid, signal.SIGKILL)
+                    killed.append(p.pid)
+                    break
+            except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+                continue
+        time.sleep(0.002)
+
+
+def _run_while_killing(suite: Path, out: Path, title: str, times: int) -> tuple[Path, list[int]]:
+    stop = threading.Event()
+    killed: list[int] = []
+    hunter = threading.Thread(target=_kill_workers, args=(title, times, stop, killed), daemon=True)
+    hunter.start()
+    try:
+        db = bench.run(suite, out=out, progress=False, engine="ray", workers=1)
+    finally:
+        stop.set()
+        hunter.join(timeout=10)
+    return db, killed
+
+
+@needs_ray
+@pytest.mark.bad_input("engine")
+def test_workers_killed_while_starting_up_cost_no_attempt(cluster, reference, tmp_path):
+    # One worker: every cell waits on it, and each kill would charge the cells queued on it.
+    suite, local_db = reference
+    db, killed = _run_while_killing(suite, tmp_path / "ray", "ray::Worker.__init__", bench_ray.MAX_ATTEMPTS)
+    assert len(killed) == bench_ray.MAX_ATTEMPTS, killed
+    assert bench.failures(db) == []
+    _same_study(db, local_db)
+
+
+@needs_ray
+@pytest.mark.bad_input("engine")
+def test_worker_killed_mid_cell_charges_only_the_running_cell(cluster, reference, tmp_path, monkeypatch):
+    # One attempt per cell: a kill inside a cell records that cell as an error at once; the cell
+    # queued behind it on the same worker never ran and must run on the replacement worker.
+    monkeypatch.setattr(bench_ray, "MAX_ATTEMPTS", 1)
+    suite, local_db = reference
+    out = tmp_path / "ray"
+    db, killed = _run_while_killing(suite, out, "ray::Worker.run", 2)
+    assert len(killed) == 2, killed
+    cells = bench.read_table(db, "cells")
+    err = cells[cells.status == "error"]
+    # at most one charged cell per kill (a kill that lands as a cell ends may charge none); on a
+    # worker that also had a cell queued, charging both would make up to 4
+    assert 1 <= len(err) <= len(killed) and err.error.str.startswith("its worker died running it").all(), err
+    assert set(cells.status) <= {"done", "error", "skipped"} and (cells.status == "done").any()
+    # the rerun retries the failed cells and the cells they skipped
+    db = bench.run(suite, out=out, progress=False, engine="ray", workers=1)
+    assert bench.failures(db) == []
+    _same_study(db, local_db)
 
 
 @needs_ray

@@ -164,7 +164,7 @@ def _photo(folder: Path) -> Path:
     import numpy as np
     from PIL import Image
 
-    (folder / "in").mkdir()
+    (folder / "in").mkdir(parents=True)
     p = folder / "in" / "a.png"
     Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype("uint8")).save(p)
     return p
@@ -213,3 +213,16 @@ def test_threads_option_sets_torch_threads(command, tmp_path, monkeypatch) -> No
         torch.set_num_threads(before)
     assert r.exit_code == 0, r.output
     assert seen == [want]
+
+
+def test_compare_prints_how_far_the_backends_agree(tmp_path) -> None:
+    """``compare`` prints the agreement of each pair of backends per image (the app shows it too)."""
+    r = run("compare", _photo(tmp_path), *TINY, "-m", "gradcam", "--out", tmp_path / "c.png")
+    assert r.exit_code == 0, r.output
+    assert "agreement between backends" in r.stdout
+    line = next(ln for ln in r.stdout.splitlines() if "pytorch-grad-cam vs captum" in ln)
+    assert line.split()[-4:] == ["1.000"] * 4  # Grad-CAM: the same maps from both toolkits
+    j = run("compare", _photo(tmp_path / "j"), *TINY, "-m", "gradcam", "--out", tmp_path / "c2.png", "--json")
+    rows = json.loads(j.stdout)["agreement"]
+    assert {r["backends"] for r in rows} >= {"pytorch-grad-cam vs captum"}
+    assert all(set(r) == {"method", "backends", "image", "pearson", "spearman", "ssim", "iou_top5"} for r in rows)

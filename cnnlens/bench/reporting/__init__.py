@@ -13,27 +13,32 @@ from typing import Any
 
 from cnnlens.bench.reporting.render import Section
 
-SECTIONS = ("Summary", "Agreement", "Faithfulness", "Localization", "Sanity", "Speed", "Image x method grid",
-            "Failures", "Run")
+SECTIONS = ("Verdict", "Summary", "Agreement", "Metric agreement", "Faithfulness", "Localization", "Sanity", "Speed",
+            "Image x method grid", "Failures", "Run")
 
 __all__ = ["SECTIONS", "Section", "build_sections", "write_report"]
 
 
 def build_sections(db: Path) -> tuple[list[Section], dict[str, bytes], dict[str, Any]]:
-    """Every section of the report of ``db``, the figures they name (PNG bytes), and the study's metadata."""
+    """Every section of the report of ``db``, the files they name (figures as PNG bytes, the verdict's
+    tables as CSV bytes), and the study's metadata."""
+    from cnnlens.bench.metric_agreement import section as metric_agreement
     from cnnlens.bench.reporting import sections as S
     from cnnlens.bench.reporting.data import load
+    from cnnlens.bench.reporting.verdict_section import verdict
 
     st = load(db)
     figs: dict[str, bytes] = {}
     faith_sec, faith_tab = S.faithfulness(st, figs)
-    sections = [S.summary(st, faith_tab), S.agreement(st, figs), faith_sec, S.localization(st, figs),
+    sections = [verdict(st, figs), S.summary(st, faith_tab), S.agreement(st, figs),
+                metric_agreement(st), faith_sec, S.localization(st, figs),
                 S.sanity(st, figs), S.speed(st, figs), S.grid(st, figs), S.failures(st), S.run(st)]
     return sections, figs, st.meta
 
 
 def write_report(db: Path | str, out_dir: Path | str | None = None) -> tuple[Path, Path]:
-    """Write ``report.md`` (figures in ``figures/``) and a self-contained ``report.html``.
+    """Write ``report.md`` (figures in ``figures/``), a self-contained ``report.html`` and the verdict's
+    tables (:data:`cnnlens.bench.reporting.verdict_section.CSV_FILES`) as CSV.
 
     Every file is written to a temporary name and renamed when complete, so a full disk or a
     read-only folder leaves the previous report (or none), never a truncated file.
@@ -64,7 +69,10 @@ def write_report(db: Path | str, out_dir: Path | str | None = None) -> tuple[Pat
     fig_dir = out / "figures"
     ensure_folder(fig_dir, "report folder", "--out")
     for name, data in figs.items():
-        write_atomic(fig_dir / name, data, "figure", "--out")
+        if name.endswith(".csv"):  # the verdict's tables, next to the report
+            write_atomic(out / name, data, "verdict table", "--out")
+        else:
+            write_atomic(fig_dir / name, data, "figure", "--out")
     md = write_atomic(out / "report.md", render_md(sections, title, "figures"), "report", "--out")
     page = write_atomic(out / "report.html", render_html(sections, title, figs), "report", "--out")
     return md, page
