@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from cnnlens import _post, _resolve, registry
 from cnnlens._guard import ModelGuard, is_scripted
-from cnnlens.errors import CnnlensError, ModelError, OptionError, TargetError
+from cnnlens.errors import CnnlensError, CnnlensWarning, ModelError, OptionError, TargetError
 from cnnlens.explanation import Explanation, Provenance
 from cnnlens.images import Images
 
@@ -31,10 +31,6 @@ def _module_at(model: nn.Module, name: str) -> nn.Module | None:
     for part in name.split("."):
         m = m._modules.get(part) if m is not None else None
     return m
-
-
-class CnnlensWarning(UserWarning):
-    """A result is valid but has a caveat the user should know about."""
 
 
 # Methods whose backward rule only changes nn.ReLU modules in every wrapped toolkit.

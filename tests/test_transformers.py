@@ -19,8 +19,7 @@ from torch import nn
 
 import cnnlens
 from cnnlens import registry, reshape
-from cnnlens.errors import LayerError, OptionError
-from cnnlens.explainer import CnnlensWarning
+from cnnlens.errors import CnnlensWarning, LayerError, OptionError
 from cnnlens.layer_list import list_layers
 from cnnlens.registry import REGISTRY
 from cnnlens.testing import assert_same_state, run_cli, snapshot
