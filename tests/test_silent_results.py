@@ -18,8 +18,7 @@ import cnnlens
 from cnnlens import registry
 from cnnlens._resolve import Caveat, warning_lines
 from cnnlens.adapters.base import Adapter
-from cnnlens.errors import ModelError
-from cnnlens.explainer import CnnlensWarning
+from cnnlens.errors import CnnlensWarning, ModelError
 from cnnlens.testing import nan_cnn, one_line_error, run_cli, tiny_cnn, tiny_input, zero_head_cnn
 
 PAIRS = sorted((m, b) for (m, b) in registry.REGISTRY if registry.BACKENDS[b].installed)
