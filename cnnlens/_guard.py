@@ -194,6 +194,13 @@ def _keys(dicts: list[dict]) -> list[Any]:
     return list(chain.from_iterable(dicts))
 
 
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``torch.equal``, with NaN equal to NaN (a weight that holds a NaN is not "changed")."""
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
+
+
 def _layout(t: torch.Tensor) -> tuple[torch.dtype, int, torch.Size, tuple[int, ...]]:
     """What, besides its storage, says which elements a tensor is: dtype, offset, size, stride."""
     return t.dtype, t.storage_offset(), t.size(), t.stride()
@@ -745,14 +752,14 @@ class ModelGuard:
             if self.copy_params:  # a backend that writes tensors may also write through ``.data`` (no version bump)
                 for i, b in enumerate(s.buffers):
                     copy = self._buffer_copies(i)
-                    if not torch.equal(b, copy):
+                    if not _same_values(b, copy):
                         b.copy_(copy)
             elif list(map(_VERSION, s.buffers)) != self._buffer_versions:
                 for i, (b, version) in enumerate(zip(s.buffers, self._buffer_versions, strict=True)):
                     if b._version != version:
                         b.copy_(self._buffer_copies(i))
             for p, copy in self._param_copies:
-                if not torch.equal(p, copy):
+                if not _same_values(p, copy):
                     p.copy_(copy)
         for p, req, grad in zip(s.params, self._requires_grad, self._grads, strict=True):
             if p.requires_grad is not req:
@@ -763,7 +770,7 @@ class ModelGuard:
         """Names of parameters whose storage or values were changed in place during the block."""
         params = self._s.params
         if self.copy_params:
-            changed = [p for p, copy in self._param_copies if not torch.equal(p, copy)]
+            changed = [p for p, copy in self._param_copies if not _same_values(p, copy)]
         elif list(map(_VERSION, params)) == self._param_versions and list(map(_DATA_PTR, params)) == self._param_ptrs:
             return []
         else:
