@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from cnnlens import _files, _post
+from cnnlens._figure_parts import FIGURE_PICTURE_SIDE, REPR_MAX, figure_png, fit_note, shrink, wrap
 from cnnlens.errors import InputError, OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,8 +42,7 @@ CMAP = "jet"
 DIVERGING_CMAP = "bwr"
 #: How much of the picture's brightness is left where a ``fit="crop"`` input did not reach.
 DIM = 0.35
-#: Longest side, in pixels, of a picture drawn inside a figure (the saved overlays keep full size).
-FIGURE_PICTURE_SIDE = 640
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -93,12 +93,6 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = DPI, palette: bool = F
 
     # A temporary name, then a rename: a full disk leaves no truncated picture behind.
     return _files.write_atomic(p, write)
-
-
-def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -320,17 +314,6 @@ def overlay_signed(image: Any, map: Any, cmap: str = DIVERGING_CMAP, alpha: floa
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _shrink(img: np.ndarray, side: int | None) -> np.ndarray:
-    """``img`` with its longer side at most ``side`` pixels (for figures; saved overlays keep full size)."""
-    if side is None or max(img.shape[:2]) <= side:
-        return img
-    from PIL import Image
-
-    h, w = img.shape[:2]
-    k = side / max(h, w)
-    return np.asarray(Image.fromarray(img).resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.LANCZOS))
-
-
 def draw(explanation: Explanation, i: int, image: Any = None, cmap: str | None = None, alpha: float = 0.5, *,
          sign: str | None = None, outlier_perc: float = _post.DEFAULT_OUTLIER_PERC,
          max_side: int | None = None) -> np.ndarray:
@@ -361,7 +344,7 @@ def draw(explanation: Explanation, i: int, image: Any = None, cmap: str | None =
     if image is None:
         src = explanation.source
         if src is not None and src.fits is not None:
-            image = _shrink(src.original(i), max_side)
+            image = shrink(src.original(i), max_side)
             m, inside = _placed(src, m, i, image.shape[:2])
         elif explanation.images is not None:
             image = explanation.images[i]
@@ -446,29 +429,6 @@ def _label(e: Explanation, i: int) -> str:
         parts.append(f"{float(e.scores[i]):.2f}")
     return " ".join(parts)
 
-
-
-def wrap(text: str, width_in: float, fontsize: float) -> str:
-    """``text`` broken into lines that fit ``width_in`` inches at ``fontsize`` points (never cut).
-
-    Existing line breaks are kept; long lines break at spaces (and after `` · ``), and a word
-    longer than a line is split, so nothing runs past the figure's edge.
-    """
-    import textwrap
-
-    chars = max(8, int(width_in * 72 / (fontsize * 0.62)))
-    lines = []
-    for line in str(text).split("\n"):
-        lines.extend(textwrap.wrap(line, chars, break_long_words=True, break_on_hyphens=False) or [""])
-    return "\n".join(lines)
-
-
-def _fit_note(src: Any, i: int) -> str:
-    """What the model saw of picture ``i``, briefly: ``451x300 → 224x224, whole``."""
-    if src is None or src.fits is None:
-        return ""
-    f = src.fits[i]
-    return f"{f.original[1]}x{f.original[0]} → {f.input[1]}x{f.input[0]}, {f.mode}"
 
 
 def _preprocessing_caption(src: Any) -> str:
@@ -589,14 +549,14 @@ def comparison_grid(
     for i in range(n):
         picture = None
         if src is not None:
-            picture = _shrink(src.original(i), FIGURE_PICTURE_SIDE)
+            picture = shrink(src.original(i), FIGURE_PICTURE_SIDE)
         elif imgs is not None:
             picture = imgs[i]
         if picture is not None:
             ax = axes[i, 0]
             ax.imshow(picture)
             row = names[i] if names is not None else f"image {i}"
-            note = _fit_note(src, i)
+            note = fit_note(src, i)
             ax.set_title(wrap(("input\n" if i == 0 else "") + str(row) + (f"\n{note}" if note else ""), cell, fs),
                          fontsize=fs)
         for j, e in enumerate(exps):
@@ -645,10 +605,6 @@ def save_overlay(explanation: Explanation, i: int, path: str | Path, cmap: str |
     return _files.write_atomic(Path(path), lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
 
 
-#: ``_repr_png_`` pictures draw at most this many images.
-REPR_MAX = 8
-
-
 def explanation_figure(explanation: Explanation, *, sign: str | None = None,
                        outlier_perc: float = _post.DEFAULT_OUTLIER_PERC, cmap: str | None = None,
                        alpha: float = 0.5, cell: float = 2.0, max_images: int = REPR_MAX) -> Figure:
@@ -690,26 +646,6 @@ def explanation_figure(explanation: Explanation, *, sign: str | None = None,
 def explanation_png(explanation: Explanation, cell: float = 2.0, dpi: int = 80, **kwargs: Any) -> bytes:
     """A one-row PNG of an explanation's overlays, for Jupyter (``Explanation._repr_png_``)."""
     return figure_png(explanation_figure(explanation, cell=cell, **kwargs), dpi)
-
-
-def images_png(images: Any, cell: float = 2.0, dpi: int = 80) -> bytes:
-    """A one-row PNG of an :class:`~cnnlens.images.Images`' pictures with what the model saw of each."""
-    from cnnlens._figure import Picture
-
-    n = min(len(images), REPR_MAX)
-    width = max(max(n, 1) * cell, 4.0)
-    fig = Picture(figsize=(width, cell + 0.8), layout="constrained")
-    axes = fig.subplots(1, max(n, 1), squeeze=False)
-    for i in range(n):
-        ax = axes[0, i]
-        ax.imshow(_shrink(images.original(i), FIGURE_PICTURE_SIDE))
-        note = _fit_note(images, i)
-        ax.set_title(wrap(images.names[i] + (f"\n{note}" if note else ""), width / max(n, 1), 8), fontsize=8)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    more = f" (first {n} of {len(images)})" if len(images) > n else ""
-    fig.suptitle(wrap(f"{len(images)} image(s), model input {tuple(images.tensor.shape[1:])}{more}", width, 9), fontsize=9)
-    return figure_png(fig, dpi)
 
 
 # ------------------------------------------------------------------------------------------------
