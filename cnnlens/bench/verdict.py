@@ -4,9 +4,9 @@ Every function takes the study's per-image results (the ``results`` table as a D
 image, method, backend, metric, value) and works per model:
 
 * :func:`intervals`: the mean of each (method, backend, metric) over images with a 95 % bootstrap
-  interval (``scipy.stats.bootstrap``, percentile method, fixed seed). The percentile interval is
-  used rather than BCa because BCa's jackknife acceleration is undefined for the small, tied samples
-  a study often has (a pointing-game hit rate is a mean of 0s and 1s), where it returns NaN.
+  interval (``scipy.stats.bootstrap``, percentile method, fixed seed). The percentile interval stays
+  inside the range a mean can take (the "basic" interval of a hit rate of 0s and 1s can go below 0)
+  and can be worked out by hand, which the tests do.
 * :func:`paired_tests` and :func:`groups`: Wilcoxon signed-rank tests over the images two methods
   share (``scipy.stats.wilcoxon``), Holm-corrected across the comparisons made (:func:`holm`: a
   dozen lines, so statsmodels need not become a dependency), and the groups of methods the tests
