@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     "Explainer": "cnnlens.explainer:Explainer",
     "explain": "cnnlens.explainer:explain",
-    "CnnlensWarning": "cnnlens.explainer:CnnlensWarning",
+    "CnnlensWarning": "cnnlens.errors:CnnlensWarning",
     "Explanation": "cnnlens.explanation:Explanation",
     "methods": "cnnlens.registry:methods",
     "list_methods": "cnnlens.registry:list_methods",
@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from cnnlens.dff import Concepts as Concepts
     from cnnlens.dff import concepts as concepts
     from cnnlens.errors import CnnlensError as CnnlensError
-    from cnnlens.explainer import CnnlensWarning as CnnlensWarning
+    from cnnlens.errors import CnnlensWarning as CnnlensWarning
     from cnnlens.explainer import Explainer as Explainer
     from cnnlens.explainer import explain as explain
     from cnnlens.explanation import Explanation as Explanation

@@ -1,10 +1,12 @@
 """Leave the user's model exactly as it was found.
 
 :class:`ModelGuard` snapshots everything a backend may touch (hooks of every kind, the module tree,
-train/eval flags, ``requires_grad``, ``.grad``, buffers) and restores it on exit, including when the
-call raises half-way. Toolkits leak hooks (FlashTorch never removes its own; pytorch-grad-cam leaks
-without ``with``), swap modules (pytorch-grad-cam's guided backprop replaces every ``nn.ReLU``) and
-call ``model.eval()``; none of that may survive a cnnlens call.
+train/eval flags, ``requires_grad``, ``.grad``, buffers, the storage under every parameter and
+buffer, the settings of torch's layers) and restores it on exit, including when the call raises
+half-way. Toolkits leak hooks (FlashTorch never removes its own; pytorch-grad-cam leaks without
+``with``), swap modules (pytorch-grad-cam's guided backprop replaces every ``nn.ReLU``), call
+``model.eval()`` and swap storages (zennit's BatchNorm merge: ``weight.data = ...``, ``eps = 0.``);
+none of that may survive a cnnlens call.
 
 It also holds in the situations real programs meet: TorchScript models (scripted or traced), several
 threads explaining one model (one at a time per model, by a per-model lock), Ctrl-C while the model is
@@ -163,12 +165,16 @@ def _flags_of(dicts: list[dict]) -> list[tuple[Any, Any]]:
         return [(d.get("training", _MISSING), d.get("_is_full_backward_hook", _MISSING)) for d in dicts]
 
 
+#: Modules defined here are torch's and torchvision's own layers (``FrozenBatchNorm2d`` is in ``torchvision.ops``).
+_LAYER_MODULES = ("torch.nn.", "torchvision.ops.")
+
+
 def _torch_layers(modules: list[nn.Module]) -> list[bool]:
-    """Which modules are torch's own layers (``torch.nn``): their attributes are settings (``eps``,
-    ``inplace``, ``padding``) that no forward changes, so any change inside the guard is undone. A
-    user's module may keep state of its own in attributes (a call counter, a cache) that its forward
-    legitimately changes; there only attributes that were added are dropped."""
-    return [type(m).__module__.startswith("torch.nn.") for m in modules]
+    """Which modules are torch's own layers (``torch.nn``, ``torchvision.ops``): their attributes are
+    settings (``eps``, ``inplace``, ``padding``) that no forward changes, so any change inside the
+    guard is undone. A user's module may keep state of its own in attributes (a call counter, a
+    cache) that its forward legitimately changes; there only attributes that were added are dropped."""
+    return [type(m).__module__.startswith(_LAYER_MODULES) for m in modules]
 
 
 def _same_attributes(dicts: list[dict], copies: list[dict]) -> bool:
@@ -186,6 +192,13 @@ def _values(dicts: list[dict]) -> list[Any]:
 
 def _keys(dicts: list[dict]) -> list[Any]:
     return list(chain.from_iterable(dicts))
+
+
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``torch.equal``, with NaN equal to NaN (a weight that holds a NaN is not "changed")."""
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and a.shape == b.shape and bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
 def _layout(t: torch.Tensor) -> tuple[torch.dtype, int, torch.Size, tuple[int, ...]]:
@@ -739,14 +752,14 @@ class ModelGuard:
             if self.copy_params:  # a backend that writes tensors may also write through ``.data`` (no version bump)
                 for i, b in enumerate(s.buffers):
                     copy = self._buffer_copies(i)
-                    if not torch.equal(b, copy):
+                    if not _same_values(b, copy):
                         b.copy_(copy)
             elif list(map(_VERSION, s.buffers)) != self._buffer_versions:
                 for i, (b, version) in enumerate(zip(s.buffers, self._buffer_versions, strict=True)):
                     if b._version != version:
                         b.copy_(self._buffer_copies(i))
             for p, copy in self._param_copies:
-                if not torch.equal(p, copy):
+                if not _same_values(p, copy):
                     p.copy_(copy)
         for p, req, grad in zip(s.params, self._requires_grad, self._grads, strict=True):
             if p.requires_grad is not req:
@@ -757,7 +770,7 @@ class ModelGuard:
         """Names of parameters whose storage or values were changed in place during the block."""
         params = self._s.params
         if self.copy_params:
-            changed = [p for p, copy in self._param_copies if not torch.equal(p, copy)]
+            changed = [p for p, copy in self._param_copies if not _same_values(p, copy)]
         elif list(map(_VERSION, params)) == self._param_versions and list(map(_DATA_PTR, params)) == self._param_ptrs:
             return []
         else:

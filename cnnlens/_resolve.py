@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -219,6 +220,8 @@ class ProbeResult:
 
     order: list[tuple[str, tuple[int, ...] | None]]
     num_classes: int
+    #: The probed image's scores, when they hold NaN or Inf (see :func:`check_scores`); else None.
+    nonfinite: Tensor | None = None
 
     def calls(self, name: str) -> int:
         """How many times the module ``name`` ran in one forward pass."""
@@ -257,7 +260,8 @@ def probe(model: nn.Module, x: Tensor) -> ProbeResult:
         for h in handles:
             h.remove()
     check_logits(out, x.shape[0], None)
-    return ProbeResult(order, int(out.shape[1]))
+    finite = bool(torch.isfinite(out).all())
+    return ProbeResult(order, int(out.shape[1]), None if finite else out.detach())
 
 
 def probe_or_fail(model: nn.Module, x: Tensor, at: str = "") -> ProbeResult:
@@ -400,25 +404,184 @@ def better_layers(model: nn.Module, probe_result: ProbeResult, current: str, res
     return out
 
 
-def constant_map_warning(model: nn.Module, maps: Tensor, layer: str, probe_result: ProbeResult,
-                         reshape_ok: bool) -> str | None:
-    """A warning when the automatically chosen layer gave a constant map for some image, else None.
+def check_scores(model: nn.Module, scores: Tensor, images: Sequence[int] | None = None) -> None:
+    """Refuse non-finite model scores with one :class:`ModelError` naming the likely cause.
 
-    A constant map says nothing about the image: the gradient or the activations reaching the
-    layer do not vary over it (a ViT's last block output, whose patch tokens the head never reads,
-    or a classifier head that still has its zero initialisation).
+    ``argmax`` of NaN scores is class 0, and every toolkit then explains a NaN: zero maps (FlashTorch,
+    zennit, Captum's integrated gradients) or NaN ones, without a word.
+
+    Args:
+        model: The model (its weights are searched for NaN / Inf to name the cause).
+        scores: (N, classes) scores of the images explained.
+        images: The batch indices of ``scores``' rows (default 0..N-1).
     """
-    flat_maps = maps.reshape(maps.shape[0], -1)
-    lo, hi = torch.aminmax(flat_maps, dim=1)
-    flat = [i for i, constant in enumerate((hi - lo <= 0).tolist()) if constant]
-    if not flat:
-        return None
-    which = "every image" if len(flat) == maps.shape[0] else "image(s) " + ", ".join(map(str, flat[:5]))
-    better = better_layers(model, probe_result, layer, reshape_ok)
-    hint = f"; try layer= one of: {', '.join(better)}" if better else "; pass layer=... (`cnnlens layers` lists them)"
-    return (f"the automatically chosen layer '{layer}' gave a constant map for {which}, which shows nothing "
-            f"(the layer's activations or gradients do not vary over the image, or the model's scores do not "
-            f"depend on it, e.g. a classifier head still at its zero initialisation){hint}")
+    bad_rows = (~torch.isfinite(scores.detach())).flatten(1).any(dim=1).tolist()
+    bad = [images[i] if images is not None else i for i, b in enumerate(bad_rows) if b]
+    if not bad:
+        return
+    which = "every image" if len(bad) == len(bad_rows) and images is None else _image_list(bad)
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    broken = [n for n, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    dtype = scores.dtype if scores.is_floating_point() else torch.float32
+    if broken:
+        cause = (f"its weights hold NaN or Inf ({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); "
+                 "load valid weights")
+    elif dtype in (torch.float16, torch.bfloat16):
+        cause = (f"it runs in {str(dtype).removeprefix('torch.')}, whose range the forward pass overflows; "
+                 "run it in float32 (model.float())")
+    else:
+        cause = ("its weights and the pixels are finite, so its forward pass makes them (an overflow, a log or "
+                 "a division by zero); check the model on these images")
+    raise ModelError(
+        f"the model's scores are NaN or Inf for {which}; no explanation of such a score means anything (toolkits "
+        f"return zero or NaN maps for it): {cause}"
+    )
+
+
+def _image_list(images: Sequence[int]) -> str:
+    shown = ", ".join(map(str, images[:5]))
+    return f"image {shown}" if len(images) == 1 else f"images {shown}{', ...' if len(images) > 5 else ''}"
+
+
+def constant_maps(maps: Tensor) -> list[int]:
+    """Indices of the (N, H, W) maps, min-max normalised, that are constant (normalised to all zeros)."""
+    return [i for i, top in enumerate(maps.reshape(maps.shape[0], -1).amax(dim=1).tolist()) if not top > 0]
+
+
+class Caveat(str):
+    """A warning about one result that says which images it concerns and why, in the Python API's
+    words (the string itself) and in the command line's (:meth:`words`).
+
+    Two results with the same cause (three backends of one method, given one zero-initialised head)
+    say it once when merged (:func:`merge_caveats`); a result explained in chunks says it once for all.
+    """
+
+    method: str
+    backend: str
+    cause: str
+    cli_cause: str
+    images: tuple[int, ...]
+    n: int
+
+    def __new__(cls, method: str, backend: str, cause: str, cli_cause: str | None = None,
+                images: Sequence[int] = (), n: int = 0) -> Caveat:
+        images = tuple(sorted(set(images)))
+        self = super().__new__(cls, _caveat_text([(method, backend)], cause, images, n))
+        self.method, self.backend, self.cause = method, backend, cause
+        self.cli_cause = cause if cli_cause is None else cli_cause
+        self.images, self.n = images, n
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Caveat, (self.method, self.backend, self.cause, self.cli_cause, self.images, self.n))
+
+    def shifted(self, start: int, n: int) -> Caveat:
+        """The same caveat for images ``start`` onwards of a batch of ``n`` (a chunk's, in the whole batch)."""
+        return Caveat(self.method, self.backend, self.cause, self.cli_cause, [i + start for i in self.images], n)
+
+    def words(self, cli: bool) -> str:
+        return _caveat_text([(self.method, self.backend)], self.cli_cause if cli else self.cause, self.images, self.n)
+
+
+def _caveat_text(pairs: Sequence[tuple[str, str]], cause: str, images: Sequence[int], n: int) -> str:
+    by_method: dict[str, list[str]] = {}
+    for m, b in pairs:
+        by_method.setdefault(m, []).append(b)
+    source = "; ".join(f"{m} ({', '.join(bs)})" for m, bs in by_method.items())
+    which = "every image" if len(images) == n else _image_list(images)
+    return f"{source} gave a constant map for {which}, which shows nothing: {cause}"
+
+
+def merge_caveats(warnings: Sequence[str]) -> list[str]:
+    """``warnings`` with each result's caveats of one cause joined across chunks (their images united)."""
+    out: list[str] = []
+    at: dict[tuple[str, str, str], int] = {}
+    for w in warnings:
+        if not isinstance(w, Caveat):
+            if w not in out:
+                out.append(w)
+            continue
+        key = (w.method, w.backend, w.cause)
+        if key in at:
+            old = out[at[key]]
+            assert isinstance(old, Caveat)
+            out[at[key]] = Caveat(w.method, w.backend, w.cause, w.cli_cause, old.images + w.images, max(old.n, w.n))
+        else:
+            at[key] = len(out)
+            out.append(w)
+    return out
+
+
+def warning_lines(warnings: Sequence[str], cli: bool = False) -> list[str]:
+    """One line per cause for a run over several results: caveats of the same cause and images are
+    said once, naming every method and backend; in the command line's words when ``cli``."""
+    merged = merge_caveats(warnings)
+    groups: dict[tuple[str, tuple[int, ...], int], list[tuple[str, str]]] = {}
+    lines: list[Any] = []
+    for w in merged:
+        if isinstance(w, Caveat):
+            key = (w.cli_cause if cli else w.cause, w.images, w.n)
+            if key not in groups:
+                groups[key] = []
+                lines.append(key)
+            groups[key].append((w.method, w.backend))
+        elif w not in lines:
+            lines.append(w)
+    return [_caveat_text(groups[k], *k) if isinstance(k, tuple) else k for k in lines]
+
+
+def constant_map_causes(
+    *, model: nn.Module, method: str, kind: str, layer: str | None, auto_layer: bool, size: tuple[int, int],
+    scores: Tensor, targets: Tensor, probe_result: ProbeResult, reshape_ok: bool,
+) -> tuple[str, str]:
+    """Why maps came out constant, in the Python API's words and in the command line's.
+
+    Args:
+        scores: (n, classes) scores of the images whose maps are constant (finite).
+        targets: (n,) their explained classes.
+    """
+    if size[0] * size[1] == 1:
+        why = "the image is 1x1 pixel, so any map of it is one value; give images of at least 2x2 pixels"
+        return why, why
+    python, cli = _constant_map_causes(model=model, method=method, kind=kind, layer=layer, auto_layer=auto_layer,
+                                       scores=scores, targets=targets, probe_result=probe_result,
+                                       reshape_ok=reshape_ok)
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        dtype = str(scores.dtype).removeprefix("torch.")
+        note = f" (the model runs in {dtype}, whose rounding can also flatten a map; float32 may not)"
+        python, cli = python + note, cli + note
+    return python, cli
+
+
+def _constant_map_causes(
+    *, model: nn.Module, method: str, kind: str, layer: str | None, auto_layer: bool, scores: Tensor,
+    targets: Tensor, probe_result: ProbeResult, reshape_ok: bool,
+) -> tuple[str, str]:
+    s = scores.detach().float()
+    if bool((s == s[:, :1]).all()):
+        value = float(s[0, 0])
+        why = (f"the model gives every class the same score ({value:.3g}), so no pixel changes the target score "
+               "(a classifier head still at its zero initialisation, or float16 scores that underflow)")
+        return why, why
+    target_scores = s.gather(1, targets.to(s.device).view(-1, 1))[:, 0].abs()
+    if method == "lrp" and float(target_scores.max()) < 1e-6:
+        why = (f"the target score is {float(target_scores.max()):.1e}, and LRP distributes that score over the "
+               "pixels; a score this small is absorbed by the rules' stabiliser (epsilon), leaving zeros; explain a "
+               "class with a larger score")
+        return why, why
+    if kind == "cam" and layer is not None:
+        what = (f"the automatically chosen layer '{layer}'" if auto_layer else f"layer '{layer}'")
+        why = (f"the activations or gradients at {what} do not vary over the image (or the scores do not depend on "
+               "them, e.g. a classifier head at its zero initialisation)")
+        better = better_layers(model, probe_result, layer, reshape_ok)
+        if better:
+            return (f"{why}; try layer= one of: {', '.join(better)}",
+                    f"{why}; try --layer with one of: {', '.join(better)}")
+        return (f"{why}; pass another layer=... (`cnnlens layers` on the command line lists them)",
+                f"{why}; pass another --layer (`cnnlens layers` lists them)")
+    why = (f"the target score does not change with the pixels under {method} (a zero gradient: dead or saturated "
+           "activations, or a model that ignores its input)")
+    return why, why
 
 
 def check_spatial_layer(name: str, probe_result: ProbeResult | None,
@@ -485,6 +648,13 @@ def resolve_targets(
             raise TargetError("target=None needs the predicted classes")
         return predicted.detach().to("cpu", torch.long)
     items: list[Any]
+    if isinstance(target, np.generic):  # np.int64(3) (what indexing an array gives), np.str_
+        target = target.item()
+    elif isinstance(target, np.ndarray):
+        if target.dtype.kind not in "iu":
+            raise TargetError(f"target array must hold integer class indices, got dtype {target.dtype}; "
+                              "e.g. np.array([1, 0])")
+        target = torch.from_numpy(np.array(target, dtype=np.int64))  # a copy, 0-D kept
     if isinstance(target, (int, str)) and not isinstance(target, bool):
         items = [target] * n
     elif isinstance(target, Tensor):
@@ -511,7 +681,8 @@ def resolve_targets(
         items = list(target)
     else:
         raise TargetError(
-            f"target must be None, an int, a class name, or a list/tensor of length N={n}; got {type(target).__name__}"
+            f"target must be None, an int, a class name, or a list/tensor/array of length N={n}; got "
+            f"{type(target).__name__}"
         )
     if len(items) != n:
         raise TargetError(

@@ -10,6 +10,10 @@ import difflib
 from collections.abc import Iterable
 
 
+class CnnlensWarning(UserWarning):
+    """A result is valid but has a caveat the user should know about."""
+
+
 class CnnlensError(Exception):
     """Root of every error cnnlens raises on purpose."""
 

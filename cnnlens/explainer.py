@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 import warnings
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from cnnlens import _post, _resolve, registry
 from cnnlens._guard import ModelGuard, is_scripted
-from cnnlens.errors import CnnlensError, ModelError, OptionError, TargetError
+from cnnlens.errors import CnnlensError, CnnlensWarning, ModelError, OptionError, TargetError
 from cnnlens.explanation import Explanation, Provenance
 from cnnlens.images import Images
 
@@ -30,10 +31,6 @@ def _module_at(model: nn.Module, name: str) -> nn.Module | None:
     for part in name.split("."):
         m = m._modules.get(part) if m is not None else None
     return m
-
-
-class CnnlensWarning(UserWarning):
-    """A result is valid but has a caveat the user should know about."""
 
 
 # Methods whose backward rule only changes nn.ReLU modules in every wrapped toolkit.
@@ -204,6 +201,10 @@ class Explainer:
             except ModelError:
                 _resolve.check_channels(self.net, x[:1])  # the input's fault when the first conv to run refuses it
                 raise
+            if probe.nonfinite is not None:  # one clear error before any backend runs
+                _resolve.check_finite(x)  # the input's fault when its pixels are NaN / Inf
+                with torch.no_grad():
+                    _resolve.check_scores(self.model, self.net(x))
             self._check_categories(probe.num_classes)
             self._probe_cache[key] = probe
         return self._probe_cache[key]
@@ -245,6 +246,27 @@ class Explainer:
             "toolkit guides nn.ReLU only, so this result equals the plain gradient rule for those activations"
         )
 
+    def _constant_caveat(self, x: Tensor, flat: list[int], targets: Tensor, layer_name: str | None,
+                         probe: _resolve.ProbeResult, said: Sequence[str]) -> _resolve.Caveat | None:
+        """The warning for the images ``flat`` whose maps are constant, naming the likely cause (None
+        where the adapter's own caveats, ``said``, already name one for each); a :class:`ModelError`
+        when their scores are NaN or Inf (whose maps are zero for that reason)."""
+        idx = torch.tensor(flat, device=x.device)
+        with ModelGuard(self.model), torch.no_grad():
+            scores = self.net(x.index_select(0, idx))
+        _resolve.check_scores(self.model, scores, flat)
+        covered = {i for w in said if isinstance(w, _resolve.Caveat) for i in w.images}
+        keep = [k for k, i in enumerate(flat) if i not in covered]
+        if not keep:
+            return None
+        flat, scores, idx = [flat[k] for k in keep], scores[keep], idx[keep]
+        python, cli = _resolve.constant_map_causes(
+            model=self.model, method=self.method, kind=self.spec.kind, layer=layer_name,
+            auto_layer=self._layer_arg is None, size=(x.shape[2], x.shape[3]), scores=scores,
+            targets=targets.index_select(0, idx.cpu()), probe_result=probe, reshape_ok="reshape" in self.impl.options,
+        )
+        return _resolve.Caveat(self.method, self.backend, python, cli, flat, x.shape[0])
+
     def explain(self, inputs: Tensor | Images, target: Any = None, *, chunk_size: int | None = None) -> Explanation:
         """Explain ``inputs`` for ``target``.
 
@@ -252,8 +274,8 @@ class Explainer:
             inputs: (N, C, H, W) float tensor, preprocessed for the model, or the
                 :class:`~cnnlens.images.Images` that :func:`cnnlens.load_images` returns (its display
                 copies then travel into the result). It is not modified.
-            target: None (predicted class), an int or class name for every image, or a list/tensor
-                of N ints or names.
+            target: None (predicted class), an int or class name for every image, or a list, tensor
+                or NumPy array of N ints or names (NumPy integers count as ints).
             chunk_size: Images per backend call (bounds memory; the CLI's ``--batch-size``); None
                 explains the whole batch in one call. Every target is checked before the first call.
                 An image's result does not depend on the chunking. (Not ``batch_size``: that is
@@ -264,7 +286,8 @@ class Explainer:
             whole batch, whatever ``chunk_size``).
         """
         if chunk_size is not None:
-            return Explanation.concat([e for _start, _stop, e in self.explain_chunks(inputs, target, chunk_size)])
+            e = Explanation.concat([e for _start, _stop, e in self.explain_chunks(inputs, target, chunk_size)])
+            return dataclasses.replace(e, warnings=tuple(_resolve.merge_caveats(e.warnings)))
         images: Images | None = None
         if isinstance(inputs, Images):
             # The whole Images travels into the result (Explanation.source): its original pictures
@@ -293,7 +316,11 @@ class Explainer:
             _resolve.resolve_targets(target, n, probe.num_classes, self.categories, None)
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
-            yield start, stop, self.explain(inputs[start:stop], target=_chunk_target(target, start, stop))
+            e = self.explain(inputs[start:stop], target=_chunk_target(target, start, stop))
+            if start or stop < n:  # a caveat names images by their index in the whole batch
+                shifted = tuple(w.shifted(start, n) if isinstance(w, _resolve.Caveat) else w for w in e.warnings)
+                e = dataclasses.replace(e, warnings=shifted)
+            yield start, stop, e
 
     def _explain(self, inputs: Tensor, target: Any, images: Images | None) -> Explanation:
         x = _resolve.check_input(inputs, self.model)
@@ -317,6 +344,10 @@ class Explainer:
                         logits = self.net(x)
                     except Exception as exc:
                         raise ModelError(f"the model's forward pass failed: {type(exc).__name__}: {exc}") from exc
+                if not bool(torch.isfinite(logits).all()):  # argmax(NaN) is class 0: refuse before any map
+                    if finite is not None:
+                        _resolve.check_finite(inputs, finite)
+                    _resolve.check_scores(self.model, logits)
                 predicted = logits.argmax(dim=1)
                 scores = logits.float().softmax(dim=1).gather(1, predicted[:, None])[:, 0]
             targets = _resolve.resolve_targets(target, x.shape[0], probe.num_classes, self.categories, predicted)
@@ -352,13 +383,15 @@ class Explainer:
             # restore (Python on the CPU) overlaps with these kernels instead of following them.
             raw = raw.detach().to(out_device)
             maps = _post.to_maps(raw, self.spec.kind, (x.shape[2], x.shape[3]), self.reduce)
-            if self._layer_arg is None and layer_name is not None and self.spec.kind == "cam":
-                flat = _resolve.constant_map_warning(self.model, maps, layer_name, probe, "reshape" in self.impl.options)
-                if flat:
-                    warnings.warn(f"{self.method} ({self.backend}): {flat}", CnnlensWarning, stacklevel=2)
-                    warn_msgs.append(f"{self.method} ({self.backend}): {flat}")
         if finite is not None:
             _resolve.check_finite(inputs, finite)
+        # After the restore (on a GPU, reading the maps waits for the post-processing kernels)
+        flat = _resolve.constant_maps(maps)
+        if flat:
+            caveat = self._constant_caveat(x, flat, targets, layer_name, probe, adapter.warnings)
+            if caveat is not None:
+                warnings.warn(caveat, CnnlensWarning, stacklevel=2)
+                warn_msgs.append(caveat)
         if changed:
             raise CnnlensError(
                 f"backend {self.backend} modified model parameters in place ({', '.join(changed[:3])}); "
@@ -395,7 +428,7 @@ class Explainer:
 
 def _chunk_target(target: Any, start: int, stop: int) -> Any:
     """The targets of images ``start:stop``: a per-image list or tensor is sliced, one for all is kept."""
-    if isinstance(target, (list, tuple)) or (isinstance(target, Tensor) and target.dim() == 1):
+    if isinstance(target, (list, tuple)) or (isinstance(target, (Tensor, np.ndarray)) and target.ndim == 1):
         return target[start:stop]
     return target
 

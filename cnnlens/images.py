@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cnnlens._figure_parts import images_png
 from cnnlens.errors import ImageLoadError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -119,9 +120,7 @@ class Images:
         return f"Images({len(self)} x {tuple(t.shape[1:])}, {t.dtype}, {t.device}{fit}, names={names!r})"
 
     def _repr_png_(self) -> bytes:
-        from cnnlens import plot
-
-        return plot.images_png(self)
+        return images_png(self)
 
     def _pick(self, rows: list[int]) -> Images:
         pick = torch.tensor(rows, dtype=torch.long)

@@ -410,7 +410,9 @@ def agreement(names: Sequence[str], expls: Sequence[Explanation]) -> list[dict[s
 def summary(model: nn.Module, names: Sequence[str], expls: Sequence[Explanation],
             files: dict[str, Any] | None = None) -> dict[str, Any]:
     """A JSON-ready summary of an explain run: files, the explained class and score per image,
-    seconds per pair, and the warnings."""
+    seconds per pair, and the warnings (one per cause, in the command line's words)."""
+    from cnnlens._resolve import warning_lines
+
     first = expls[0]
     images = []
     for i, name in enumerate(names):
@@ -428,7 +430,7 @@ def summary(model: nn.Module, names: Sequence[str], expls: Sequence[Explanation]
         "explanations": [{"method": e.method, "backend": e.backend, "layer": e.layer, "seconds": float(e.seconds)}
                          for e in expls],
         "agreement": agreement(names, expls),
-        "warnings": list(dict.fromkeys(w for e in expls for w in e.warnings)),
+        "warnings": warning_lines([w for e in expls for w in e.warnings], cli=True),
     }
 
 

@@ -4,9 +4,12 @@ The rules, the same everywhere:
 
 * **No clobbering.** An existing output file, or a non-empty output folder, is written over only
   with ``overwrite=True`` (CLI: ``--overwrite``).
-* **The user's images are never touched.** An output file that is one of the inputs is refused,
-  even with ``overwrite``; so is an output folder that holds any input image (a folder of the user's
-  photos is not a place for results).
+* **The user's images are never touched, nor mixed with results.** An output file that is one of
+  the inputs is refused, even with ``overwrite``. No output, file or folder, lands in a folder that
+  holds an input image or anywhere below it, and no output folder holds an input image: a picture
+  written among the photos would be read as a photo by the next run over that folder (``photos/*.png``,
+  a dataset walk). A study or report folder that holds pictures is refused too (its inputs are not
+  known before its suite is read).
 * **Names come from the inputs.** Saved files are named after the images they show
   (:func:`names_for`), sanitised for every file system (:func:`safe_name`), with ``-2``, ``-3``
   suffixes where two inputs share a name (:func:`unique_names`), and the image's index where it has
@@ -48,6 +51,39 @@ def inputs_in(folder: str | os.PathLike[str], inputs: Iterable[str | os.PathLike
     return [p for p in _resolved(inputs) if p.is_relative_to(root)]
 
 
+def input_folders(inputs: Iterable[str | os.PathLike[str] | None]) -> dict[Path, Path]:
+    """The folders that hold the input files (resolved), each with its first input."""
+    out: dict[Path, Path] = {}
+    for p in _resolved(inputs):
+        out.setdefault(p.parent, p)
+    return out
+
+
+def among_inputs(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None],
+                 *, folder: bool) -> str | None:
+    """Why an output at ``path`` (a folder when ``folder``) would lie among the user's images, or None:
+    it would be in, or below, a folder that holds an input image, or (a folder) it holds one."""
+    inputs = list(inputs)
+    target = Path(path).resolve()
+    if folder:
+        held = inputs_in(target, inputs)
+        if held:
+            return (f"holds input images ({held[0].name}{', ...' if len(held) > 1 else ''}); cnnlens never writes "
+                    "into a folder of your images")
+    where = target if folder else target.parent
+    for f, first in input_folders(inputs).items():
+        if where.is_relative_to(f):
+            inside = "in" if where == f else "below"
+            return (f"would land {inside} '{f}', the folder of input image {first.name}: cnnlens never writes among "
+                    "your images, where the next run over that folder would read its output as an image")
+    return None
+
+
+def _pictures_in(folder: Path) -> list[str]:
+    """The picture files (by suffix) directly in ``folder``."""
+    return sorted(f.name for f in folder.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def check_out_dir(folder: str | os.PathLike[str], *, overwrite: bool = False,
                   inputs: Iterable[str | os.PathLike[str] | None] = (), option: str = "",
                   create: bool = True) -> Path:
@@ -57,7 +93,8 @@ def check_out_dir(folder: str | os.PathLike[str], *, overwrite: bool = False,
         folder: The folder; missing parents are created.
         overwrite: Allow writing into a folder that already holds files (same-named files are
             replaced, others are left alone).
-        inputs: The files the command reads; a folder that holds any of them is refused.
+        inputs: The files the command reads; a folder that holds any of them, or lies in or below
+            a folder that holds one, is refused.
         option: The command-line option that chose the folder, named in errors (``--save``).
         create: Create the folder (False: only check).
 
@@ -65,19 +102,16 @@ def check_out_dir(folder: str | os.PathLike[str], *, overwrite: bool = False,
         ``folder`` as a :class:`~pathlib.Path`.
 
     Raises:
-        OutputExistsError: ``folder`` is a file, holds input images, or is non-empty without
+        OutputExistsError: ``folder`` is a file, lies among input images, or is non-empty without
             ``overwrite``.
         OutputError: It cannot be created or written.
     """
     p = Path(folder)
     if p.exists() and not p.is_dir():
         raise OutputExistsError(f"output folder '{p}' exists and is a file; choose a folder path{_hint(option)}")
-    held = inputs_in(p, inputs)
-    if held:
-        raise OutputExistsError(
-            f"output folder '{p}' holds input images ({held[0].name}{', ...' if len(held) > 1 else ''}); cnnlens never "
-            f"writes into a folder of your images: choose a folder of its own{_hint(option)}"
-        )
+    why = among_inputs(p, inputs, folder=True)
+    if why:
+        raise OutputExistsError(f"output folder '{p}' {why}; choose a folder outside it{_hint(option)}")
     if p.is_dir() and any(p.iterdir()) and not overwrite:
         raise OutputExistsError(
             f"output folder '{p}' exists and is not empty; choose another folder, or pass overwrite=True "
@@ -101,12 +135,14 @@ def check_out_file(path: str | os.PathLike[str], *, overwrite: bool = False,
     Args:
         path: The output file.
         overwrite: Allow replacing an existing file. An input is never replaced.
-        inputs: The files the command reads; writing to any of them is refused.
+        inputs: The files the command reads; writing to any of them, or into or below a folder
+            that holds one, is refused.
         formats: Allowed suffixes (lower case, with the dot); None allows any.
         option: The command-line option that chose the file, named in errors (``--out``).
 
     Raises:
-        OutputExistsError: The file exists (without ``overwrite``), is a folder, or is an input.
+        OutputExistsError: The file exists (without ``overwrite``), is a folder, is an input or
+            lies among input images.
         OptionError: The suffix is not one of ``formats``.
         OutputError: The parent folder cannot be created or written.
     """
@@ -118,6 +154,9 @@ def check_out_file(path: str | os.PathLike[str], *, overwrite: bool = False,
         raise OutputExistsError(f"output '{p}' is a folder; give a file name such as '{example}'{_hint(option)}")
     if p.resolve() in _resolved(inputs):
         raise OutputExistsError(f"output '{p}' is one of the input images; cnnlens never overwrites its inputs")
+    why = among_inputs(p, inputs, folder=False)
+    if why:
+        raise OutputExistsError(f"output '{p}' {why}; choose a path outside that folder{_hint(option)}")
     if p.exists() and not overwrite:
         raise OutputExistsError(f"output file '{p}' already exists; choose another name or pass --overwrite")
     try:
@@ -183,8 +222,12 @@ def names_for(n: int, names: Sequence[str | None] | None = None, taken: Iterable
 
 __all__ = [
     "FIGURE_FORMATS",
+    "among_inputs",
     "check_out_dir",
     "check_out_file",
+    "check_report_out",
+    "check_study_out",
+    "input_folders",
     "inputs_in",
     "names_for",
     "safe_name",
@@ -214,19 +257,37 @@ def check_report_out(folder: str | Path, overwrite: bool) -> Path:
     Raises:
         OutputExistsError: ``folder`` is a file, holds pictures, or holds a report (without ``overwrite``).
     """
-    from cnnlens.errors import OutputExistsError
-
     out = Path(folder)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"--out '{out}' exists and is not a folder; choose a folder for the report")
     if not out.is_dir():
         return out
-    pictures = sorted(f.name for f in out.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-    if pictures:
-        raise OutputExistsError(f"report folder '{out}' holds pictures ({', '.join(pictures[:3])}"
-                                f"{', ...' if len(pictures) > 3 else ''}); choose a folder of its own with --out")
+    _refuse_pictures(out, "report folder")
     existing = existing_report(out)
     if existing and not overwrite:
         raise OutputExistsError(f"'{out}' already holds a report ({', '.join(existing)}); pass --overwrite to "
                                 "replace it, or choose another folder with --out")
+    return out
+
+
+def _refuse_pictures(out: Path, what: str) -> None:
+    pictures = _pictures_in(out)
+    if pictures:
+        raise OutputExistsError(f"{what} '{out}' holds pictures ({', '.join(pictures[:3])}"
+                                f"{', ...' if len(pictures) > 3 else ''}); choose a folder of its own with --out")
+
+
+def check_study_out(folder: str | Path) -> Path:
+    """Check, before any work, that a study may be written into ``folder`` (``cnnlens bench --out``):
+    not a file, and not a folder of the user's pictures (the rule :func:`check_report_out` applies;
+    the suite's image folders are not known before the suite is read).
+
+    Raises:
+        OutputExistsError: ``folder`` is a file or holds pictures.
+    """
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out '{out}' exists and is not a folder; choose a folder for the study")
+    if out.is_dir():
+        _refuse_pictures(out, "study folder")
     return out

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from cnnlens import _files, _post
+from cnnlens._figure_parts import FIGURE_PICTURE_SIDE, REPR_MAX, figure_png, fit_note, shrink, wrap
 from cnnlens.errors import InputError, OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -41,8 +42,7 @@ CMAP = "jet"
 DIVERGING_CMAP = "bwr"
 #: How much of the picture's brightness is left where a ``fit="crop"`` input did not reach.
 DIM = 0.35
-#: Longest side, in pixels, of a picture drawn inside a figure (the saved overlays keep full size).
-FIGURE_PICTURE_SIDE = 640
+
 
 
 # ------------------------------------------------------------------------------------------------
@@ -95,12 +95,6 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = DPI, palette: bool = F
     return _files.write_atomic(p, write)
 
 
-def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return buf.getvalue()
-
-
 # ------------------------------------------------------------------------------------------------
 # Arrays
 # ------------------------------------------------------------------------------------------------
@@ -137,10 +131,18 @@ def as_uint8_image(image: Any) -> np.ndarray:
     return np.clip(f * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def _two_d(a: np.ndarray) -> np.ndarray:
+    """``a`` without its extra axes of length 1, as (H, W): leading ones first, so that the map of a
+    1x1 picture stays (1, 1) rather than squeezed to a scalar."""
+    if a.ndim > 2 and all(d == 1 for d in a.shape[:-2]):
+        return a.reshape(a.shape[-2:])
+    return a if a.ndim == 2 else np.squeeze(a)
+
+
 def as_map(m: Any) -> np.ndarray:
     """A heatmap as (H, W) float64 with NaN/Inf replaced by 0."""
     a = _numpy(m).astype(np.float64)
-    a = np.squeeze(a)
+    a = _two_d(a)
     if a.ndim != 2:
         raise InputError(f"a map must be (H, W); got shape {_numpy(m).shape}")
     return np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
@@ -149,7 +151,7 @@ def as_map(m: Any) -> np.ndarray:
 def _map32(m: Any) -> np.ndarray:
     """:func:`as_map` in float32, for full-size pictures (a 12-megapixel map in float64 is 100 MB
     per temporary)."""
-    a = np.squeeze(_numpy(m))
+    a = _two_d(_numpy(m))
     if a.ndim != 2:
         raise InputError(f"a map must be (H, W); got shape {_numpy(m).shape}")
     a = a.astype(np.float32, copy=False)
@@ -312,17 +314,6 @@ def overlay_signed(image: Any, map: Any, cmap: str = DIVERGING_CMAP, alpha: floa
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def _shrink(img: np.ndarray, side: int | None) -> np.ndarray:
-    """``img`` with its longer side at most ``side`` pixels (for figures; saved overlays keep full size)."""
-    if side is None or max(img.shape[:2]) <= side:
-        return img
-    from PIL import Image
-
-    h, w = img.shape[:2]
-    k = side / max(h, w)
-    return np.asarray(Image.fromarray(img).resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.LANCZOS))
-
-
 def draw(explanation: Explanation, i: int, image: Any = None, cmap: str | None = None, alpha: float = 0.5, *,
          sign: str | None = None, outlier_perc: float = _post.DEFAULT_OUTLIER_PERC,
          max_side: int | None = None) -> np.ndarray:
@@ -353,7 +344,7 @@ def draw(explanation: Explanation, i: int, image: Any = None, cmap: str | None =
     if image is None:
         src = explanation.source
         if src is not None and src.fits is not None:
-            image = _shrink(src.original(i), max_side)
+            image = shrink(src.original(i), max_side)
             m, inside = _placed(src, m, i, image.shape[:2])
         elif explanation.images is not None:
             image = explanation.images[i]
@@ -423,6 +414,11 @@ def _images_of(explanations: Sequence[Explanation], images: Any) -> np.ndarray |
 # ------------------------------------------------------------------------------------------------
 
 
+def _is_constant(e: Explanation, i: int) -> bool:
+    """Whether image ``i``'s map is constant (min-max normalised maps are then all zeros)."""
+    return not float(e.maps[i].max()) > 0.0
+
+
 def _label(e: Explanation, i: int) -> str:
     parts = []
     if e.labels:
@@ -433,29 +429,6 @@ def _label(e: Explanation, i: int) -> str:
         parts.append(f"{float(e.scores[i]):.2f}")
     return " ".join(parts)
 
-
-
-def wrap(text: str, width_in: float, fontsize: float) -> str:
-    """``text`` broken into lines that fit ``width_in`` inches at ``fontsize`` points (never cut).
-
-    Existing line breaks are kept; long lines break at spaces (and after `` · ``), and a word
-    longer than a line is split, so nothing runs past the figure's edge.
-    """
-    import textwrap
-
-    chars = max(8, int(width_in * 72 / (fontsize * 0.62)))
-    lines = []
-    for line in str(text).split("\n"):
-        lines.extend(textwrap.wrap(line, chars, break_long_words=True, break_on_hyphens=False) or [""])
-    return "\n".join(lines)
-
-
-def _fit_note(src: Any, i: int) -> str:
-    """What the model saw of picture ``i``, briefly: ``451x300 → 224x224, whole``."""
-    if src is None or src.fits is None:
-        return ""
-    f = src.fits[i]
-    return f"{f.original[1]}x{f.original[0]} → {f.input[1]}x{f.input[0]}, {f.mode}"
 
 
 def _preprocessing_caption(src: Any) -> str:
@@ -576,14 +549,14 @@ def comparison_grid(
     for i in range(n):
         picture = None
         if src is not None:
-            picture = _shrink(src.original(i), FIGURE_PICTURE_SIDE)
+            picture = shrink(src.original(i), FIGURE_PICTURE_SIDE)
         elif imgs is not None:
             picture = imgs[i]
         if picture is not None:
             ax = axes[i, 0]
             ax.imshow(picture)
             row = names[i] if names is not None else f"image {i}"
-            note = _fit_note(src, i)
+            note = fit_note(src, i)
             ax.set_title(wrap(("input\n" if i == 0 else "") + str(row) + (f"\n{note}" if note else ""), cell, fs),
                          fontsize=fs)
         for j, e in enumerate(exps):
@@ -594,7 +567,8 @@ def comparison_grid(
                 drawn = draw(e, i, picture, cmap, alpha, sign=sign, outlier_perc=outlier_perc)
             ax.imshow(drawn)
             head = f"{e.method}\n{e.backend} · {e.seconds:.2f} s\n" if i == 0 else ""
-            ax.set_title(wrap(head + _label(e, i), cell, fs), fontsize=fs)
+            flat = "\nconstant map" if _is_constant(e, i) else ""  # drawn as the bare picture: say why
+            ax.set_title(wrap(head + _label(e, i) + flat, cell, fs), fontsize=fs)
     for ax in axes.flat:
         ax.set_axis_off()
     for view_sign in bars:
@@ -629,10 +603,6 @@ def save_overlay(explanation: Explanation, i: int, path: str | Path, cmap: str |
         raise InputError(f"image index {i} is out of range for an explanation of {len(explanation)} images")
     picture = draw(explanation, i, None, cmap, alpha, sign=sign, outlier_perc=outlier_perc)
     return _files.write_atomic(Path(path), lambda tmp: Image.fromarray(picture).save(tmp, format="PNG"))
-
-
-#: ``_repr_png_`` pictures draw at most this many images.
-REPR_MAX = 8
 
 
 def explanation_figure(explanation: Explanation, *, sign: str | None = None,
@@ -676,26 +646,6 @@ def explanation_figure(explanation: Explanation, *, sign: str | None = None,
 def explanation_png(explanation: Explanation, cell: float = 2.0, dpi: int = 80, **kwargs: Any) -> bytes:
     """A one-row PNG of an explanation's overlays, for Jupyter (``Explanation._repr_png_``)."""
     return figure_png(explanation_figure(explanation, cell=cell, **kwargs), dpi)
-
-
-def images_png(images: Any, cell: float = 2.0, dpi: int = 80) -> bytes:
-    """A one-row PNG of an :class:`~cnnlens.images.Images`' pictures with what the model saw of each."""
-    from cnnlens._figure import Picture
-
-    n = min(len(images), REPR_MAX)
-    width = max(max(n, 1) * cell, 4.0)
-    fig = Picture(figsize=(width, cell + 0.8), layout="constrained")
-    axes = fig.subplots(1, max(n, 1), squeeze=False)
-    for i in range(n):
-        ax = axes[0, i]
-        ax.imshow(_shrink(images.original(i), FIGURE_PICTURE_SIDE))
-        note = _fit_note(images, i)
-        ax.set_title(wrap(images.names[i] + (f"\n{note}" if note else ""), width / max(n, 1), 8), fontsize=8)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    more = f" (first {n} of {len(images)})" if len(images) > n else ""
-    fig.suptitle(wrap(f"{len(images)} image(s), model input {tuple(images.tensor.shape[1:])}{more}", width, 9), fontsize=9)
-    return figure_png(fig, dpi)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -49,6 +49,24 @@ def tiny_cnn(num_classes: int = 5, seed: int = 0) -> TinyCNN:
     return model.eval()
 
 
+def zero_head_cnn(num_classes: int = 5) -> TinyCNN:
+    """:func:`tiny_cnn` with its classifier head at zero (a fresh head's zero initialisation): every
+    class gets the same score, so every map of it is constant."""
+    model = tiny_cnn(num_classes)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.zero_()
+    return model
+
+
+def nan_cnn(num_classes: int = 5) -> TinyCNN:
+    """:func:`tiny_cnn` whose scores are all NaN (a NaN in its classifier bias)."""
+    model = tiny_cnn(num_classes)
+    with torch.no_grad():
+        model.fc.bias.fill_(float("nan"))
+    return model
+
+
 class CountingHook:
     """A forward hook that counts its calls; picklable, so it travels with a saved model."""
 

@@ -11,6 +11,9 @@ import torch
 
 os.environ.setdefault("CNNLENS_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# No plain progress lines in tests (their own test turns them on): on a slow machine a progress line
+# printed before an error would break the one-line-error contract the CLI tests check.
+os.environ.setdefault("CNNLENS_PROGRESS_EVERY", "3600")
 
 
 @pytest.fixture(scope="session")

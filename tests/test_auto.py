@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import cnnlens
-from cnnlens import auto
+from cnnlens import auto, auto_refresh
 from cnnlens.registry import BACKENDS, backends_for, resolve
 from cnnlens.testing import tiny_cnn, tiny_input
 
@@ -26,7 +26,7 @@ def test_refresh_writes_user_table_that_wins(tmp_path, monkeypatch):
     monkeypatch.setenv("CNNLENS_CACHE", str(tmp_path))
     auto._table.cache_clear()
     try:
-        data = auto.refresh(model=tiny_cnn(), inputs=tiny_input(n=2), repeats=1)
+        data = auto_refresh.refresh(model=tiny_cnn(), inputs=tiny_input(n=2), repeats=1)
         assert (tmp_path / "auto_backend.json").exists()
         row = data["methods"]["saliency"]
         assert set(row["backends"]) == {b for b in backends_for("saliency") if BACKENDS[b].installed}

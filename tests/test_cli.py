@@ -29,9 +29,11 @@ COMMANDS = ["explain", "compare", "demo", "kernels", "features", "filters", "met
 
 @pytest.fixture()
 def photos(tmp_path) -> list[Path]:
+    """Two photos in a folder of their own (no output may land among them)."""
     paths = []
+    (tmp_path / "photos").mkdir()
     for name in ("chelsea", "coffee"):
-        dst = tmp_path / f"{name}.jpg"
+        dst = tmp_path / "photos" / f"{name}.jpg"
         shutil.copy(DATA / f"{name}.jpg", dst)
         paths.append(dst)
     return paths
@@ -225,3 +227,41 @@ def test_as_a_real_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"cnnlens: error: image file '{tmp_path / 'none.png'}' does not exist"]
     assert proc.stdout == ""
+
+
+@pytest.mark.bad_input("cli")
+@pytest.mark.parametrize(("where", "words"), [
+    ("--out {photos}/grid.png", ["would land in", "chelsea.jpg", "--out"]),
+    ("--out {photos}/results/grid.png", ["would land below", "--out"]),
+    ("--save {photos}/overlays", ["would land below", "--save"]),
+    ("--save {photos}", ["holds input images", "--save"]),
+], ids=["out-in-the-photo-folder", "out-below-it", "save-below-it", "save-into-it"])
+def test_no_output_lands_among_the_input_images(photos, tmp_path, where, words):
+    """A picture written among the photos is read as a photo by the next run over that folder
+    (``cnnlens explain 'photos/*.png'``): one rule for every output, before any work."""
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    option, path = where.replace("{photos}", str(photos[0].parent)).split(" ")
+    extra = ["--out", tmp_path.parent / f"{tmp_path.name}-grid.png"] if option == "--save" else []
+    one_line_error(run("explain", photos[0], *TINY, "--size", "32", option, path, *extra, "--overwrite"), *words)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@pytest.mark.bad_input("cli")
+def test_bench_refuses_a_study_folder_of_pictures(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (8, 8)).save(photos / "holiday.jpg")
+    one_line_error(run("bench", "--suite", "smoke", "--out", photos), "holds pictures", "holiday.jpg", "--out")
+    assert sorted(p.name for p in photos.iterdir()) == ["holiday.jpg"]
+
+
+@pytest.mark.bad_input("cli")
+def test_a_1x1_picture_is_explained_and_drawn(tmp_path):
+    """Its map at the picture's own size is (1, 1); it was squeezed to a scalar and refused."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(folder / "dot.png")
+    result = run("explain", folder / "dot.png", *TINY, "--size", "32", "-m", "gradcam,saliency", "-b", "captum",
+                 "--out", tmp_path / "g.png")
+    assert result.exit_code == 0, result.output
+    assert png_size(tmp_path / "g.png")[0] == 3 * 200

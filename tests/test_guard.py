@@ -299,3 +299,16 @@ def test_writes_through_a_data_alias_are_undone_for_tensor_writing_backends() ->
         bn.running_var.data.mul_(3.0)
         model.fc.weight.data.zero_()
     assert torch.equal(bn.running_var, first) and model.fc.weight.abs().sum() > 0
+
+
+def test_a_weight_holding_nan_is_not_reported_as_changed() -> None:
+    """NaN != NaN: a tensor-writing backend's check compared values with ``torch.equal`` and called
+    a model with a NaN in an unused weight "modified in place"."""
+    model = tiny_cnn()
+    with torch.no_grad():
+        model.features[0].weight[0, 0, 0, 0] = float("nan")
+        model.features[1].running_var[0] = float("nan")
+    with ModelGuard(model, copy_params=True) as guard:
+        pass
+    assert guard.params_modified() == []
+    assert torch.isnan(model.features[0].weight[0, 0, 0, 0]) and torch.isnan(model.features[1].running_var[0])

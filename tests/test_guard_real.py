@@ -134,13 +134,15 @@ def test_hook_methods_refuse_a_model_holding_a_torchscript_module() -> None:
 def test_cli_explains_a_torchscript_file(tmp_path, kind) -> None:
     path = tmp_path / f"{kind}.pt"
     torch.jit.save(_torchscript(tiny_cnn(), kind), str(path))
-    Image.new("RGB", (40, 40), (120, 30, 200)).save(tmp_path / "a.png")
+    (tmp_path / "in").mkdir()
+    photo = tmp_path / "in" / "a.png"
+    Image.new("RGB", (40, 40), (120, 30, 200)).save(photo)
     out = tmp_path / "grid.png"
-    result = CliRunner().invoke(cli.app, ["explain", str(tmp_path / "a.png"), "--model", str(path), "-m", "saliency",
+    result = CliRunner().invoke(cli.app, ["explain", str(photo), "--model", str(path), "-m", "saliency",
                                           "-b", "captum", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.stat().st_size > 0
-    refused = CliRunner().invoke(cli.app, ["explain", str(tmp_path / "a.png"), "--model", str(path), "-m", "gradcam",
+    refused = CliRunner().invoke(cli.app, ["explain", str(photo), "--model", str(path), "-m", "gradcam",
                                            "-b", "captum", "--out", str(tmp_path / "g2.png")])
     assert refused.exit_code == 2 and "TorchScript" in refused.output, refused.output
 

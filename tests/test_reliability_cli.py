@@ -80,15 +80,17 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("cli")
     (d / f"{MODELS_MODULE}.py").write_text(MODELS_SRC)
     rng = np.random.default_rng(0)
+    img = d / "img"  # the pictures in a folder of their own: no output may land among them
+    img.mkdir()
     for name in ("a", "b"):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(d / f"{name}.png")
-    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "full.jpg", quality=90)
-    data = (d / "full.jpg").read_bytes()
-    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    (d / "text.png").write_text("not an image\n")
-    (d / "empty.jpg").write_bytes(b"")
-    (d / "noimages").mkdir()
-    Image.new("1", (9000, 9000)).save(d / "huge.png")
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(img / f"{name}.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(img / "full.jpg", quality=90)
+    data = (img / "full.jpg").read_bytes()
+    (img / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (img / "text.png").write_text("not an image\n")
+    (img / "empty.jpg").write_bytes(b"")
+    (img / "noimages").mkdir()
+    Image.new("1", (9000, 9000)).save(img / "huge.png")
     torch.save(tiny_cnn().state_dict(), d / "tiny_state.pt")
     (d / "junk.pt").write_bytes(b"PK\x03\x04 not an archive")
     with open(d / "evil.pkl", "wb") as fh:
@@ -107,7 +109,7 @@ class CliCase:
 
 
 TINY = ("--model", f"{MODELS_MODULE}:tiny", "--size", "32")
-IMGS = ("{d}/a.png", "{d}/b.png")
+IMGS = ("{d}/img/a.png", "{d}/img/b.png")
 
 
 def ex(*extra: str, images: tuple[str, ...] = IMGS, model: tuple[str, ...] = TINY) -> tuple[str, ...]:
@@ -121,15 +123,15 @@ def with_model(name: str) -> tuple[str, ...]:
 # fmt: off
 CASES: list[CliCase] = [
     # files
-    CliCase("image-missing", ex(images=("{d}/missing.jpg",)), ("missing.jpg", "does not exist")),
-    CliCase("folder-without-images", ex(images=("{d}/noimages",)), ("contains no images",)),
-    CliCase("truncated-jpeg", ex(images=("{d}/truncated.jpg",)), ("truncated or corrupt",)),
-    CliCase("text-named-png", ex(images=("{d}/text.png",)), ("text.png", "not a readable image")),
-    CliCase("empty-file", ex(images=("{d}/empty.jpg",)), ("not a readable image",)),
-    CliCase("huge-image-file", ex(images=("{d}/huge.png",)), ("9000x9000", "downscale")),
+    CliCase("image-missing", ex(images=("{d}/img/missing.jpg",)), ("missing.jpg", "does not exist")),
+    CliCase("folder-without-images", ex(images=("{d}/img/noimages",)), ("contains no images",)),
+    CliCase("truncated-jpeg", ex(images=("{d}/img/truncated.jpg",)), ("truncated or corrupt",)),
+    CliCase("text-named-png", ex(images=("{d}/img/text.png",)), ("text.png", "not a readable image")),
+    CliCase("empty-file", ex(images=("{d}/img/empty.jpg",)), ("not a readable image",)),
+    CliCase("huge-image-file", ex(images=("{d}/img/huge.png",)), ("9000x9000", "downscale")),
     CliCase("glob-no-match", ex(images=("{d}/*.gif",)), ("matches no image files",)),
     # tensors, as far as files can make them
-    CliCase("crop-above-pixel-limit", ex(images=("{d}/a.png",), model=("--model", f"{MODELS_MODULE}:tiny", "--size", "4097")), ("4097x4097", "4096x4096")),
+    CliCase("crop-above-pixel-limit", ex(images=("{d}/img/a.png",), model=("--model", f"{MODELS_MODULE}:tiny", "--size", "4097")), ("4097x4097", "4096x4096")),
     CliCase("channels-mismatch", ex(model=with_model("gray"), ), ("3 channels", "expects 1")),
     # model and weights
     CliCase("tuple-output", ex(model=with_model("tuple_out")), ("tuple of 2", "output=")),
@@ -170,8 +172,10 @@ CASES: list[CliCase] = [
     CliCase("alpha-out-of-range", ex("--alpha", "2"), ("--alpha",)),
     CliCase("missing-images-argument", ("explain", *TINY), ("Missing argument 'images'", "--help")),
     CliCase("out-exists", ("explain", *IMGS, *TINY, "--out", "{d}/exists.png"), ("already exists", "--overwrite")),
-    CliCase("out-is-an-input", ("explain", *IMGS, *TINY, "--out", "{d}/a.png", "--overwrite"), ("input images", "never overwrites")),
+    CliCase("out-is-an-input", ("explain", *IMGS, *TINY, "--out", "{d}/img/a.png", "--overwrite"), ("input images", "never overwrites")),
     CliCase("out-bad-suffix", ("explain", *IMGS, *TINY, "--out", "{d}/grid.txt"), ("'.txt'", ".png")),
+    CliCase("out-among-the-photos", ("explain", *IMGS, *TINY, "--out", "{d}/img/grid.png"), ("would land in", "a.png", "--out")),
+    CliCase("save-below-the-photos", ex("--save", "{d}/img/saved"), ("would land below", "--save")),
 ]
 # fmt: on
 

@@ -41,7 +41,7 @@ from captum import attr as ca
 from torch import Tensor
 
 from cnnlens import reshape
-from cnnlens._resolve import internal_batch
+from cnnlens._resolve import Caveat, internal_batch
 from cnnlens.adapters.base import Adapter, check_window_fits, window_pair
 from cnnlens.errors import CnnlensError, ModelError, OptionError
 from cnnlens.registry import NOISE_TUNNEL_GRID
@@ -278,14 +278,15 @@ class CaptumAdapter(Adapter):
         sum is <= 0 everywhere (the channel sum of a BatchNorm output before its activation, as at
         EfficientNet-Lite0's last spatial layer ``_bn1``), the map is all zeros; say so, not silently."""
         flat = raw.detach().sum(dim=1).flatten(1)
-        empty = (flat.amax(dim=1) <= 0).nonzero().flatten().tolist()
+        # (an attribution that is zero everywhere has another cause, which the Explainer names)
+        empty = ((flat.amax(dim=1) <= 0) & (flat.abs().amax(dim=1) > 0)).nonzero().flatten().tolist()
         if empty:
             name = next((n for n, mod in self.model.named_modules() if mod is self.layer), "?")
-            self.warnings.append(
-                f"{self.method} (captum): the channel sum of the attribution at layer '{name}' is <= 0 everywhere "
-                f"for image(s) {', '.join(map(str, empty))}, so the map (its ReLU, as for every CAM) is all zeros; "
-                "pick a layer after an activation (e.g. a block's output), or read the signed attribution in raw"
-            )
+            why = (f"the channel sum of the attribution at layer '{name}' is <= 0 everywhere, so the map (its ReLU, "
+                   "as for every CAM) is all zeros; pick a layer after an activation (e.g. a block's output) with "
+                   "{}, or read the signed attribution in raw")
+            self.warnings.append(Caveat(self.method, "captum", why.format("layer="), why.format("--layer"), empty,
+                                        raw.shape[0]))
 
     def _noise_over(self, x: Tensor, t: Tensor) -> Tensor:
         """Captum's NoiseTunnel around another gradient method, one image per call (see the module doc)."""

@@ -57,6 +57,20 @@ PER_IMAGE_SEEDED = ("one torchcam call per image, each image's noise drawn from 
 INPUT_GRAD_DRIVE = ("a private copy of the input requires grad (the parameters may be frozen), so that the target "
                     "layer's output is in the graph torchcam differentiates")
 FC_DRIVE = "CAM's fc_layer found by torchcam's own rule (the model's only nn.Linear) and passed explicitly"
+NOISE_DTYPE_DRIVE = ("torchcam's noise drawn as torchcam draws it (float32), then cast to the model's {dtype}: added "
+                     "as drawn it would turn the input into float32, which a {dtype} model refuses")
+
+
+class _CastNoise:
+    """torchcam's noise distribution with each sample cast to the model's dtype (torchcam's
+    ``Normal(0, std)`` samples float32 whatever the model)."""
+
+    def __init__(self, distrib: Any, dtype: torch.dtype) -> None:
+        self.distrib = distrib
+        self.dtype = dtype
+
+    def sample(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self.distrib.sample(*args, **kwargs).to(self.dtype)
 
 
 class TorchcamAdapter(Adapter):
@@ -119,7 +133,12 @@ class TorchcamAdapter(Adapter):
         if m == "finercam":
             kwargs.update(base_method=getattr(tcm, TORCHCAM_FINER_BASES[o["base_method"]]), gamma=o["gamma"],
                           num_references=o["num_references"])
-        return cls(self.model, target_layer=self.layer, **kwargs)
+        extractor = cls(self.model, target_layer=self.layer, **kwargs)
+        distrib = getattr(extractor, "_distrib", None)
+        if distrib is not None and x.dtype != torch.float32:  # Smooth Grad-CAM++ and SS-CAM on a float16 model
+            extractor._distrib = _CastNoise(distrib, x.dtype)
+            self.driven.append(NOISE_DTYPE_DRIVE.format(dtype=str(x.dtype).removeprefix("torch.")))
+        return extractor
 
     # -- one call --------------------------------------------------------------------------------
 

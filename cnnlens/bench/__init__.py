@@ -31,6 +31,7 @@ def run(
     address: str | None = None,
     gpus_per_worker: float | None = None,
     retry: bool = True,
+    threads: int | None = None,
 ) -> Path:
     """Run or resume a study, on this process (``engine="local"``) or on Ray actors (``"ray"``).
 
@@ -39,7 +40,8 @@ def run(
     from cnnlens.bench.engine import run as _run
 
     return _run(suite, device=device, out=out, overwrite=overwrite, progress=progress, max_cells=max_cells,
-                engine=engine, workers=workers, address=address, gpus_per_worker=gpus_per_worker, retry=retry)
+                engine=engine, workers=workers, address=address, gpus_per_worker=gpus_per_worker, retry=retry,
+                threads=threads)
 
 
 def failures(db: Path | str) -> list[tuple[str, str, int]]:

@@ -7,11 +7,13 @@ Everything is local: scikit-image samples are read from the files shipped inside
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from cnnlens.bench import datasets
+from cnnlens.bench.records import BenchImage
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -26,40 +28,6 @@ OBJECTS: dict[str, tuple[str, tuple[float, float, float, float], tuple[str, ...]
     "rocket": ("rocket", (0.40, 0.25, 0.60, 0.97), ("missile", "projectile", "space shuttle")),
     "shuttle": ("astronaut", (0.76, 0.0, 0.98, 0.56), ("space shuttle", "missile", "projectile")),
 }
-
-
-@dataclass
-class BenchImage:
-    """One image of the study: a record that says where its pixels come from.
-
-    File-backed records (demo photos, scikit-image samples, user files) carry no pixels:
-    :func:`load_pixels` reads them one shard at a time, so a study's memory does not grow with
-    its number of images. Generated canvases (pasted objects) carry their pixels (``display``).
-    """
-
-    id: str
-    source: str
-    display: np.ndarray | None = None  # (H, W, 3) uint8 at the model's input size, generated images only
-    box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in pixels (exclusive ends)
-    expected: tuple[str, ...] = ()  # classes that count as correct (pasted objects only)
-    path: str | None = None  # the image file (file-backed records)
-    flip: bool = False  # mirrored left-right after reading
-    target: int | None = None  # the class to explain when the source fixes it (pasted canvases)
-    label: int | None = None  # the dataset's class index of the image (folder, manifest)
-    #: Ground-truth boxes (x0, y0, x1, y1) in model-input pixels (exclusive ends); ``box`` is the first.
-    boxes: tuple[tuple[int, int, int, int], ...] = ()
-    mask: np.ndarray | None = None  # (H, W) bool at the model's input size (generated masks)
-    mask_path: str | None = None  # a mask file (manifest ``mask`` column), read by :func:`region_of`
-
-    def __post_init__(self) -> None:
-        if self.box is not None and not self.boxes:
-            self.boxes = (self.box,)
-
-    def region(self) -> np.ndarray | tuple[tuple[int, int, int, int], ...] | None:
-        """What the localization measures score against: the mask, else the boxes, else None."""
-        if self.mask is not None:
-            return self.mask
-        return self.boxes or None
 
 
 def _skimage_dir() -> Path:
@@ -196,7 +164,6 @@ def collect_images(spec: ImagesSpec, model: nn.Module, size: int | None = None,
         SuiteError: No image survived; a bad dataset (see :func:`cnnlens.bench.datasets.records`);
             ``target="label"`` and an image without a label.
     """
-    from cnnlens.bench import datasets
     from cnnlens.images import demo_paths, expand
 
     resize, crop = _sizes(model, size)
@@ -275,10 +242,8 @@ def region_of(record: BenchImage, model: nn.Module, size: int | None = None) -> 
     memory must not grow with its number of images.
     """
     if record.mask is None and record.mask_path is not None:
-        from cnnlens.bench.datasets import load_mask
-
         resize, crop = _sizes(model, size)
-        return load_mask(record.mask_path, resize, crop, record.flip)
+        return datasets.load_mask(record.mask_path, resize, crop, record.flip)
     return record.region()
 
 

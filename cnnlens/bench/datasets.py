@@ -46,7 +46,7 @@ from pydantic import (
     field_validator,
 )
 
-from cnnlens.bench.data import BenchImage
+from cnnlens.bench.records import BenchImage
 from cnnlens.errors import SuiteError
 
 if TYPE_CHECKING:

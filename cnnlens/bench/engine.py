@@ -779,6 +779,7 @@ def run(
     address: str | None = None,
     gpus_per_worker: float | None = None,
     retry: bool = True,
+    threads: int | None = None,
 ) -> Path:
     """Run (or resume) a study and return its SQLite file.
 
@@ -798,6 +799,9 @@ def run(
         retry: On a resume, run again the cells that failed (``error``) or were skipped because an
             input failed (a worker that died, an image unreadable for a moment); ``False`` keeps
             them as they are (CLI: ``--no-retry``). :func:`failures` lists what failed.
+        threads: torch CPU threads for this run (each Ray worker's with ``engine="ray"``), over the
+            suite's ``[study] threads``; not part of the study, so a resume may change it (CLI:
+            ``--threads``). On a busy machine 1 or 2 threads are often several times faster.
         progress: Say how many cells will run and a rough time first, then show a progress bar (tqdm)
             on a terminal, or elsewhere (a log, a pipe) print a line every 30 s and at the end.
         max_cells: Stop after running this many new cells (the study stays resumable).
@@ -822,6 +826,8 @@ def run(
     """
     from cnnlens.errors import OptionError
 
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise OptionError(f"threads must be a whole number >= 1 (torch CPU threads), got {threads!r}")
     s = load_suite(suite)
     if engine not in ENGINES:
         raise OptionError(f"unknown engine '{engine}'{_match_hint(engine, ENGINES)}; use 'local' or 'ray'")
@@ -861,7 +867,7 @@ def run(
                 raise output_error(p, exc, "study database", "--out") from None
     store = Store(path, s.name)
     how = {"engine": engine, "workers": workers, "address": address, "gpus_per_worker": gpus_per_worker,
-           "retry": bool(retry)}
+           "retry": bool(retry), "threads": threads}
     try:
         _resume(s, dev, store, progress, max_cells, how, prepared)
     except sqlite3.Error as exc:
@@ -1053,6 +1059,18 @@ def _resume(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells
         )
     for ms in s.models:  # before anything is written: a study of other weights is refused untouched
         check_model(store, known, ms, prepared[2][ms.id])
+    threads = torch.get_num_threads()
+    want = how.get("threads") or s.threads  # --threads over [study] threads; neither is part of the study
+    if want:
+        torch.set_num_threads(want)
+    try:
+        _record_and_run(s, dev, store, progress, max_cells, how, prepared)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _record_and_run(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells: int | None,
+                    how: dict[str, Any], prepared: Prepared) -> None:
     meta = run_metadata(s, dev)
     store.set_meta(meta)  # the first run's metadata stays; later runs add their own entry
     # the suite itself is the latest run's: it may list more images than the first one
@@ -1060,13 +1078,7 @@ def _resume(s: Suite, dev: torch.device, store: Store, progress: bool, max_cells
                    replace=True)
     store.set_meta({f"run:{int(time.time())}": {**{k: meta[k] for k in ("git_revision", "versions", "device")},
                                                 "engine": how}})
-    threads = torch.get_num_threads()
-    if s.threads:
-        torch.set_num_threads(s.threads)
-    try:
-        _run_study(s, dev, store, progress, max_cells, how, prepared)
-    finally:
-        torch.set_num_threads(threads)
+    _run_study(s, dev, store, progress, max_cells, how, prepared)
 
 
 def model_digest(model: nn.Module) -> str:
@@ -1286,7 +1298,7 @@ def _run_study(s: Suite, dev: torch.device, store: Store, progress: bool, max_ce
         from cnnlens.bench.ray_engine import RayExecutor
 
         executor = RayExecutor(s, dev, workers=how["workers"], address=how["address"],
-                               gpus_per_worker=how["gpus_per_worker"])
+                               gpus_per_worker=how["gpus_per_worker"], threads=how.get("threads"))
     started = 0
     try:
         while ready or executor.busy():

@@ -1,4 +1,4 @@
-"""Quantus (Hedström et al., JMLR 2023; PyPI ``quantus``, the ``cnnlens[quantus]`` extra) as a metrics backend.
+"""Quantus (Hedström et al., JMLR 2023; PyPI ``quantus``, the ``quantus`` extra) as a metrics backend.
 
 Every value is computed by the Quantus metric class of that name, called the way Quantus documents
 (``metric(model=..., x_batch=..., y_batch=..., a_batch=..., s_batch=..., explain_func=...,
@@ -132,7 +132,7 @@ def require() -> Any:
             warnings.simplefilter("ignore")
             import quantus
     except ImportError:
-        raise SuiteError("the [quantus] section needs Quantus: pip install 'cnnlens[quantus]'") from None
+        raise SuiteError("the [quantus] section needs Quantus: pip install -e '.[quantus]'") from None
     return quantus
 
 

@@ -307,7 +307,7 @@ class RayExecutor:
     """
 
     def __init__(self, suite: Suite, device: torch.device, workers: int | None, address: str | None,
-                 gpus_per_worker: float | None) -> None:
+                 gpus_per_worker: float | None, threads: int | None = None) -> None:
         ray = require_ray()
         self.ray = ray
         self.suite = suite
@@ -335,7 +335,7 @@ class RayExecutor:
                 self.close()
                 raise ModelError("device 'cuda' was asked for but the Ray cluster has no GPU; use --device cpu")
             opts["num_gpus"] = float(gpus_per_worker) if gpus_per_worker else min(1.0, gpus / self.workers)
-        self.threads = suite.threads or cpus_each
+        self.threads = threads or suite.threads or cpus_each
         self.device = str(device)
         self.actor_cls = ray.remote(max_restarts=0)(Worker).options(**opts)
         #: actor -> the reference of its ``ready`` call (done once its start-up finished)

@@ -4,9 +4,9 @@ Every function takes the study's per-image results (the ``results`` table as a D
 image, method, backend, metric, value) and works per model:
 
 * :func:`intervals`: the mean of each (method, backend, metric) over images with a 95 % bootstrap
-  interval (``scipy.stats.bootstrap``, percentile method, fixed seed). The percentile interval is
-  used rather than BCa because BCa's jackknife acceleration is undefined for the small, tied samples
-  a study often has (a pointing-game hit rate is a mean of 0s and 1s), where it returns NaN.
+  interval (``scipy.stats.bootstrap``, percentile method, fixed seed). The percentile interval stays
+  inside the range a mean can take (the "basic" interval of a hit rate of 0s and 1s can go below 0)
+  and can be worked out by hand, which the tests do.
 * :func:`paired_tests` and :func:`groups`: Wilcoxon signed-rank tests over the images two methods
   share (``scipy.stats.wilcoxon``), Holm-corrected across the comparisons made (:func:`holm`: a
   dozen lines, so statsmodels need not become a dependency), and the groups of methods the tests
@@ -389,13 +389,17 @@ def kendall_matrix(c: Cube) -> Any:
         means = c.signs[:, None] * np.nanmean(c.values, axis=1)
     k = len(c.metrics)
     mat = np.full((k, k), np.nan)
+    n = np.zeros((k, k), int)
     for i in range(k):
         for j in range(k):
             ok = np.isfinite(means[i]) & np.isfinite(means[j])
+            n[i, j] = int(ok.sum())
             if ok.sum() < 3 or np.ptp(means[i][ok]) == 0 or np.ptp(means[j][ok]) == 0:
                 continue
             mat[i, j] = stats.kendalltau(means[i][ok], means[j][ok]).statistic
-    return pd.DataFrame(mat, index=c.metrics, columns=c.metrics)
+    out = pd.DataFrame(mat, index=c.metrics, columns=c.metrics)
+    out.attrs["labels"] = n  # how many labels each tau ranks
+    return out
 
 
 def rank_stability(ranks: dict[str, Any]) -> Any:
@@ -495,13 +499,17 @@ def verdict(res: Any, *, seed: int = SEED, n_resamples: int = N_RESAMPLES) -> Ve
     return out
 
 
-def disagreeing_pairs(kendall: Any, n: int = 3) -> list[tuple[str, str, float]]:
-    """The ``n`` metric pairs whose rankings agree least (lowest Kendall's tau), lowest first."""
+def disagreeing_pairs(kendall: Any, n: int = 3) -> list[tuple[str, str, float, int]]:
+    """The ``n`` metric pairs whose rankings agree least (lowest Kendall's tau), lowest first, with
+    the number of (method, backend) pairs each tau ranks (3 allow only -1, -1/3, 1/3 and 1)."""
     k = kendall.to_numpy()
+    counts = kendall.attrs.get("labels", np.zeros(k.shape, int))
     names = list(kendall.columns)
-    pairs = [(names[i], names[j], float(k[i, j])) for i in range(len(names)) for j in range(i + 1, len(names))
-             if np.isfinite(k[i, j])]
-    return sorted(pairs, key=lambda t: t[2])[:n]
+    pairs = [(names[i], names[j], float(k[i, j]), int(counts[i, j])) for i in range(len(names))
+             for j in range(i + 1, len(names)) if np.isfinite(k[i, j])]
+    if any(p[3] >= 4 for p in pairs):  # a tau over 3 pairs is too coarse to headline when finer ones exist
+        pairs = [p for p in pairs if p[3] >= 4]
+    return sorted(pairs, key=lambda t: (t[2], -t[3]))[:n]
 
 
 def tables(vd: Verdict) -> dict[str, Any]:

@@ -51,6 +51,7 @@ def bench(
     address: Annotated[str | None, typer.Option("--address", help="Join a Ray cluster: auto or ray://host:port (default: start a local one).")] = None,
     gpus_per_worker: Annotated[float | None, typer.Option("--gpus-per-worker", help="GPUs per Ray worker with --device cuda (0.5: two share a card).")] = None,
     no_retry: Annotated[bool, typer.Option("--no-retry", help="On a resume, keep failed and skipped cells as they are (default: run them again).")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads for the study, per Ray worker with --engine ray (default: the suite's [study] threads, else torch's).")] = None,
 ) -> None:
     """Run a benchmark study of the toolkits and write its SQLite database (a rerun resumes).
 
@@ -63,6 +64,7 @@ def bench(
 
     engine = _bench_module()
     jobs.check_device(device)
+    outputs.check_study_out(out)  # never a folder of the user's pictures
     if report and not overwrite:
         # Before any work. A resumed study keeps its report until `cnnlens report --overwrite`
         # rewrites it; --overwrite here starts the study afresh, report included.
@@ -81,7 +83,8 @@ def bench(
     try:
         db = Path(engine.run(suite, device=device, out=out, overwrite=overwrite,
                              progress=not no_progress, engine=engine_name, workers=workers,
-                             address=address, gpus_per_worker=gpus_per_worker, retry=not no_retry))
+                             address=address, gpus_per_worker=gpus_per_worker, retry=not no_retry,
+                             threads=threads))
     except KeyboardInterrupt:
         error("interrupted; every finished cell is saved, and the same command resumes the study: "
               f"{shlex.join(again + (['--report'] if report else []))}")

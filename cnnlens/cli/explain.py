@@ -148,7 +148,9 @@ def _explain_job(
                 with contextlib.suppress(OSError):
                     save.rmdir()
             raise
-    for w in dict.fromkeys(w for e in expls for w in e.warnings):
+    from cnnlens._resolve import warning_lines
+
+    for w in warning_lines([w for e in expls for w in e.warnings], cli=True):  # one line per cause
         c.note(w, "warning")
     if json_out:
         files = {"grid": str(out), "saved": [str(f) for f in folders]}

@@ -6,6 +6,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
+from cnnlens import auto
 from cnnlens.errors import BackendUnavailableError, UnknownMethodError, UnsupportedMethodError, close_matches
 from cnnlens.registry.schema import BACKENDS, METHODS, REGISTRY, Implementation, Kind
 
@@ -100,8 +101,6 @@ def resolve(method: str, backend: str | None = "auto") -> Implementation:
         )
     have = backends_for(method)
     if backend is None or backend == "auto":
-        from cnnlens import auto  # local: reads a small JSON only when asked
-
         order = auto.preferred_backends(method, have)
         for b in order:
             if BACKENDS[b].installed:

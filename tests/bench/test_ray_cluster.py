@@ -228,3 +228,61 @@ def test_a_killed_drivers_local_ray_is_gone_within_seconds(tmp_path):
         for p in under:  # nothing of this test's is left behind, whatever happened
             with contextlib.suppress(psutil.Error):
                 p.kill()
+
+
+#: The embedded pretrained model (real weights: near-ties in its maps are where float noise between
+#: machines and thread counts would turn into different pixel rankings), every ranking measure.
+EMBEDDED_SUITE = """
+[study]
+name = "two-nodes-embedded"
+seed = 5
+threads = 1
+[[models]]
+id = "efficientnet_lite0"
+spec = "efficientnet_lite0"
+[images]
+demo = ["chelsea", "coffee", "astronaut", "rocket"]
+shard = 2
+[methods]
+include = ["gradcam", "saliency"]
+backends = ["captum", "pytorch-grad-cam", "flashtorch"]
+[agreement]
+enabled = true
+topk = [5, 10]
+[faithfulness]
+steps = 4
+road_images = 1
+road_percentiles = [50]
+infidelity = false
+confidence_change = false
+[localization]
+enabled = true
+[sanity]
+enabled = false
+[speed]
+enabled = false
+"""
+
+
+def test_the_embedded_model_gives_the_local_values_on_two_nodes(cluster, tmp_path):
+    """Local and a two-node cluster agree on every deterministic value of the embedded model to 1e-5."""
+    import numpy as np
+
+    suite = tmp_path / "emb.toml"
+    suite.write_text(EMBEDDED_SUITE)
+    local = bench.run(suite, out=tmp_path / "local", progress=False)
+    r = _cli(cluster.env, "--suite", suite, "--out", tmp_path / "ray", "--no-progress", "--engine", "ray",
+             "--workers", "2", "--address", cluster.address, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    db = tmp_path / "ray" / "two-nodes-embedded.sqlite"
+    cells = bench.read_table(db, "cells")
+    assert len(set(cells[cells.kind == "explain"].host)) == 2
+    keys = ["model", "image", "method", "backend", "metric"]
+    a, b = deterministic_table(local), deterministic_table(db)
+    joined = a.merge(b, on=keys, suffixes=("_local", "_ray"), how="outer", indicator=True)
+    assert (joined["_merge"] == "both").all(), joined[joined["_merge"] != "both"][keys]
+    measures = {m.split(".")[0].split("@")[0] for m in joined.metric}
+    assert {"deletion_blur", "insertion_blur", "agree", "road"} <= measures, measures
+    x, y = joined["value_local"].to_numpy(float), joined["value_ray"].to_numpy(float)
+    both = ~(np.isnan(x) & np.isnan(y))
+    np.testing.assert_allclose(y[both], x[both], rtol=1e-5, atol=1e-7)

@@ -145,3 +145,53 @@ def test_a_missing_benchmark_module_is_named_with_its_install_line(study, monkey
 
     monkeypatch.setattr(jobs, "BENCH_NEEDS", (("cnnlens_no_such_module", "no-such-module>=1"),))
     one_line_error(run("report", study), "pip install 'no-such-module>=1'")
+
+
+def test_threads_option_sets_the_studys_torch_threads(tmp_path, monkeypatch):
+    """``bench --threads N`` runs the study's cells with N torch threads (over ``[study] threads``), and a
+    resume with another value is the same study."""
+    import torch
+
+    from cnnlens.bench import engine
+
+    seen: list[int] = []
+    real = engine.run_explain
+
+    def spy(ctx, spec):
+        seen.append(torch.get_num_threads())
+        return real(ctx, spec)
+
+    monkeypatch.setitem(engine.RUNNERS, "explain", spy)
+    suite = tmp_path / "t.toml"
+    suite.write_text(THREADS_SUITE)
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    r = run("bench", "--suite", suite, "--out", tmp_path / "o", "--threads", want, "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert seen and set(seen) == {want}
+    assert torch.get_num_threads() == before  # given back afterwards
+    r2 = run("bench", "--suite", suite, "--out", tmp_path / "o", "--threads", 1, "--no-progress")
+    assert r2.exit_code == 0, r2.output
+
+
+THREADS_SUITE = """
+[study]
+name = "threads"
+[[models]]
+id = "tiny"
+spec = "cnnlens.testing:tiny_cnn"
+image_size = 32
+[images]
+demo = ["chelsea"]
+[methods]
+include = ["gradcam"]
+backends = ["captum"]
+[agreement]
+enabled = false
+[faithfulness]
+enabled = false
+[sanity]
+enabled = false
+[speed]
+enabled = false
+"""

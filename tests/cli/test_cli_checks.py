@@ -18,7 +18,8 @@ TINY = ["--model", "cnnlens.testing:tiny_cnn"]
 
 @pytest.fixture()
 def image(tmp_path) -> Path:
-    p = tmp_path / "wide.png"
+    (tmp_path / "photos").mkdir()  # a folder of its own: no output may land among the inputs
+    p = tmp_path / "photos" / "wide.png"
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((30, 64, 3)) * 255).astype("uint8")).save(p)
     return p

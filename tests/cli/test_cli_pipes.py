@@ -105,7 +105,8 @@ def test_layers_json_is_layer_list():
 def test_explain_json_is_a_summary(tmp_path):
     from PIL import Image
 
-    img = tmp_path / "wide.png"
+    (tmp_path / "in").mkdir()
+    img = tmp_path / "in" / "wide.png"
     Image.new("RGB", (64, 30), (200, 40, 40)).save(img)
     out = tmp_path / "grid.png"
     result = run("explain", img, *TINY, "--size", "32", "-m", "gradcam,saliency", "-b", "captum", "--out", out,

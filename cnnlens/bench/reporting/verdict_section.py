@@ -44,7 +44,7 @@ def ranks_figure(ranks: Any, model: str, top: int = TOP) -> bytes:
     ax.invert_yaxis()
     ax.set_xlabel("aggregate rank across metrics (1 = best); bar: 95 % bootstrap interval over images", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)  # the best sit at the top left, the worst at the bottom right
     ax.set_title(f"{model}: aggregate rank with interval (best {min(top, len(ranks))} of {len(ranks)}, and the baselines)", fontsize=10)
     return F.png(fig)
 
@@ -113,7 +113,7 @@ def verdict(st: Study, figs: dict[str, bytes]) -> Section:
         worst = V.disagreeing_pairs(mv.kendall, 3)
         if worst:
             lines.append("Metrics that disagree most (Kendall's tau of their method rankings): "
-                         + "; ".join(f"{a} vs {b} ({t:+.2f})" for a, b, t in worst) + ".")
+                         + "; ".join(f"{a} vs {b} ({t:+.2f} over {n} pairs)" for a, b, t, n in worst) + ".")
         split = real.sort_values("metric_rank_sd", ascending=False).head(3)
         if len(split) and len(mv.ranks) > 2:
             lines.append("Methods the metrics disagree about most (spread of their per-metric ranks): "
