@@ -145,6 +145,8 @@ def test_a_study_stores_quantus_values_per_image(tmp_path):
     verdict = md.read_text().split("## Summary")[0]
     assert "1 Quantus metric run failed and stored no value: tiny saliency captum InputInvariance" in verdict
     assert "quantus.Sparseness" in verdict  # the per-metric table of the verdict
+    speed = md.read_text().split("## Speed")[1].split("\n## ")[0]
+    assert "Metrics' time" in speed and "| saliency | captum | 3 |" in speed
 
 
 @pytest.mark.bad_input("engine")

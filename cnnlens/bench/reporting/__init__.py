@@ -25,14 +25,16 @@ def build_sections(db: Path) -> tuple[list[Section], dict[str, bytes], dict[str,
     from cnnlens.bench.metric_agreement import section as metric_agreement
     from cnnlens.bench.reporting import sections as S
     from cnnlens.bench.reporting.data import load
-    from cnnlens.bench.reporting.verdict_section import verdict
+    from cnnlens.bench.reporting.verdict_section import add_metric_seconds, verdict
 
     st = load(db)
     figs: dict[str, bytes] = {}
     faith_sec, faith_tab = S.faithfulness(st, figs)
+    speed = S.speed(st, figs)
+    add_metric_seconds(speed, st)
     sections = [verdict(st, figs), S.summary(st, faith_tab), S.agreement(st, figs),
                 metric_agreement(st), faith_sec, S.localization(st, figs),
-                S.sanity(st, figs), S.speed(st, figs), S.grid(st, figs), S.failures(st), S.run(st)]
+                S.sanity(st, figs), speed, S.grid(st, figs), S.failures(st), S.run(st)]
     return sections, figs, st.meta
 
 

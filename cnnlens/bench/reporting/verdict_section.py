@@ -149,3 +149,42 @@ def verdict(st: Study, figs: dict[str, bytes]) -> Section:
                  "carry over from one model to another):")
         sec.table(vd.stability.head(TOP), ".3g", blank="the pair was not run on that model.")
     return sec
+
+
+def metric_seconds(st: Study) -> Any:
+    """Per (method, backend): seconds per image of its explain cells spent explaining (the
+    ``explain.seconds`` rows) and the rest, which is the measures (curves, ROAD, the toolkits' and
+    Quantus' metrics) and the cells' bookkeeping. None when no explain cell recorded its time."""
+    import json
+
+    import pandas as pd
+
+    cells = st.cells[(st.cells.kind == "explain") & (st.cells.status == "done") & st.cells.seconds.notna()]
+    if cells.empty:
+        return None
+    rows: dict[tuple[str, str], list[float]] = {}
+    for r in cells.itertuples(index=False):
+        spec = json.loads(r.spec)
+        acc = rows.setdefault((spec.get("method", ""), spec.get("backend", "")), [0.0, 0.0])
+        acc[0] += float(r.seconds)
+        acc[1] += len(spec.get("images", []))
+    ex = st.res[st.res.metric == "explain.seconds"].groupby(["method", "backend"])["value"].sum()
+    out = []
+    for (m, b), (secs, n) in sorted(rows.items()):
+        explain = float(ex.get((m, b), 0.0))
+        quantus = int(((st.res.method == m) & (st.res.backend == b) & st.res.metric.str.startswith("quantus.")).sum())
+        out.append({"method": m, "backend": b, "images": int(n), "explain s/image": explain / n if n else math.nan,
+                    "measures s/image": (secs - explain) / n if n else math.nan, "Quantus values": quantus})
+    return pd.DataFrame(out).sort_values("measures s/image", ascending=False).reset_index(drop=True)
+
+
+def add_metric_seconds(sec: Section, st: Study) -> None:
+    """Append the measures' time to the Speed section."""
+    tab = metric_seconds(st)
+    if tab is None:
+        return
+    sec.text("Metrics' time: per (method, backend), the seconds per image its explain cells spent explaining and "
+             "the rest of each cell, which is the measures computed on the maps (deletion and insertion curves, "
+             "Average Drop, ROAD, the toolkits' own metrics and the `[quantus]` metrics, one image at a time). "
+             "`benchmarks/metrics_speed.py` times the metrics two libraries share side by side.")
+    sec.table(tab, ".3g")
