@@ -77,7 +77,9 @@ def test_report_accepts_the_study_folder_and_refuses_to_clobber(study, tmp_path)
     assert result.exit_code == 0, result.output
     assert (folder / "report.html").is_file() and (folder / "report.md").is_file()
     # SQLite's write-ahead files are folded back: the study is one file again.
-    assert sorted(p.name for p in folder.iterdir()) == ["figures", "report.html", "report.md", "tiny.sqlite"]
+    from cnnlens.outputs import REPORT_OUTPUTS
+
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*REPORT_OUTPUTS, "tiny.sqlite"])
     before = (folder / "report.html").read_bytes()
     one_line_error(run("report", folder), "already holds a report", "--overwrite")
     assert (folder / "report.html").read_bytes() == before
