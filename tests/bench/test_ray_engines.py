@@ -120,3 +120,26 @@ def test_local_ray1_and_ray2_give_the_same_values_on_the_embedded_model(tmp_path
             assert far["max_abs"] <= 1e-2, far
     finally:
         ray.shutdown()
+
+
+@pytest.mark.skipif(not _has_ray(), reason="Ray is not installed (pip install -e '.[ray]')")
+def test_with_the_studys_threads_set_every_engine_gives_the_same_values(tmp_path):
+    """With ``[study] threads`` set (the shipped suites set it), local, Ray x1 and Ray x2 run every cell
+    with the same thread count, and every deterministic value agrees to relative 1e-5."""
+    from cnnlens.bench.ray_engine import start_local_ray
+
+    suite = tmp_path / "engines.toml"
+    suite.write_text(SUITE.replace('seed = 0\n', 'seed = 0\nthreads = 1\n', 1))
+    local = _table(bench.run(suite, out=tmp_path / "local", progress=False))
+    start_local_ray(2)
+    try:
+        for workers in (1, 2):
+            other = _table(bench.run(suite, out=tmp_path / f"ray{workers}", progress=False, engine="ray",
+                                     workers=workers))
+            far = _far_apart(local, other)
+            print(f"threads = 1, local vs Ray x{workers}: {far}")
+            assert far["beyond_rel_1e-5"] == 0, far
+    finally:
+        import ray
+
+        ray.shutdown()
