@@ -33,6 +33,7 @@ from cnnlens.bench import speed as S
 from cnnlens.bench.store import Row, Store, sqlite_error
 from cnnlens.bench.suite import BASELINE_BACKEND, Suite, _match, load_suite
 from cnnlens.errors import CnnlensError, ModelError, OutputError, OutputExistsError
+from cnnlens.outputs import among_inputs
 
 KINDS = ("explain", "agreement", "crossmethod", "sanity", "speed")
 
@@ -859,6 +860,10 @@ def run(
     # Every model's images are listed first: a bad dataset is refused before the study file is created,
     # opened or (with overwrite) deleted.
     prepared = _prepare(s, dev, engine)
+    # The one output rule (cnnlens.outputs): the study never goes in or below a folder of its images.
+    why = among_inputs(out, [r.path for recs in prepared[1].values() for r in recs if r.path], folder=True)
+    if why:
+        raise OutputExistsError(f"study folder '{out}' {why}; choose a folder outside the suite's image folders (--out)")
     if overwrite:
         for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
             try:

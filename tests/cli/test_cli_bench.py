@@ -197,3 +197,19 @@ enabled = false
 [speed]
 enabled = false
 """
+
+
+@pytest.mark.bad_input("cli")
+@pytest.mark.parametrize("where", ["photos/study", "photos"], ids=["below", "in"])
+def test_a_study_never_goes_among_the_suites_images(tmp_path, where):
+    """``bench --out`` in or below a folder that holds the suite's images is one line, and nothing is written."""
+    import numpy as np
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype("uint8")).save(photos / "a.png")
+    suite = tmp_path / "s.toml"
+    suite.write_text(THREADS_SUITE.replace('demo = ["chelsea"]', f'files = ["{photos / "*.png"}"]'))
+    out = tmp_path / where
+    one_line_error(run("bench", "--suite", suite, "--out", out, "--no-progress"), "photos")
+    assert sorted(p.name for p in photos.iterdir()) == ["a.png"]
