@@ -30,3 +30,16 @@ def test_one_install_form_everywhere():
             for p in [ROOT / "README.md", *sorted((ROOT / "cnnlens").rglob("*.py")), *sorted((ROOT / "docs").rglob("*.md"))]
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if bad.search(line)]
     assert not hits, "\n".join(hits)
+
+
+def test_the_readme_states_the_shard_default_the_code_has():
+    """The README's ``[images] shard`` default is the suite schema's (it once said 64 where the code had 4)."""
+    import re
+
+    from cnnlens.bench.suite import ImagesSpec
+
+    default = ImagesSpec.__pydantic_fields__["batch"].default
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    said = set(re.findall(r"`\[images\] shard`, default (\d+)", readme)) | set(
+        re.findall(r"shard = \d+\s+# images read and explained at a time \(default (\d+)", readme))
+    assert said == {str(default)}, said
