@@ -204,7 +204,7 @@ def test_a_csv_manifest_drives_box_and_mask_measures(tmp_path):
     mask[:, :32] = 1  # the left half: half the centred Gaussian's mass
     Image.fromarray(mask).save(tmp_path / "b_mask.png")
     (tmp_path / "m.csv").write_text("path,x0,y0,x1,y1,mask\na.png,0,0,64,64,\nb.png,,,,,b_mask.png\n")
-    db = bench.run(_suite(tmp_path, 'manifest = "m.csv"'), out=tmp_path / "out", progress=False)
+    db = bench.run(_suite(tmp_path, 'manifest = "m.csv"'), out=tmp_path.with_name(tmp_path.name + "_study"), progress=False)
     got = _pointing(db)
     assert got[("a.png", "pointing.energy")] == pytest.approx(1.0)  # the box is the whole image
     # The mask went through the image's resize (nearest: 64 -> 37, source column floor(x * 64 / 37)) and

@@ -209,9 +209,10 @@ def test_worker_killed_mid_cell_charges_only_the_running_cell(cluster, reference
     assert len(killed) == 2, killed
     cells = bench.read_table(db, "cells")
     err = cells[cells.status == "error"]
-    # at most one charged cell per kill (a kill that lands as a cell ends may charge none); on a
-    # worker that also had a cell queued, charging both would make up to 4
-    assert 1 <= len(err) <= len(killed) and err.error.str.startswith("its worker died running it").all(), err
+    # at most one charged cell per kill (a kill that lands as a cell ends, or between two cells, charges
+    # none: seen on an idle 2-core machine); on a worker that also had a cell queued, charging both
+    # would make up to 4
+    assert len(err) <= len(killed) and err.error.str.startswith("its worker died running it").all(), err
     assert set(cells.status) <= {"done", "error", "skipped"} and (cells.status == "done").any()
     # the rerun retries the failed cells and the cells they skipped
     db = bench.run(suite, out=out, progress=False, engine="ray", workers=1)
