@@ -134,3 +134,14 @@ def one_line_error(result: Any, *words: str) -> str:
     for w in words:
         assert w in lines[0], lines[0]
     return str(lines[0])
+
+
+def tiny_suite(name: str, images: str = 'demo = ["chelsea"]', *, shard: int | None = None,
+               method: str = "gradcam", backend: str = "captum") -> str:
+    """The TOML of the smallest study: :func:`tiny_cnn` at 32 px, one (method, backend) pair, every
+    measure off. ``images`` is the ``[images]`` body (``demo = [...]`` or ``files = ["GLOB"]``)."""
+    shard_line = f"\nshard = {shard}" if shard else ""
+    off = "".join(f"[{section}]\nenabled = false\n" for section in ("agreement", "faithfulness", "sanity", "speed"))
+    return (f'[study]\nname = "{name}"\nthreads = 1\n[[models]]\nid = "tiny"\nspec = "cnnlens.testing:tiny_cnn"\n'
+            f'image_size = 32\n[images]\n{images}{shard_line}\n[methods]\ninclude = ["{method}"]\n'
+            f'backends = ["{backend}"]\n{off}')

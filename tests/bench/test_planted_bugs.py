@@ -16,6 +16,7 @@ import cnnlens.bench as bench
 from cnnlens.bench import metrics as M
 from cnnlens.bench import suite as S
 from cnnlens.errors import SuiteError
+from cnnlens.testing import tiny_suite
 
 
 def test_pearson_is_pearson_not_spearman() -> None:
@@ -55,31 +56,6 @@ def test_a_classes_file_maps_each_name_to_its_own_index(tmp_path: Path, text: st
     assert _read_classes(p) == {"tabby": 0, "espresso": 1, "rocket": 2}
 
 
-SUITE = """
-[study]
-name = "partial"
-threads = 1
-[[models]]
-id = "tiny"
-spec = "cnnlens.testing:tiny_cnn"
-image_size = 32
-[images]
-files = ["{glob}"]
-shard = 2
-[methods]
-include = ["gradcam"]
-backends = ["captum"]
-[agreement]
-enabled = false
-[faithfulness]
-enabled = false
-[sanity]
-enabled = false
-[speed]
-enabled = false
-"""
-
-
 def test_a_partial_last_shard_is_explained(tmp_path: Path) -> None:
     """5 images in shards of 2: the last shard holds one image, and it is explained like the others."""
     folder = tmp_path / "photos"
@@ -88,7 +64,7 @@ def test_a_partial_last_shard_is_explained(tmp_path: Path) -> None:
         arr = np.random.default_rng(k).integers(0, 255, (36, 40, 3), dtype=np.uint8)
         Image.fromarray(arr).save(folder / f"p{k}.png")
     suite = tmp_path / "partial.toml"
-    suite.write_text(SUITE.replace("{glob}", str(folder / "*.png")))
+    suite.write_text(tiny_suite("partial", f'files = ["{folder / "*.png"}"]', shard=2))
     db = bench.run(str(suite), out=tmp_path / "study", progress=False)
     df: pd.DataFrame = bench.load(db)
     explained = df[(df.method == "gradcam") & (df.backend == "captum")]

@@ -13,6 +13,7 @@ from browser import require_browser_stack
 
 import cnnlens.bench as bench
 from cnnlens.bench.reporting import tables
+from cnnlens.testing import tiny_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -202,28 +203,7 @@ def test_the_grid_shows_every_image_of_a_small_study(tmp_path):
         arr = np.random.default_rng(k).integers(0, 255, (40, 48, 3), dtype=np.uint8)
         Image.fromarray(arr).save(folder / f"p{k}.png")
     suite = tmp_path / "grid.toml"
-    suite.write_text(f"""
-[study]
-name = "grid"
-threads = 1
-[[models]]
-id = "tiny"
-spec = "cnnlens.testing:tiny_cnn"
-image_size = 32
-[images]
-files = ["{folder / '*.png'}"]
-[methods]
-include = ["gradcam"]
-backends = ["captum"]
-[agreement]
-enabled = false
-[faithfulness]
-enabled = false
-[sanity]
-enabled = false
-[speed]
-enabled = false
-""")
+    suite.write_text(tiny_suite("grid", f'files = ["{folder / "*.png"}"]'))
     db = bench.run(str(suite), out=tmp_path / "study", progress=False)
     md, _page = bench.report(db, tmp_path / "report")
     assert len(list((md.parent / "figures").glob("grid_*.jpg"))) == 6

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 import cnnlens
-from cnnlens.testing import one_line_error
+from cnnlens.testing import one_line_error, tiny_suite
 from cnnlens.testing import run_cli as run
 
 #: A study of a few seconds on the tiny CNN.
@@ -165,7 +165,7 @@ def test_threads_option_sets_the_studys_torch_threads(tmp_path, monkeypatch):
 
     monkeypatch.setitem(engine.RUNNERS, "explain", spy)
     suite = tmp_path / "t.toml"
-    suite.write_text(THREADS_SUITE)
+    suite.write_text(tiny_suite("threads"))
     before = torch.get_num_threads()
     want = 1 if before != 1 else 2
     r = run("bench", "--suite", suite, "--out", tmp_path / "o", "--threads", want, "--no-progress")
@@ -174,29 +174,6 @@ def test_threads_option_sets_the_studys_torch_threads(tmp_path, monkeypatch):
     assert torch.get_num_threads() == before  # given back afterwards
     r2 = run("bench", "--suite", suite, "--out", tmp_path / "o", "--threads", 1, "--no-progress")
     assert r2.exit_code == 0, r2.output
-
-
-THREADS_SUITE = """
-[study]
-name = "threads"
-[[models]]
-id = "tiny"
-spec = "cnnlens.testing:tiny_cnn"
-image_size = 32
-[images]
-demo = ["chelsea"]
-[methods]
-include = ["gradcam"]
-backends = ["captum"]
-[agreement]
-enabled = false
-[faithfulness]
-enabled = false
-[sanity]
-enabled = false
-[speed]
-enabled = false
-"""
 
 
 @pytest.mark.bad_input("cli")
@@ -209,7 +186,7 @@ def test_a_study_never_goes_among_the_suites_images(tmp_path, where):
     photos.mkdir()
     Image.fromarray((np.random.default_rng(0).random((40, 40, 3)) * 255).astype("uint8")).save(photos / "a.png")
     suite = tmp_path / "s.toml"
-    suite.write_text(THREADS_SUITE.replace('demo = ["chelsea"]', f'files = ["{photos / "*.png"}"]'))
+    suite.write_text(tiny_suite("threads", f'files = ["{photos / "*.png"}"]'))
     out = tmp_path / where
     one_line_error(run("bench", "--suite", suite, "--out", out, "--no-progress"), "photos")
     assert sorted(p.name for p in photos.iterdir()) == ["a.png"]
